@@ -1,0 +1,67 @@
+"""Audio file decoding through PyAV: any container FFmpeg reads, no executable, no shell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import LipsyncError
+
+MODEL_SAMPLE_RATE_HZ = 16_000
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    pcm: np.ndarray  # float32, (channels, samples), full scale +-1, at the file's own rate
+    sample_rate_hz: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.pcm.shape[1] / self.sample_rate_hz
+
+    def mono_16k(self) -> np.ndarray:
+        """Mono float32 at 16 kHz the way the reference (librosa.load) made it: mean, then soxr HQ."""
+        return to_model_rate(self.pcm.mean(axis=0), self.sample_rate_hz)
+
+
+def to_model_rate(mono: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    mono = np.asarray(mono, dtype=np.float32)
+    if sample_rate_hz == MODEL_SAMPLE_RATE_HZ:
+        return mono
+    import soxr
+
+    return soxr.resample(mono, sample_rate_hz, MODEL_SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
+
+
+def decode_audio(path: str | Path) -> DecodedAudio:
+    """Decode the first audio stream of `path` to float32 planar at its native rate."""
+    import av
+
+    what = f"audio {path}"
+    if not Path(path).is_file():
+        raise LipsyncError(what, "an audio or video file", "no such file", "check the path")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                kinds = ", ".join(s.type for s in container.streams) or "no streams"
+                raise LipsyncError(what, "a file with an audio stream", f"only {kinds}",
+                                   "pass a file with sound (wav, mp3, m4a, ogg, or a video with audio)")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="fltp")
+            blocks = []
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    blocks.append(out.to_ndarray())
+            for out in resampler.resample(None):
+                blocks.append(out.to_ndarray())
+            rate = stream.codec_context.sample_rate or stream.rate
+    except LipsyncError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise LipsyncError(what, "a readable audio file", f"data FFmpeg cannot decode ({type(e).__name__}: {e})",
+                           "re-export or re-download the file") from None
+    if not blocks or sum(b.shape[1] for b in blocks) == 0:
+        raise LipsyncError(what, "some audio samples", "an empty audio stream", "pass a file with sound")
+    return DecodedAudio(np.concatenate(blocks, axis=1).astype(np.float32, copy=False), int(rate))

@@ -1,0 +1,34 @@
+"""What the generator sees: a 96x96 face crop, half masked, stacked with itself, in [0, 1].
+
+Exactly the reference tool's preprocessing (OpenCV bilinear resize, BGR channel order,
+rows 48..95 of the first copy zeroed, masked copy first), so trained weights see what they
+were trained on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FACE_SIZE = 96
+
+
+def crop_face(frame: np.ndarray, box) -> np.ndarray:
+    """`box` is (y1, y2, x1, x2), the reference's coords order. Returns a 96x96 BGR uint8 crop."""
+    import cv2
+
+    y1, y2, x1, x2 = box
+    return cv2.resize(frame[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
+
+
+def model_faces(crops: np.ndarray) -> np.ndarray:
+    """(B, 96, 96, 3) uint8 crops -> (B, 6, 96, 96) float32 generator input."""
+    crops = np.asarray(crops)
+    masked = crops.copy()
+    masked[:, FACE_SIZE // 2:] = 0
+    stacked = np.concatenate((masked, crops), axis=3).astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
+
+
+def model_mels(chunks) -> np.ndarray:
+    """A sequence of (80, 16) mel windows -> (B, 1, 80, 16) float32 generator input."""
+    return np.ascontiguousarray(np.stack(chunks).astype(np.float32)[:, None])

@@ -1,0 +1,142 @@
+"""Video files written with PyAV: `.mp4` (H.264 + AAC) or `.mkv` (lossless FFV1 RGB + FLAC).
+
+Output goes to a hidden temp file beside the target and is renamed into place only when
+`close()` succeeds, so a failed or interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import LipsyncError
+
+# (video codec, pixel format, codec options, audio codec)
+FORMATS = {
+    ".mp4": ("libx264", "yuv420p", {"crf": "18", "preset": "medium"}, "aac"),
+    ".mov": ("libx264", "yuv420p", {"crf": "18", "preset": "medium"}, "aac"),
+    ".mkv": ("ffv1", "bgr0", {}, "flac"),
+}
+
+
+def fps_fraction(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+class VideoFileWriter:
+    """Append BGR frames at a fixed rate; optionally mux a planar float audio track alongside."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
+                 audio: np.ndarray | None = None, audio_rate_hz: int | None = None):
+        import av
+
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in FORMATS:
+            raise LipsyncError(f"output {path}", "a file name ending in " + ", ".join(FORMATS),
+                               f"'{suffix or 'no extension'}'", "change the output file name")
+        vcodec, pix_fmt, options, acodec = FORMATS[suffix]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.partial{suffix}")
+        self.width, self.height = width, height
+        # 4:2:0 chroma needs even sizes; pad by repeating the last row/column instead of failing.
+        self._even = pix_fmt == "yuv420p"
+        enc_w, enc_h = (width + width % 2, height + height % 2) if self._even else (width, height)
+        self._rate = fps_fraction(fps)
+        self._container = av.open(str(self._tmp), "w")
+        try:
+            self._video = self._container.add_stream(vcodec, rate=self._rate)
+            self._video.width, self._video.height, self._video.pix_fmt = enc_w, enc_h, pix_fmt
+            self._video.options = options
+            self._video.codec_context.time_base = 1 / self._rate
+            self._audio_stream = None
+            if audio is not None:
+                self._setup_audio(acodec, audio, audio_rate_hz)
+        except Exception:
+            self.abort()
+            raise
+        self.frames_written = 0
+
+    def _setup_audio(self, codec: str, audio: np.ndarray, rate: int):
+        import av
+
+        pcm = np.ascontiguousarray(audio[:2] if audio.shape[0] > 2 else audio, dtype=np.float32)
+        layout = "stereo" if pcm.shape[0] == 2 else "mono"
+        self._audio_stream = self._container.add_stream(codec, rate=rate, layout=layout)
+        fmt = "fltp" if codec == "aac" else "s16"
+        self._audio_stream.format = fmt
+        self._pcm, self._audio_rate, self._layout, self._audio_fmt = pcm, rate, layout, fmt
+        self._audio_pos = 0
+        self._frame_size = self._audio_stream.codec_context.frame_size or 4096
+        self._av = av
+
+    def _mux_audio_until(self, end_sample: int):
+        """Encode audio up to `end_sample` in the encoder's frame size, interleaved with video."""
+        if self._audio_stream is None:
+            return
+        end = min(end_sample, self._pcm.shape[1])
+        while self._audio_pos < end:
+            n = min(self._frame_size, self._pcm.shape[1] - self._audio_pos)
+            block = self._pcm[:, self._audio_pos:self._audio_pos + n]
+            if n < self._frame_size and self._audio_pos + n < self._pcm.shape[1]:
+                break
+            if self._audio_fmt == "s16":
+                data = (np.clip(block, -1, 1) * 32767).round().astype(np.int16).T.reshape(1, -1)
+            else:
+                data = block
+            frame = self._av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=self._audio_fmt,
+                                                     layout=self._layout)
+            frame.sample_rate = self._audio_rate
+            frame.pts = self._audio_pos
+            frame.time_base = Fraction(1, self._audio_rate)
+            self._container.mux(self._audio_stream.encode(frame))
+            self._audio_pos += n
+
+    def write(self, bgr: np.ndarray):
+        import av
+
+        if bgr.shape[:2] != (self.height, self.width):
+            raise ValueError(f"frame is {bgr.shape[1]}x{bgr.shape[0]}, writer expects {self.width}x{self.height}")
+        if self._even and (self.width % 2 or self.height % 2):
+            bgr = np.pad(bgr, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
+        frame.pts = self.frames_written
+        frame.time_base = 1 / self._rate
+        self._container.mux(self._video.encode(frame))
+        self.frames_written += 1
+        if self._audio_stream is not None:
+            self._mux_audio_until(int(self.frames_written / self._rate * self._audio_rate))
+
+    def close(self) -> Path:
+        """Flush encoders, finalise the container and move it into place."""
+        try:
+            self._container.mux(self._video.encode(None))
+            if self._audio_stream is not None:
+                self._mux_audio_until(self._pcm.shape[1])
+                self._container.mux(self._audio_stream.encode(None))
+            self._container.close()
+        except Exception:
+            self.abort()
+            raise
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self):
+        """Drop everything written so far; leaves no file behind."""
+        try:
+            self._container.close()
+        except Exception:  # the container may be half-initialised; removing the file is what matters
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,58 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import media  # noqa: E402
+
+SPEECH = ("The quick brown fox jumps over the lazy dog. "
+          "Then it sits down by the river and watches the boats go by.")
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("assets")
+    return d
+
+
+@pytest.fixture(scope="session")
+def photo(assets):
+    return media.face_photo(assets / "face.jpg")
+
+
+@pytest.fixture(scope="session")
+def speech_wav(assets):
+    return media.speech_wav(assets / "speech.wav", SPEECH)
+
+
+@pytest.fixture(scope="session")
+def speech_mp3(assets, speech_wav):
+    from models.audio import decode_audio
+
+    dec = decode_audio(speech_wav)
+    return media.write_audio(assets / "speech.mp3", dec.pcm, dec.sample_rate_hz)
+
+
+@pytest.fixture(scope="session")
+def generator_ckpt(assets, photo, speech_wav):
+    path = assets / "wav2lip_gan.pth"
+    media_batches = media.calibration_batches(photo, speech_wav)
+    from models.synthetic import make_checkpoint
+
+    make_checkpoint(path, "Wav2Lip", seed=1, calibration=media_batches)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """Every test session gets its own lipsync cache (face model, detections, exports)."""
+    return tmp_path_factory.mktemp("lipsync-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, cache_dir):
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(cache_dir))
