@@ -19,11 +19,13 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-# A plain `pip install torch` on Linux pulls a multi-GB CUDA build. Take a CPU build: from a
-# local wheel directory when pip is configured with one, else from PyTorch's CPU index.
+# A plain `pip install torch` on Linux pulls a multi-GB CUDA build. Pin the +cpu build, which
+# only matches CPU wheels: first from the indexes pip is configured with (a local wheel
+# directory, a mirror), else from PyTorch's CPU index.
+TORCH="torch==2.13.0+cpu"
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-    "${PIP[@]}" --no-index "torch==2.13.0" 2>/dev/null \
-        || "${PIP[@]}" "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    "${PIP[@]}" "$TORCH" 2>/dev/null \
+        || "${PIP[@]}" "$TORCH" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 "${PIP[@]}" -e ".[cpu,torch,test]"
 echo "setup done: .venv is ready" >&2
