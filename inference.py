@@ -41,8 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(extension) BlazeFace .tflite path (default: $LIPSYNC_FACE_MODEL or the user cache)")
     p.add_argument("--no_detection_cache", action="store_true",
                    help="(extension) detect faces again even if this input was seen before")
+    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
+                   help="(extension) onnx: exported and verified on first use, cached; torch: the reference")
+    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"],
+                   help="(extension) runtime for the exported graph")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16", "fp16"],
+                   help="(extension) fp32 reproduces the reference; int8/bf16 are faster on CPU, fp16 on GPU")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
+                   help="(extension) ONNX Runtime device")
     p.add_argument("--quiet", action="store_true", help="(extension) no progress bars")
     return p
+
+
+def make_generator(args):
+    if args.backend == "torch":
+        from models.torch_generator import TorchGenerator
+
+        return TorchGenerator(args.checkpoint_path)
+    from realtime.generator import RuntimeConfig, load_generator
+
+    return load_generator(args.checkpoint_path, RuntimeConfig(runtime=args.runtime, precision=args.precision,
+                                                              device=args.device))
 
 
 def main(argv=None) -> int:
@@ -50,7 +69,6 @@ def main(argv=None) -> int:
     from models.errors import LipsyncError
 
     try:
-        from models.torch_generator import TorchGenerator
         from realtime.render import RenderOptions, render
 
         opts = RenderOptions(
@@ -58,7 +76,7 @@ def main(argv=None) -> int:
             resize_factor=args.resize_factor, crop=tuple(args.crop), box=tuple(args.box), rotate=args.rotate,
             nosmooth=args.nosmooth, mel_offset_frames=args.mel_offset, face_model=args.face_model,
             detection_cache=not args.no_detection_cache, progress=not args.quiet)
-        generator = TorchGenerator(args.checkpoint_path)
+        generator = make_generator(args)
         result = render(args.face, args.audio, args.outfile, generator, opts)
     except LipsyncError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -53,6 +53,9 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("lipsync-cache")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(monkeypatch, cache_dir):
-    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(cache_dir))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(cache_dir):
+    """Session-wide, so that module- and session-scoped fixtures also export into it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPSYNC_CACHE_DIR", str(cache_dir))
+        yield

@@ -54,11 +54,13 @@ def decode_video(path):
     return frames, streams, duration
 
 
-def test_box_render_matches_reference_frame_for_frame(tmp_path, generator_ckpt, photo, speech_wav):
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_box_render_matches_reference_frame_for_frame(tmp_path, generator_ckpt, photo, speech_wav, backend):
     box = media.ASTRONAUT_FACE_BOX
     out = tmp_path / "out.mkv"
     rc = inference.main(["--checkpoint_path", str(generator_ckpt), "--face", str(photo), "--audio",
-                         str(speech_wav), "--outfile", str(out), "--box", *map(str, box), "--quiet"])
+                         str(speech_wav), "--outfile", str(out), "--box", *map(str, box), "--quiet",
+                         "--backend", backend])
     assert rc == 0
     frames, streams, _ = decode_video(out)
     expected = reference_frames(generator_ckpt, photo, speech_wav, box)

@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX: export, verification against torch, reduced precision, on-disk cache."""

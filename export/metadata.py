@@ -1,0 +1,32 @@
+"""What every exported graph records about itself, readable without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from models import mel as mel_params
+
+OPSET = 17
+TOOL_VERSION = "lipsync-rt 0.1.0"
+
+
+def metadata(source_sha256: str, variant: str, precision: str = "fp32") -> dict[str, str]:
+    return {
+        "lipsync.source_sha256": source_sha256,
+        "lipsync.variant": variant,
+        "lipsync.precision": precision,
+        "lipsync.opset": str(OPSET),
+        "lipsync.tool": TOOL_VERSION,
+        "lipsync.mel": json.dumps({"sample_rate_hz": mel_params.SAMPLE_RATE_HZ, "n_fft": mel_params.N_FFT,
+                                   "hop": mel_params.HOP, "n_mels": mel_params.N_MELS,
+                                   "fmin_hz": mel_params.FMIN_HZ, "fmax_hz": mel_params.FMAX_HZ,
+                                   "window_frames": mel_params.WINDOW_FRAMES, "pad": "reflect"}),
+    }
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
