@@ -136,10 +136,15 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--frames-per-batch-size", type=int, default=64,
                     help="frames timed per (config, batch) pair")
+    ap.add_argument("--chart-only", action="store_true", help="redraw the PNG from an existing --json")
     ap.add_argument("--one", nargs=4, metavar=("RUNTIME", "PRECISION", "SPLIT", "REFERENCE_NPY"),
                     help=argparse.SUPPRESS)  # internal: measure one config in this process
     args = ap.parse_args()
 
+    if args.chart_only:
+        chart(json.loads(Path(args.json).read_text())["results"],
+              Path(args.png) if args.png else Path(args.json).with_suffix(".png"))
+        return 0
     if args.one:
         runtime, precision, split, ref = args.one
         rows = measure(args.checkpoint, runtime, precision, split == "1", args.batches,
@@ -222,7 +227,11 @@ def chart(results: list[dict], path: Path) -> None:
                      and r["batch"] == b) for k in labels]
         ax.bar(np.arange(len(labels)) + j * width, vals, width, label=f"batch {b}")
     ax.set_xticks(np.arange(len(labels)) + width * (len(batches) - 1) / 2)
-    ax.set_xticklabels([f"{rt}\n{p}{' split' if v.startswith('split') else ''}" for rt, p, v in labels], fontsize=8)
+    def short(rt, p, v):
+        kind = " rewrite" if "ConvTranspose->Conv" in v else (" plain" if rt == "onnxruntime" and p == "int8" else "")
+        return f"{rt}\n{p}{kind}{' split' if v.startswith('split') else ''}"
+
+    ax.set_xticklabels([short(*k) for k in labels], fontsize=8)
     ax.set_ylabel("ms per frame (median)")
     ax.axhline(40, color="grey", ls="--", lw=1)
     ax.text(len(labels) - 0.5, 41, "40 ms = 25 fps budget", ha="right", fontsize=8, color="grey")

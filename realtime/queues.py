@@ -1,0 +1,73 @@
+"""Bounded queues whose overflow behaviour is part of their name.
+
+Every edge between threads is one of these, sized in milliseconds of media, so a slow stage
+can never make memory or latency grow without bound:
+  NEVER_DROP   audio in: it is the clock; a full queue is an overrun, counted and reported
+  DROP_OLDEST  frames waiting for a stage: the stalest is least worth showing
+  KEEP_LATEST  a sink that only ever wants the newest frame (size 1)
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import threading
+
+
+class Policy(enum.Enum):
+    NEVER_DROP = "never_drop"
+    DROP_OLDEST = "drop_oldest"
+    KEEP_LATEST = "keep_latest"
+
+
+class Closed(Exception):
+    """Raised by `get` once the queue is closed and empty."""
+
+
+class BoundedQueue:
+    def __init__(self, capacity: int, policy: Policy, name: str = ""):
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = 1 if policy is Policy.KEEP_LATEST else capacity
+        self.policy, self.name = policy, name
+        self._items: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+        self.overruns = 0
+
+    def put(self, item) -> bool:
+        """Never blocks. Returns False if something was dropped or refused to make room."""
+        with self._cv:
+            if self._closed:
+                return False
+            ok = True
+            if len(self._items) >= self.capacity:
+                ok = False
+                if self.policy is Policy.NEVER_DROP:
+                    # Refusing the newest keeps what is queued contiguous; the source counts it.
+                    self.overruns += 1
+                    return False
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cv.notify()
+            return ok
+
+    def get(self, timeout_s: float | None = None):
+        """Blocks until an item, `timeout_s` (then returns None), or close (raises Closed)."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._items or self._closed, timeout_s):
+                return None
+            if self._items:
+                return self._items.popleft()
+            raise Closed(self.name)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._items)
