@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from models.errors import LipsyncError
@@ -14,6 +15,63 @@ def _export(args) -> int:
     paths = ensure_exported(args.checkpoint, args.layout, args.precision)
     for name, path in paths.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def _live(args) -> int:
+    import threading
+
+    from realtime.config import EngineConfig
+    from realtime.generator import RuntimeConfig
+    from realtime.live import build_engine, default_runtime, make_sink, make_source
+
+    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset)
+    runtime = default_runtime() if args.runtime == "auto" else RuntimeConfig(
+        runtime=args.runtime, precision=args.precision, device=args.device)
+    sinks = [make_sink(t, args.fps) for t in (args.to or ["vcam"])]
+    source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device)
+    engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop)
+    done = threading.Event()
+
+    def status():
+        while not done.wait(1.0):
+            extra = "  ".join(getattr(s, "status", "") for s in sinks if getattr(s, "status", ""))
+            print(f"\r{engine.stats.status_line()}  {extra}", end="", file=sys.stderr, flush=True)
+
+    threading.Thread(target=status, daemon=True).start()
+    print(f"live: {source.name} -> {', '.join(s.name for s in sinks)}  (Ctrl-C stops)", file=sys.stderr)
+    try:
+        summary = engine.run(source, args.duration)
+    finally:
+        done.set()
+        print(file=sys.stderr)
+    if args.stats_json:
+        engine.stats.write_json(args.stats_json)
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _devices(args) -> int:
+    try:
+        import sounddevice as sd
+
+        devices = sd.query_devices()
+        print("audio inputs:")
+        for i, d in enumerate(devices):
+            if d["max_input_channels"] > 0:
+                print(f"  {i}: {d['name']} ({int(d['default_samplerate'])} Hz)")
+        print("audio outputs:")
+        for i, d in enumerate(devices):
+            if d["max_output_channels"] > 0:
+                print(f"  {i}: {d['name']} ({int(d['default_samplerate'])} Hz)")
+    except (ImportError, OSError) as e:
+        print(f"audio: unavailable ({str(e).splitlines()[0]}); install libportaudio2 and sounddevice")
+    try:
+        import pyvirtualcam
+
+        print("virtual camera backends:", ", ".join(sorted(pyvirtualcam.camera.BACKENDS)) or "none")
+    except ImportError:
+        print("virtual camera: pyvirtualcam not installed")
     return 0
 
 
@@ -30,9 +88,26 @@ def main(argv=None) -> int:
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--layout", choices=["full", "split"], default="full")
     ex.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int8-ort", "fp16"])
+    lv = sub.add_parser("live", help="lip-sync live audio onto an avatar and send it out")
+    lv.add_argument("--avatar", required=True, help="photo or video (looped)")
+    lv.add_argument("--audio", default="mic", help="'mic' or an audio file played in real time")
+    lv.add_argument("--to", action="append", help="vcam | preview | null | rtmp://... | udp://... | srt://... | "
+                                                  "FILE.mp4/.mkv (repeatable; default vcam)")
+    lv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
+    lv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
+    lv.add_argument("--precision", default="int8", choices=["fp32", "int8", "bf16", "fp16"])
+    lv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    lv.add_argument("--fps", type=float, default=25.0)
+    lv.add_argument("--duration", type=float, default=None, help="seconds; default: until the input ends or Ctrl-C")
+    lv.add_argument("--loop", action="store_true", help="loop the audio file")
+    lv.add_argument("--avatar-loop", default="forward", choices=["forward", "pingpong"])
+    lv.add_argument("--mic-device", default=None, help="input device index or name (see `lipsync devices`)")
+    lv.add_argument("--mel-offset", type=int, default=-1, help="-1: training alignment; 0: reference tool's")
+    lv.add_argument("--stats-json", default=None)
+    sub.add_parser("devices", help="list audio devices and virtual camera backends")
     args = ap.parse_args(argv)
     try:
-        return {"export": _export}[args.command](args)
+        return {"export": _export, "live": _live, "devices": _devices}[args.command](args)
     except LipsyncError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -54,13 +54,25 @@ class BoundedQueue:
             self._cv.notify()
             return ok
 
+    def put_wait(self, item) -> bool:
+        """Blocks while full (back-pressure): for offline runs, where nothing is real time."""
+        with self._cv:
+            self._cv.wait_for(lambda: len(self._items) < self.capacity or self._closed)
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._cv.notify_all()
+            return True
+
     def get(self, timeout_s: float | None = None):
         """Blocks until an item, `timeout_s` (then returns None), or close (raises Closed)."""
         with self._cv:
             if not self._cv.wait_for(lambda: self._items or self._closed, timeout_s):
                 return None
             if self._items:
-                return self._items.popleft()
+                item = self._items.popleft()
+                self._cv.notify_all()  # a put_wait may be waiting for room
+                return item
             raise Closed(self.name)
 
     def close(self) -> None:

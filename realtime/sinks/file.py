@@ -54,7 +54,7 @@ class VideoFileWriter:
             self._video.codec_context.time_base = 1 / self._rate
             self._audio_stream = None
             if audio is not None:
-                self._setup_audio(acodec, audio, audio_rate_hz)
+                self._setup_audio(acodec, np.atleast_2d(np.asarray(audio, np.float32)), audio_rate_hz)
         except Exception:
             self.abort()
             raise
@@ -63,26 +63,36 @@ class VideoFileWriter:
     def _setup_audio(self, codec: str, audio: np.ndarray, rate: int):
         import av
 
-        pcm = np.ascontiguousarray(audio[:2] if audio.shape[0] > 2 else audio, dtype=np.float32)
-        layout = "stereo" if pcm.shape[0] == 2 else "mono"
-        self._audio_stream = self._container.add_stream(codec, rate=rate, layout=layout)
-        fmt = "fltp" if codec == "aac" else "s16"
-        self._audio_stream.format = fmt
-        self._pcm, self._audio_rate, self._layout, self._audio_fmt = pcm, rate, layout, fmt
-        self._audio_pos = 0
+        channels = min(2, audio.shape[0])
+        self._layout = "stereo" if channels == 2 else "mono"
+        self._audio_stream = self._container.add_stream(codec, rate=rate, layout=self._layout)
+        self._audio_fmt = "fltp" if codec == "aac" else "s16"
+        self._audio_stream.format = self._audio_fmt
+        self._audio_rate, self._channels = rate, channels
+        self._pending = np.zeros((channels, 0), np.float32)
+        self._audio_pos = 0  # samples encoded so far
         self._frame_size = self._audio_stream.codec_context.frame_size or 4096
         self._av = av
+        self.append_audio(audio)
 
-    def _mux_audio_until(self, end_sample: int):
-        """Encode audio up to `end_sample` in the encoder's frame size, interleaved with video."""
+    def append_audio(self, pcm: np.ndarray) -> None:
+        """More audio (channels, samples) at the rate given at construction; muxed as video advances."""
+        pcm = np.asarray(pcm, np.float32)
+        if pcm.ndim == 1:
+            pcm = pcm[None]
+        if pcm.shape[0] != self._channels:
+            pcm = np.repeat(pcm[:1], self._channels, axis=0) if pcm.shape[0] == 1 else pcm[:self._channels]
+        self._pending = np.concatenate([self._pending, pcm], axis=1)
+
+    def _mux_audio_until(self, end_sample: int | None):
+        """Encode pending audio up to `end_sample` (None: all of it) in the encoder's frame size."""
         if self._audio_stream is None:
             return
-        end = min(end_sample, self._pcm.shape[1])
-        while self._audio_pos < end:
-            n = min(self._frame_size, self._pcm.shape[1] - self._audio_pos)
-            block = self._pcm[:, self._audio_pos:self._audio_pos + n]
-            if n < self._frame_size and self._audio_pos + n < self._pcm.shape[1]:
+        while self._pending.shape[1] > 0:
+            n = min(self._frame_size, self._pending.shape[1])
+            if end_sample is not None and (n < self._frame_size or self._audio_pos + n > end_sample):
                 break
+            block = self._pending[:, :n]
             if self._audio_fmt == "s16":
                 data = (np.clip(block, -1, 1) * 32767).round().astype(np.int16).T.reshape(1, -1)
             else:
@@ -94,6 +104,7 @@ class VideoFileWriter:
             frame.time_base = Fraction(1, self._audio_rate)
             self._container.mux(self._audio_stream.encode(frame))
             self._audio_pos += n
+            self._pending = self._pending[:, n:]
 
     def write(self, bgr: np.ndarray):
         import av
@@ -108,14 +119,14 @@ class VideoFileWriter:
         self._container.mux(self._video.encode(frame))
         self.frames_written += 1
         if self._audio_stream is not None:
-            self._mux_audio_until(int(self.frames_written / self._rate * self._audio_rate))
+            self._mux_audio_until(int(self.frames_written / self._rate * self._audio_rate) + self._frame_size)
 
     def close(self) -> Path:
         """Flush encoders, finalise the container and move it into place."""
         try:
             self._container.mux(self._video.encode(None))
             if self._audio_stream is not None:
-                self._mux_audio_until(self._pcm.shape[1])
+                self._mux_audio_until(None)
                 self._container.mux(self._audio_stream.encode(None))
             self._container.close()
         except Exception:

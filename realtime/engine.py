@@ -1,0 +1,236 @@
+"""The live engine: audio in -> mel stream -> scheduler -> generator -> compositor -> sinks.
+
+Threads and the bounded queues between them:
+  source (mic callback / file pacer / push_audio)  --audio_q, NEVER_DROP-->  worker
+  worker: resample, mel, decide each frame (generate / idle / drop), composite
+  worker  --frames_q, DROP_OLDEST-->  sink thread  (and --sink_audio_q, NEVER_DROP--> for sound)
+  sink thread: hands frames and audio to every sink, records latency per frame
+
+Scheduling: output frame i (at `fps`) needs the 16 mel frames of its window; it is decided the
+moment the audio that completes that window arrives. A frame whose window completed more than
+`max_lateness_ms` ago is not generated; the previous frame is repeated in its place and counted
+as dropped, so a slow moment never turns into permanent delay.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import numpy as np
+
+from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
+from realtime.avatar import Avatar
+from realtime.clock import FreeRunClock, MediaClock, MonotonicClock
+from realtime.compositor import paste_hard, to_uint8_faces
+from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
+from realtime.frames import AudioChunk, VideoFrame
+from realtime.mel_stream import MelStream
+from realtime.queues import BoundedQueue, Closed, Policy
+from realtime.stats import Stats
+
+SR = MODEL_SAMPLE_RATE_HZ
+
+
+class Engine:
+    def __init__(self, avatar: Avatar, generator, sinks: list, cfg: EngineConfig = EngineConfig(),
+                 clock: MediaClock | None = None):
+        self.avatar, self.gen, self.sinks, self.cfg = avatar, generator, list(sinks), cfg
+        self.clock = clock or MonotonicClock()
+        # Offline (free-running clock): every frame is generated and audio waits for the worker
+        # instead of overrunning; latency figures then mean nothing and are not recorded.
+        self.offline = isinstance(self.clock, FreeRunClock)
+        self.stats = Stats()
+        # Audio chunks are >= ~10 ms, so this many chunks hold at least audio_queue_ms of sound.
+        self.audio_q = BoundedQueue(max(8, cfg.audio_queue_ms // 10), Policy.NEVER_DROP, "audio_in")
+        self.frames_q = BoundedQueue(cfg.frames_in(cfg.output_queue_ms), Policy.DROP_OLDEST, "frames_out")
+        self.sink_audio_q = BoundedQueue(max(8, cfg.audio_queue_ms // 10), Policy.NEVER_DROP, "audio_out")
+        history_frames = cfg.history_ms * 80 // 1000
+        self.mel = MelStream(history_frames=history_frames)
+        self._hist = np.zeros(cfg.history_ms * SR // 1000, np.float32)  # 16 kHz audio ring for RMS
+        self._samples = 0
+        self._chunks: collections.deque = collections.deque(maxlen=4096)  # (end_sample, arrival_ns, capture0_ns)
+        self._resamplers: dict[int, object] = {}
+        self._next_pts = 0
+        self._alpha = 0.0
+        self._last: np.ndarray | None = None
+        self._mel_buf = np.zeros((1, 1, 80, WINDOW_FRAMES), np.float32)
+        self._threads: list[threading.Thread] = []
+        self._error: BaseException | None = None
+
+    # -- input ----------------------------------------------------------------------------------
+    def push_audio(self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None,
+                   capture_ns: int | None = None) -> bool:
+        """Hand over mono audio at any rate; non-blocking, callable from a device callback."""
+        now = self.clock.now_ns()
+        item = (np.asarray(pcm, np.float32), int(sample_rate_hz), now if arrival_ns is None else arrival_ns,
+                capture_ns)
+        ok = self.audio_q.put_wait(item) if self.offline else self.audio_q.put(item)
+        if not ok:
+            self.stats.audio_overruns += 1
+        return ok
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        for target, name in ((self._work, "lipsync-worker"), (self._deliver, "lipsync-sinks")):
+            t = threading.Thread(target=self._guard(target), name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _guard(self, fn):
+        def run():
+            try:
+                fn()
+            except BaseException as e:  # surfaced to the caller by stop()
+                self._error = e
+                self.audio_q.close()
+                self.frames_q.close()
+                self.sink_audio_q.close()
+        return run
+
+    def stop(self, flush: bool = True) -> dict:
+        """End of input: process what is queued (with `flush`, also the audio's last frames),
+        close every sink (files are finalised) and return the stats summary."""
+        self._flush = flush
+        self.audio_q.close()
+        for t in self._threads:
+            t.join()
+        for sink in self.sinks:
+            sink.close()
+        if self._error is not None:
+            raise self._error
+        return self.stats.summary()
+
+    def run(self, source, duration_s: float | None = None) -> dict:
+        self.start()
+        try:
+            source.run(self.push_audio, self.clock, duration_s)
+        except KeyboardInterrupt:
+            source.stop()
+        return self.stop()
+
+    # -- worker -----------------------------------------------------------------------------------
+    def _to_16k(self, pcm: np.ndarray, rate: int) -> np.ndarray:
+        if rate == SR:
+            return pcm
+        if rate not in self._resamplers:
+            import soxr
+
+            self._resamplers[rate] = soxr.ResampleStream(rate, SR, 1, dtype="float32", quality="HQ")
+        return self._resamplers[rate].resample_chunk(pcm)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self.audio_q.get()
+            except Closed:
+                break
+            pcm, rate, arrival_ns, capture_ns = item
+            pcm16 = self._to_16k(pcm, rate)
+            if len(pcm16) == 0:
+                continue
+            if capture_ns is None:
+                capture_ns = arrival_ns - len(pcm16) * 1_000_000_000 // SR
+            start = self._samples
+            self._samples += len(pcm16)
+            self._chunks.append((self._samples, arrival_ns, capture_ns, start))
+            idx = np.arange(start, self._samples) % len(self._hist)
+            self._hist[idx] = pcm16
+            self.sink_audio_q.put(AudioChunk(pcm16, SR, start, arrival_ns))
+            self.mel.push(pcm16)
+            self._emit_ready()
+        if getattr(self, "_flush", True):
+            self.mel.flush()
+            self._emit_ready()
+        self.frames_q.close()
+        self.sink_audio_q.close()
+
+    def _window_start(self, pts: int) -> int:
+        return max(0, chunk_start(pts, self.cfg.fps, self.cfg.mel_offset_frames))
+
+    def _emit_ready(self) -> None:
+        while self._window_start(self._next_pts) + WINDOW_FRAMES <= self.mel.frames_ready:
+            self._decide(self._next_pts)
+            self._next_pts += 1
+
+    def _chunk_of(self, sample: int):
+        """(end, arrival_ns, capture0_ns, start) of the input chunk holding 16 kHz `sample`."""
+        for chunk in reversed(self._chunks):
+            if chunk[3] <= sample < chunk[0]:
+                return chunk
+        return self._chunks[-1] if sample >= self._chunks[-1][0] else self._chunks[0]
+
+    def _arrival_of(self, sample: int) -> int:
+        return self._chunk_of(sample)[1]
+
+    def _capture_of(self, sample: int) -> int:
+        end, _, capture0, start = self._chunk_of(sample)
+        return capture0 + (min(sample, end - 1) - start) * 1_000_000_000 // SR
+
+    def _decide(self, pts: int) -> None:
+        s = self._window_start(pts)
+        last_sample = HOP * (s + WINDOW_FRAMES - 1) + N_FFT // 2 - 1
+        ready_ns = self._arrival_of(min(last_sample, self._samples - 1))
+        own = round(pts * SR / self.cfg.fps)
+        capture_ns = self._capture_of(min(own, self._samples - 1))
+        idx = self.avatar.index(pts)
+        lateness_ms = (self.clock.now_ns() - ready_ns) / 1e6
+        if not self.offline and lateness_ms > self.cfg.max_lateness_ms and self._last is not None:
+            self._put(self._last, pts, ready_ns, capture_ns, "dropped")
+            return
+        lo, hi = max(0, HOP * s - N_FFT // 2), min(self._samples, last_sample + 1)
+        lo = max(lo, self._samples - len(self._hist))
+        window = self._hist[np.arange(lo, hi) % len(self._hist)]
+        dbfs = 10 * np.log10(float(np.mean(window.astype(np.float64) ** 2)) + 1e-12)
+        step = 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms)
+        speaking = dbfs > self.cfg.silence_threshold_dbfs
+        self._alpha = min(1.0, self._alpha + step) if speaking else max(0.0, self._alpha - step)
+        idle = self.avatar.frames[idx]
+        if self._alpha == 0.0:
+            out, kind = idle, "idle"
+        else:
+            self.mel.window(s, out=self._mel_buf[0, 0])
+            face = to_uint8_faces(self.gen.decode(self._mel_buf, self.avatar.features_at(idx)))[0]
+            out = paste_hard(idle.copy(), face, self.avatar.boxes[idx])
+            if self._alpha < 1.0:
+                y1, y2, x1, x2 = self.avatar.boxes[idx]
+                a = np.float32(self._alpha)
+                region = out[y1:y2, x1:x2].astype(np.float32) * a + idle[y1:y2, x1:x2].astype(np.float32) * (1 - a)
+                out[y1:y2, x1:x2] = region.round().astype(np.uint8)
+            kind = "generated"
+        self._last = out
+        self._put(out, pts, ready_ns, capture_ns, kind)
+
+    def _put(self, bgr, pts, ready_ns, capture_ns, kind) -> None:
+        if self.offline:
+            self.frames_q.put_wait(VideoFrame(bgr, pts, {"ready_ns": None, "capture_ns": None, "kind": kind}))
+            return
+        if not self.frames_q.put(VideoFrame(bgr, pts, {"ready_ns": ready_ns, "capture_ns": capture_ns,
+                                                       "kind": kind})):
+            self.stats.record(self.clock.now_ns(), None, None, "dropped")
+
+    # -- sinks ------------------------------------------------------------------------------------
+    def _drain_audio(self) -> None:
+        while len(self.sink_audio_q):
+            try:
+                chunk = self.sink_audio_q.get(timeout_s=0)
+            except Closed:
+                return
+            if chunk is None:
+                return
+            for sink in self.sinks:
+                sink.send_audio(chunk)
+
+    def _deliver(self) -> None:
+        while True:
+            try:
+                frame = self.frames_q.get()
+            except Closed:
+                break
+            self._drain_audio()
+            for sink in self.sinks:
+                sink.send_video(frame)
+            m = frame.meta
+            self.stats.record(self.clock.now_ns(), m["ready_ns"], m["capture_ns"], m["kind"])
+        self._drain_audio()

@@ -1,0 +1,84 @@
+"""Assembling a live session from user-level choices (the CLI and the Python API share this)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from models.errors import LipsyncError
+from realtime.avatar import AvatarConfig, load_avatar
+from realtime.config import EngineConfig
+from realtime.engine import Engine
+from realtime.generator import RuntimeConfig, load_generator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_checkpoint() -> str:
+    for name in ("wav2lip_gan.pth", "wav2lip.pth"):
+        if (ROOT / "checkpoints" / name).is_file():
+            return str(ROOT / "checkpoints" / name)
+    raise LipsyncError("--checkpoint", "a Wav2Lip generator checkpoint", "none given and none in checkpoints/",
+                       "pass --checkpoint PATH or put wav2lip_gan.pth in checkpoints/ (see checkpoints/README.md)")
+
+
+def default_runtime() -> RuntimeConfig:
+    """int8 on OpenVINO when installed (fastest here), else int8 on ONNX Runtime."""
+    try:
+        import openvino  # noqa: F401
+
+        return RuntimeConfig(runtime="openvino", precision="int8")
+    except ImportError:
+        return RuntimeConfig(runtime="onnxruntime", precision="int8")
+
+
+def make_sink(target: str, fps: float):
+    if target == "null":
+        from realtime.sinks.base import NullSink
+
+        return NullSink()
+    if target == "vcam":
+        from realtime.sinks.vcam import VcamSink
+
+        return VcamSink(fps)
+    if target == "preview":
+        from realtime.sinks.preview import PreviewSink
+
+        return PreviewSink()
+    if "://" in target:
+        from realtime.sinks.stream import StreamSink
+
+        try:
+            return StreamSink(target, fps)
+        except ValueError:
+            raise LipsyncError("--to", "vcam, preview, null, a file, or an rtmp:// udp:// srt:// URL",
+                               repr(target), "check the URL scheme") from None
+    from realtime.sinks.file import FORMATS
+    from realtime.sinks.recorder import FileSink
+
+    if Path(target).suffix.lower() not in FORMATS:
+        raise LipsyncError("--to", "vcam, preview, null, an rtmp/udp/srt URL, or a file ending in "
+                           + ", ".join(FORMATS), repr(target), "pick one of those")
+    return FileSink(target, fps)
+
+
+def make_source(audio: str, loop: bool = False, mic_device=None):
+    if audio == "mic":
+        from realtime.sources.mic import MicSource
+
+        return MicSource(mic_device)
+    from realtime.sources.file import FileSource
+
+    return FileSource(audio, loop=loop)
+
+
+def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
+                 cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None, log=None) -> Engine:
+    log = log or (lambda m: print(m, file=sys.stderr))
+    runtime = runtime or default_runtime()
+    checkpoint = checkpoint or default_checkpoint()
+    log(f"generator: {runtime.runtime} {runtime.precision} (split graph, cached face features)")
+    gen = load_generator(checkpoint, runtime, split=True, log=log)
+    av = load_avatar(AvatarConfig(avatar, loop=loop, fps=cfg.fps))
+    av.attach_features(gen, f"{gen.name}:{checkpoint}")
+    return Engine(av, gen, sinks, cfg, clock)

@@ -1,0 +1,87 @@
+"""Per-frame latency records -> percentiles, JSON and a one-line status."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _percentiles(values) -> dict:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    a = np.asarray(values, dtype=np.float64)
+    return {k: round(float(np.percentile(a, q)), 2) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))}
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Stats:
+    """Thread-safe; `record` is called by the sink thread once per frame a sink accepted."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.frames = 0
+        self.generated = 0
+        self.idle = 0
+        self.dropped = 0
+        self.audio_overruns = 0
+        self._processing_ms: list[float] = []
+        self._audio_to_frame_ms: list[float] = []
+        self._first_ns = self._last_ns = None
+        self._cpu0 = time.process_time()
+        self._wall0 = time.monotonic()
+
+    def record(self, accepted_ns: int, ready_ns: int | None, capture_ns: int | None, kind: str) -> None:
+        with self._lock:
+            self.frames += 1
+            if kind == "generated":
+                self.generated += 1
+            elif kind == "idle":
+                self.idle += 1
+            elif kind == "dropped":
+                self.dropped += 1
+            if ready_ns is not None and kind != "dropped":
+                self._processing_ms.append((accepted_ns - ready_ns) / 1e6)
+            if capture_ns is not None and kind != "dropped":
+                self._audio_to_frame_ms.append((accepted_ns - capture_ns) / 1e6)
+            self._first_ns = accepted_ns if self._first_ns is None else self._first_ns
+            self._last_ns = accepted_ns
+
+    def summary(self) -> dict:
+        with self._lock:
+            span_s = ((self._last_ns - self._first_ns) / 1e9) if self.frames > 1 else 0.0
+            wall = max(1e-9, time.monotonic() - self._wall0)
+            return {
+                "fps_sustained": round((self.frames - 1) / span_s, 2) if span_s > 0 else None,
+                "frames": self.frames, "generated": self.generated, "idle": self.idle,
+                "dropped": self.dropped, "audio_overruns": self.audio_overruns,
+                "processing_latency_ms": _percentiles(self._processing_ms),
+                "audio_to_frame_ms": _percentiles(self._audio_to_frame_ms),
+                "cpu_percent": round(100 * (time.process_time() - self._cpu0) / wall / (os.cpu_count() or 1), 1),
+                "rss_mb": round(rss_mb(), 1),
+            }
+
+    def status_line(self) -> str:
+        s = self.summary()
+        p = s["processing_latency_ms"]
+        return (f"{s['fps_sustained'] or 0:5.1f} fps  latency p50 {p['p50'] or 0:5.1f} p95 {p['p95'] or 0:5.1f} ms  "
+                f"dropped {s['dropped']}  cpu {s['cpu_percent']:4.1f}%")
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.summary(), indent=2) + "\n")
