@@ -126,10 +126,18 @@ class Engine:
                 item = self.audio_q.get()
             except Closed:
                 break
-            pcm, rate, arrival_ns, capture_ns = item
-            pcm16 = self._to_16k(pcm, rate)
-            if len(pcm16) == 0:
-                continue
+            self.process_audio(*item)
+        if getattr(self, "_flush", True):
+            self.mel.flush()
+            self._emit_ready()
+        self.frames_q.close()
+        self.sink_audio_q.close()
+
+    def process_audio(self, pcm: np.ndarray, rate: int, arrival_ns: int, capture_ns: int | None) -> None:
+        """One input chunk: the worker's whole job for it. Tests drive this directly, in step
+        with a manual clock, to make scheduling decisions deterministic."""
+        pcm16 = self._to_16k(pcm, rate)
+        if len(pcm16) > 0:
             if capture_ns is None:
                 capture_ns = arrival_ns - len(pcm16) * 1_000_000_000 // SR
             start = self._samples
@@ -140,11 +148,6 @@ class Engine:
             self.sink_audio_q.put(AudioChunk(pcm16, SR, start, arrival_ns))
             self.mel.push(pcm16)
             self._emit_ready()
-        if getattr(self, "_flush", True):
-            self.mel.flush()
-            self._emit_ready()
-        self.frames_q.close()
-        self.sink_audio_q.close()
 
     def _window_start(self, pts: int) -> int:
         return max(0, chunk_start(pts, self.cfg.fps, self.cfg.mel_offset_frames))
@@ -176,6 +179,7 @@ class Engine:
         capture_ns = self._capture_of(min(own, self._samples - 1))
         idx = self.avatar.index(pts)
         lateness_ms = (self.clock.now_ns() - ready_ns) / 1e6
+        self._decided_ns = self.clock.now_ns()
         if not self.offline and lateness_ms > self.cfg.max_lateness_ms and self._last is not None:
             self._put(self._last, pts, ready_ns, capture_ns, "dropped")
             return
@@ -207,7 +211,7 @@ class Engine:
             self.frames_q.put_wait(VideoFrame(bgr, pts, {"ready_ns": None, "capture_ns": None, "kind": kind}))
             return
         if not self.frames_q.put(VideoFrame(bgr, pts, {"ready_ns": ready_ns, "capture_ns": capture_ns,
-                                                       "kind": kind})):
+                                                       "kind": kind, "decided_ns": self._decided_ns})):
             self.stats.record(self.clock.now_ns(), None, None, "dropped")
 
     # -- sinks ------------------------------------------------------------------------------------
