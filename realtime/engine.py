@@ -72,6 +72,11 @@ class Engine:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "Engine":
+        # Sinks that must connect or open a device do it now, not on the first frame, where
+        # the wait would make the first frames late.
+        for sink in self.sinks:
+            if hasattr(sink, "prepare"):
+                sink.prepare(*self.avatar.size)
         for target, name in ((self._work, "lipsync-worker"), (self._deliver, "lipsync-sinks")):
             t = threading.Thread(target=self._guard(target), name=name, daemon=True)
             t.start()

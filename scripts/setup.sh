@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng sox libportaudio2 libgl1 libglib2.0-0)
+APT_PACKAGES=(espeak-ng sox libportaudio2 libgl1 libglib2.0-0 pulseaudio pulseaudio-utils libasound2-plugins nginx libnginx-mod-rtmp)
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     missing=()
     for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -57,6 +57,9 @@ class StreamSink:
             v.codec_context.time_base = 1 / self._fps
             a = out.add_stream("aac", rate=self._rate, layout="mono")
             a.format = "fltp"
+            # Write the header (the RTMP publish handshake) now: done lazily at the first mux,
+            # it stalled the whole engine for ~80 ms at the start of every stream.
+            out.start_encoding()
             self._out, self._v, self._a = out, v, a
             self._afs = a.codec_context.frame_size or 1024
             return True
@@ -89,6 +92,11 @@ class StreamSink:
             self.status = "live"
             return True
         return False
+
+    def prepare(self, width: int, height: int) -> None:
+        """Connect before the first frame (a refused connection is retried later, as usual)."""
+        self._size = (width, height)
+        self._ensure()
 
     def send_video(self, frame: VideoFrame) -> None:
         import av

@@ -32,6 +32,11 @@ class VcamSink:
                 "install OBS Studio (its virtual camera) or UnityCapture, and start it once")
             raise LipsyncError("--to vcam", "a virtual camera device", f"none usable ({first})", fix) from None
 
+    def prepare(self, width: int, height: int) -> None:
+        """Open the device up front: a missing loopback device fails before any work starts."""
+        if self._cam is None:
+            self._cam = self._open(width, height)
+
     def send_video(self, frame: VideoFrame) -> None:
         if self._cam is None:
             h, w = frame.bgr.shape[:2]
