@@ -62,6 +62,7 @@ class MicSource:
         self.block = max(1, self.rate * block_ms // 1000)
         self.overflows = 0
         self._stop = threading.Event()
+        self.started = threading.Event()  # set once the device is capturing
 
     def run(self, push, clock: MediaClock, duration_s: float | None = None) -> None:
         sd = _sounddevice()
@@ -82,6 +83,7 @@ class MicSource:
             raise LipsyncError("--audio mic", "an input stream that opens", str(e).splitlines()[0][:100],
                                "check the device with `lipsync devices`") from None
         with stream:
+            self.started.set()
             limit = None if duration_s is None else int(duration_s * rate)
             while not self._stop.wait(0.05):
                 if limit is not None and captured[0] >= limit:
