@@ -38,13 +38,18 @@ def _live(args) -> int:
             extra = "  ".join(getattr(s, "status", "") for s in sinks if getattr(s, "status", ""))
             print(f"\r{engine.stats.status_line()}  {extra}", end="", file=sys.stderr, flush=True)
 
-    threading.Thread(target=status, daemon=True).start()
-    print(f"live: {source.name} -> {', '.join(s.name for s in sinks)}  (Ctrl-C stops)", file=sys.stderr)
+    def started():
+        print(f"live: {source.name} -> {', '.join(s.name for s in sinks)} with {engine.gen.name} "
+              "(Ctrl-C stops)", file=sys.stderr)
+        threading.Thread(target=status, daemon=True).start()
+
     try:
-        summary = engine.run(source, args.duration)
+        summary = engine.run(source, args.duration, on_started=started)
     finally:
         done.set()
         print(file=sys.stderr)
+    if getattr(source, "overflows", 0):
+        summary["input_overflows"] = source.overflows
     if args.stats_json:
         engine.stats.write_json(args.stats_json)
     print(json.dumps(summary), file=sys.stderr)

@@ -107,8 +107,10 @@ class Engine:
             raise self._error
         return self.stats.summary()
 
-    def run(self, source, duration_s: float | None = None) -> dict:
+    def run(self, source, duration_s: float | None = None, on_started=None) -> dict:
         self.start()
+        if on_started is not None:
+            on_started()
         try:
             source.run(self.push_audio, self.clock, duration_s)
         except KeyboardInterrupt:

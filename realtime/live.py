@@ -77,7 +77,6 @@ def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtim
     log = log or (lambda m: print(m, file=sys.stderr))
     runtime = runtime or default_runtime()
     checkpoint = checkpoint or default_checkpoint()
-    log(f"generator: {runtime.runtime} {runtime.precision} (split graph, cached face features)")
     gen = load_generator(checkpoint, runtime, split=True, log=log)
     av = load_avatar(AvatarConfig(avatar, loop=loop, fps=cfg.fps))
     av.attach_features(gen, f"{gen.name}:{checkpoint}")
