@@ -29,6 +29,12 @@ def _live(args) -> int:
     runtime = default_runtime() if args.runtime == "auto" else RuntimeConfig(
         runtime=args.runtime, precision=args.precision, device=args.device)
     sinks = [make_sink(t, args.fps) for t in (args.to or ["vcam"])]
+    if args.audio_out is not None:
+        from realtime.sinks.audio_out import AudioOutSink
+
+        dev = None if args.audio_out == "default" else (int(args.audio_out) if args.audio_out.isdigit()
+                                                        else args.audio_out)
+        sinks.append(AudioOutSink(args.audio_out_delay_ms, dev))
     source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device)
     engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop)
     done = threading.Event()
@@ -108,6 +114,10 @@ def main(argv=None) -> int:
     lv.add_argument("--avatar-loop", default="forward", choices=["forward", "pingpong"])
     lv.add_argument("--mic-device", default=None, help="input device index or name (see `lipsync devices`)")
     lv.add_argument("--mel-offset", type=int, default=-1, help="-1: training alignment; 0: reference tool's")
+    lv.add_argument("--audio-out", default=None, metavar="DEVICE",
+                    help="play the input audio, delayed to match the video, to this output ('default', index or name)")
+    lv.add_argument("--audio-out-delay-ms", type=int, default=200,
+                    help="passthrough delay; ~ the measured audio-to-frame latency")
     lv.add_argument("--stats-json", default=None)
     sub.add_parser("devices", help="list audio devices and virtual camera backends")
     args = ap.parse_args(argv)

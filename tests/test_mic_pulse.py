@@ -49,3 +49,36 @@ def test_speech_through_pulseaudio_reaches_the_engine_in_real_time(tmp_path, gen
     n = min(len(a), len(b))
     assert n > 0.9 * len(want)
     assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.95
+
+
+def test_audio_passthrough_plays_the_input_to_an_output_device(tmp_path, generator_ckpt, photo, speech_wav):
+    """The engine plays the input through PulseAudio's null sink; parec records its monitor."""
+    import scipy.signal
+
+    try:
+        pulse = PulseAudio(tmp_path / "pulse").start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    raw = tmp_path / "monitor.raw"
+    try:
+        with open(raw, "wb") as f:
+            rec = subprocess.Popen(["parec", "-d", "vspeaker.monitor", "--format=s16le", "--rate=16000",
+                                    "--channels=1"], env=pulse.env, stdout=f)
+            proc = subprocess.run([sys.executable, str(SESSION.with_name("passthrough_session.py")),
+                                   str(generator_ckpt), str(photo), str(speech_wav), "200"],
+                                  env=pulse.env, capture_output=True, text=True, timeout=120)
+            rec.terminate()
+            rec.wait()
+    finally:
+        pulse.stop()
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["overruns"] == 0 and report["frames"] > 100
+    heard = np.frombuffer(raw.read_bytes(), np.int16).astype(np.float32) / 32768
+    want = decode_audio(speech_wav).pcm[0]
+    xc = scipy.signal.correlate(heard, want, mode="full", method="fft")
+    lag = int(np.argmax(np.abs(xc))) - (len(want) - 1)
+    assert lag >= 0
+    seg = heard[lag:lag + len(want)]
+    assert len(seg) > 0.9 * len(want)
+    assert np.corrcoef(seg, want[:len(seg)])[0, 1] > 0.95

@@ -1,0 +1,77 @@
+"""Audio passthrough: the input sound, delayed to match the video, to an output device.
+
+Beside a virtual webcam this feeds a virtual microphone (e.g. a PulseAudio null sink's
+monitor, or VB-Cable / BlackHole), so a call hears the voice in step with the lips. Video
+reaches the sink about `delay_ms` after its audio was captured (the mel lookahead plus
+processing: ~200 ms measured here), so the sound is held back by the same amount.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from models.errors import LipsyncError
+from realtime.frames import AudioChunk, VideoFrame
+
+
+class AudioOutSink:
+    def __init__(self, delay_ms: int = 200, device=None, sample_rate_hz: int = 16_000, buffer_s: float = 4.0):
+        self.name = f"audio-out:{device or 'default'}"
+        self.delay_ms, self.device, self.rate = delay_ms, device, sample_rate_hz
+        self._ring = np.zeros(int(buffer_s * sample_rate_hz), np.float32)
+        self._write = int(delay_ms * sample_rate_hz / 1000)  # the delay is a head start of silence
+        self._read = 0
+        self._lock = threading.Lock()
+        self.underruns = 0
+        self.overruns = 0
+        self._stream = None
+
+    def prepare(self, width: int, height: int) -> None:
+        try:
+            import sounddevice as sd
+        except (ImportError, OSError) as e:
+            raise LipsyncError("--audio-out", "PortAudio and sounddevice", str(e).splitlines()[0][:80],
+                               "install libportaudio2 and pip install sounddevice") from None
+        try:
+            self._stream = sd.OutputStream(device=self.device, channels=1, samplerate=self.rate, dtype="float32",
+                                           blocksize=self.rate // 50, callback=self._callback)
+        except Exception as e:  # PortAudioError: no such device, unsupported rate
+            raise LipsyncError("--audio-out", "an output device that opens", str(e).splitlines()[0][:100],
+                               "see `lipsync devices` for output devices") from None
+
+    def _callback(self, outdata, frames, time_info, status):
+        with self._lock:
+            avail = self._write - self._read
+            n = min(frames, max(0, avail))
+            idx = np.arange(self._read, self._read + n) % len(self._ring)
+            outdata[:n, 0] = self._ring[idx]
+            outdata[n:, 0] = 0
+            self._read += n
+            if n < frames and self._read > 0:
+                self.underruns += 1
+
+    def send_audio(self, chunk: AudioChunk) -> None:
+        # Playback starts with the first audio, so the head start of silence is the delay
+        # between a sample reaching this sink and it being heard.
+        start = self._stream is not None and not self._stream.active and self._read == 0
+        with self._lock:
+            room = len(self._ring) - (self._write - self._read)
+            pcm = chunk.pcm[:room]
+            if len(pcm) < len(chunk.pcm):
+                self.overruns += 1
+            idx = np.arange(self._write, self._write + len(pcm)) % len(self._ring)
+            self._ring[idx] = pcm
+            self._write += len(pcm)
+        if start:
+            self._stream.start()
+
+    def send_video(self, frame: VideoFrame) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
