@@ -27,6 +27,7 @@ class AudioOutSink:
         self.underruns = 0
         self.overruns = 0
         self._stream = None
+        self._drained = threading.Event()
 
     def prepare(self, width: int, height: int) -> None:
         try:
@@ -50,7 +51,10 @@ class AudioOutSink:
             outdata[n:, 0] = 0
             self._read += n
             if n < frames and self._read > 0:
-                self.underruns += 1
+                if self._closing:
+                    self._drained.set()
+                else:
+                    self.underruns += 1
 
     def send_audio(self, chunk: AudioChunk) -> None:
         # Playback starts with the first audio, so the head start of silence is the delay
@@ -70,8 +74,15 @@ class AudioOutSink:
     def send_video(self, frame: VideoFrame) -> None:
         pass
 
+    _closing = False
+
     def close(self) -> None:
+        """Let the delayed tail play out (bounded by what is queued), then release the device."""
         if self._stream is not None:
+            if self._stream.active:
+                self._closing = True
+                pending_s = (self._write - self._read) / self.rate
+                self._drained.wait(timeout=pending_s + 0.5)
             self._stream.stop()
             self._stream.close()
             self._stream = None
