@@ -11,6 +11,7 @@ ffmpeg executable (PyAV decodes and encodes). Extra flags are marked "(extension
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -69,15 +70,20 @@ def main(argv=None) -> int:
     from models.errors import LipsyncError
 
     try:
-        from realtime.render import RenderOptions, render
+        from realtime.render import RenderOptions, prepare, render
 
         opts = RenderOptions(
             fps=args.fps, pads=tuple(args.pads), static=args.static, batch_size=args.wav2lip_batch_size,
             resize_factor=args.resize_factor, crop=tuple(args.crop), box=tuple(args.box), rotate=args.rotate,
             nosmooth=args.nosmooth, mel_offset_frames=args.mel_offset, face_model=args.face_model,
             detection_cache=not args.no_detection_cache, progress=not args.quiet)
+        if not os.path.isfile(args.checkpoint_path):
+            raise LipsyncError(f"checkpoint {args.checkpoint_path}", "a .pth file", "no such file",
+                               "check the path, or put the file in checkpoints/ (see checkpoints/README.md)")
+        # Inputs first: bad input is reported before any slow model loading or first-use export.
+        inputs = prepare(args.face, args.audio, args.outfile, opts)
         generator = make_generator(args)
-        result = render(args.face, args.audio, args.outfile, generator, opts)
+        result = render(args.face, args.audio, args.outfile, generator, opts, inputs)
     except LipsyncError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

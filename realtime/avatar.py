@@ -52,6 +52,25 @@ class Avatar:
         """Which avatar frame shows at output frame `pts`."""
         return self._order[pts % len(self._order)]
 
+    def keypoints(self) -> list[np.ndarray]:
+        """BlazeFace's 6 keypoints per frame (for the procedural engine); where no face is found
+        (or --box skipped detection), estimated from the box with average face proportions."""
+        from models.face_detector import FaceDetector
+
+        out = []
+        with FaceDetector(self.cfg.face_model) as det:
+            for frame, (y1, y2, x1, x2) in zip(self.frames, self.boxes):
+                found = det.detect(frame)
+                if found is not None:
+                    out.append(found.keypoints)
+                    continue
+                w, h = x2 - x1, y2 - y1
+                fx = lambda u: x1 + u * w  # noqa: E731
+                fy = lambda v: y1 + v * h  # noqa: E731
+                out.append(np.array([[fx(.3), fy(.3)], [fx(.7), fy(.3)], [fx(.5), fy(.5)], [fx(.5), fy(.72)],
+                                     [fx(0), fy(.4)], [fx(1), fy(.4)]]))
+        return out
+
     def features_at(self, i: int) -> list[np.ndarray]:
         return [f[i:i + 1] for f in self.features]
 

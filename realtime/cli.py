@@ -36,7 +36,8 @@ def _live(args) -> int:
                                                         else args.audio_out)
         sinks.append(AudioOutSink(args.audio_out_delay_ms, dev))
     source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device)
-    engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop)
+    engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop,
+                          engine=args.engine)
     done = threading.Event()
 
     def status():
@@ -45,7 +46,7 @@ def _live(args) -> int:
             print(f"\r{engine.stats.status_line()}  {extra}", end="", file=sys.stderr, flush=True)
 
     def started():
-        print(f"live: {source.name} -> {', '.join(s.name for s in sinks)} with {engine.gen.name} "
+        print(f"live: {source.name} -> {', '.join(s.name for s in sinks)} with {engine.renderer.name} "
               "(Ctrl-C stops)", file=sys.stderr)
         threading.Thread(target=status, daemon=True).start()
 
@@ -105,6 +106,8 @@ def main(argv=None) -> int:
     lv.add_argument("--to", action="append", help="vcam | preview | null | rtmp://... | udp://... | srt://... | "
                                                   "FILE.mp4/.mkv (repeatable; default vcam)")
     lv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
+    lv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"],
+                    help="auto: wav2lip with a checkpoint, else the weight-free procedural engine")
     lv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
     lv.add_argument("--precision", default="int8", choices=["fp32", "int8", "bf16", "fp16"])
     lv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])

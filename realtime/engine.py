@@ -32,10 +32,26 @@ from realtime.stats import Stats
 SR = MODEL_SAMPLE_RATE_HZ
 
 
+class Wav2LipRenderer:
+    """The neural lips: the split generator's decoder on cached face features, pasted back."""
+
+    def __init__(self, generator, avatar: Avatar):
+        self.gen, self.avatar = generator, avatar
+        self.name = getattr(generator, "name", "wav2lip")
+
+    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float):
+        face = to_uint8_faces(self.gen.decode(mel_window[None, None], self.avatar.features_at(idx)))[0]
+        return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
+
+
 class Engine:
-    def __init__(self, avatar: Avatar, generator, sinks: list, cfg: EngineConfig = EngineConfig(),
+    def __init__(self, avatar: Avatar, renderer, sinks: list, cfg: EngineConfig = EngineConfig(),
                  clock: MediaClock | None = None):
-        self.avatar, self.gen, self.sinks, self.cfg = avatar, generator, list(sinks), cfg
+        """`renderer`: anything with `render(frame, avatar_index, mel_window, offset, fps)`, or a
+        split generator (anything with `decode`), which is wrapped in a Wav2LipRenderer."""
+        if not hasattr(renderer, "render"):
+            renderer = Wav2LipRenderer(renderer, avatar)
+        self.avatar, self.renderer, self.sinks, self.cfg = avatar, renderer, list(sinks), cfg
         self.clock = clock or MonotonicClock()
         # Offline (free-running clock): every frame is generated and audio waits for the worker
         # instead of overrunning; latency figures then mean nothing and are not recorded.
@@ -54,7 +70,7 @@ class Engine:
         self._next_pts = 0
         self._alpha = 0.0
         self._last: np.ndarray | None = None
-        self._mel_buf = np.zeros((1, 1, 80, WINDOW_FRAMES), np.float32)
+        self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
         self._threads: list[threading.Thread] = []
         self._error: BaseException | None = None
 
@@ -144,16 +160,20 @@ class Engine:
         """One input chunk: the worker's whole job for it. Tests drive this directly, in step
         with a manual clock, to make scheduling decisions deterministic."""
         pcm16 = self._to_16k(pcm, rate)
-        if len(pcm16) > 0:
-            if capture_ns is None:
-                capture_ns = arrival_ns - len(pcm16) * 1_000_000_000 // SR
+        if capture_ns is None:
+            capture_ns = arrival_ns - len(pcm16) * 1_000_000_000 // SR
+        # Long pushes (a TTS sentence at once) are taken in 100 ms steps, so that frames are
+        # decided while their audio is still in the mel and audio history rings.
+        step = SR // 10
+        for off in range(0, len(pcm16), step):
+            piece = pcm16[off:off + step]
             start = self._samples
-            self._samples += len(pcm16)
-            self._chunks.append((self._samples, arrival_ns, capture_ns, start))
+            self._samples += len(piece)
+            self._chunks.append((self._samples, arrival_ns, capture_ns + off * 1_000_000_000 // SR, start))
             idx = np.arange(start, self._samples) % len(self._hist)
-            self._hist[idx] = pcm16
-            self.sink_audio_q.put(AudioChunk(pcm16, SR, start, arrival_ns))
-            self.mel.push(pcm16)
+            self._hist[idx] = piece
+            self.sink_audio_q.put(AudioChunk(piece, SR, start, arrival_ns))
+            self.mel.push(piece)
             self._emit_ready()
 
     def _window_start(self, pts: int) -> int:
@@ -201,14 +221,11 @@ class Engine:
         if self._alpha == 0.0:
             out, kind = idle, "idle"
         else:
-            self.mel.window(s, out=self._mel_buf[0, 0])
-            face = to_uint8_faces(self.gen.decode(self._mel_buf, self.avatar.features_at(idx)))[0]
-            out = paste_hard(idle.copy(), face, self.avatar.boxes[idx])
+            self.mel.window(s, out=self._mel_buf)
+            out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
             if self._alpha < 1.0:
-                y1, y2, x1, x2 = self.avatar.boxes[idx]
                 a = np.float32(self._alpha)
-                region = out[y1:y2, x1:x2].astype(np.float32) * a + idle[y1:y2, x1:x2].astype(np.float32) * (1 - a)
-                out[y1:y2, x1:x2] = region.round().astype(np.uint8)
+                out = (out.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round().astype(np.uint8)
             kind = "generated"
         self._last = out
         self._put(out, pts, ready_ns, capture_ns, kind)

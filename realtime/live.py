@@ -72,12 +72,42 @@ def make_source(audio: str, loop: bool = False, mic_device=None):
     return FileSource(audio, loop=loop)
 
 
+def choose_engine(engine: str, checkpoint: str | None) -> tuple[str, str | None]:
+    """`auto`: Wav2Lip when a checkpoint is given or present in checkpoints/, else procedural."""
+    if engine == "procedural":
+        return "procedural", None
+    if engine == "wav2lip":
+        return "wav2lip", checkpoint or default_checkpoint()
+    if engine != "auto":
+        raise LipsyncError("--engine", "auto, wav2lip or procedural", repr(engine), "pick one of those")
+    if checkpoint:
+        return "wav2lip", checkpoint
+    try:
+        return "wav2lip", default_checkpoint()
+    except LipsyncError:
+        return "procedural", None
+
+
 def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                 cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None, log=None) -> Engine:
+                 cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None, log=None,
+                 engine: str = "auto") -> Engine:
     log = log or (lambda m: print(m, file=sys.stderr))
-    runtime = runtime or default_runtime()
-    checkpoint = checkpoint or default_checkpoint()
-    gen = load_generator(checkpoint, runtime, split=True, log=log)
+    kind, checkpoint = choose_engine(engine, checkpoint)
     av = load_avatar(AvatarConfig(avatar, loop=loop, fps=cfg.fps))
+    # Open outputs before the (possibly slow, first-use) export: a missing device or an
+    # unreachable server is reported at once.
+    for sink in sinks:
+        if hasattr(sink, "prepare"):
+            sink.prepare(*av.size)
+    if kind == "procedural":
+        from realtime.procedural import ProceduralRenderer
+
+        if engine == "auto":
+            log("engine: procedural (no Wav2Lip checkpoint given or in checkpoints/; see checkpoints/README.md)")
+        return Engine(av, ProceduralRenderer(av.keypoints()), sinks, cfg, clock)
+    runtime = runtime or default_runtime()
+    gen = load_generator(checkpoint, runtime, split=True, log=log)
+    if engine == "auto":
+        log(f"engine: wav2lip ({Path(checkpoint).name})")
     av.attach_features(gen, f"{gen.name}:{checkpoint}")
     return Engine(av, gen, sinks, cfg, clock)

@@ -96,8 +96,18 @@ def face_boxes(frames: list[np.ndarray], face_path: str, opts: RenderOptions) ->
     return [(int(y1), int(y2), int(x1), int(x2)) for x1, y1, x2, y2 in boxes]
 
 
-def render(face_path: str, audio_path: str, outfile: str, generator: Generator,
-           opts: RenderOptions = RenderOptions()) -> RenderResult:
+@dataclass(frozen=True)
+class RenderInputs:
+    """Everything the render needs besides the generator; made first, so bad input is reported
+    before any slow model loading or export."""
+    audio: object
+    chunks: list
+    frames: list
+    fps: float
+    boxes: list
+
+
+def prepare(face_path: str, audio_path: str, outfile: str, opts: RenderOptions = RenderOptions()) -> RenderInputs:
     if Path(outfile).suffix.lower() not in FORMATS:
         raise LipsyncError(f"output {outfile}", "a file name ending in " + ", ".join(FORMATS),
                            f"'{Path(outfile).suffix or 'no extension'}'", "change the output file name")
@@ -109,8 +119,13 @@ def render(face_path: str, audio_path: str, outfile: str, generator: Generator,
     frames, fps = load_face_frames(face_path, opts)
     chunks = mel_chunks(mel, fps, opts.mel_offset_frames)
     frames = frames[:len(chunks)]
-    boxes = face_boxes(frames, face_path, opts)
+    return RenderInputs(audio, chunks, frames, fps, face_boxes(frames, face_path, opts))
 
+
+def render(face_path: str, audio_path: str, outfile: str, generator: Generator,
+           opts: RenderOptions = RenderOptions(), inputs: RenderInputs | None = None) -> RenderResult:
+    inputs = inputs or prepare(face_path, audio_path, outfile, opts)
+    frames, chunks, boxes, audio, fps = inputs.frames, inputs.chunks, inputs.boxes, inputs.audio, inputs.fps
     h, w = frames[0].shape[:2]
     n = len(chunks)
     with VideoFileWriter(outfile, w, h, fps, audio.pcm, audio.sample_rate_hz) as writer, \

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The README's main job: lip-sync the embedded avatar to the embedded speech clip.
+"""The README's main job: the embedded avatar speaks the embedded clip, live, into a file.
 
-Uses checkpoints/wav2lip_gan.pth (or wav2lip.pth) when present. Without one, it says so and
-makes a clearly named random-weight checkpoint, so the whole pipeline still runs end to end;
-the mouth region is then noise, not lips.
+Runs `lipsync live` in real time (8 s) and writes results/demo.mp4 plus its latency stats. The
+engine is chosen automatically: Wav2Lip when checkpoints/wav2lip_gan.pth (or wav2lip.pth) is
+there, else the weight-free procedural engine; it says which. Extra arguments are passed on.
 """
 
 from __future__ import annotations
@@ -14,35 +14,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-AVATAR = ROOT / "media" / "avatar.jpg"
-SPEECH = ROOT / "media" / "speech.mp3"
-AVATAR_FACE_BOX = (60, 230, 150, 290)  # only used to calibrate the random-weight stand-in
-
-
-def pick_checkpoint() -> Path:
-    for name in ("wav2lip_gan.pth", "wav2lip.pth"):
-        if (ROOT / "checkpoints" / name).is_file():
-            return ROOT / "checkpoints" / name
-    stand_in = ROOT / "checkpoints" / "random-weights-demo.pth"
-    print("note: no Wav2Lip checkpoint in checkpoints/ (see checkpoints/README.md); running the pipeline "
-          f"with random weights from {stand_in.name}: the mouth will be noise, not speech", file=sys.stderr)
-    if not stand_in.is_file():
-        import cv2
-
-        from models.audio import decode_audio
-        from models.synthetic import calibration_batches, make_checkpoint
-
-        batches = calibration_batches(cv2.imread(str(AVATAR)), AVATAR_FACE_BOX, decode_audio(SPEECH).mono_16k())
-        make_checkpoint(stand_in, "Wav2Lip", seed=0, calibration=batches)
-    return stand_in
-
 
 def main() -> int:
-    import inference
+    from realtime.cli import main as cli
 
-    out = ROOT / "results" / "demo.mp4"
-    return inference.main(["--checkpoint_path", str(pick_checkpoint()), "--face", str(AVATAR),
-                           "--audio", str(SPEECH), "--outfile", str(out)] + sys.argv[1:])
+    out = ROOT / "results"
+    rc = cli(["live", "--avatar", str(ROOT / "media" / "avatar.jpg"), "--audio", str(ROOT / "media" / "speech.mp3"),
+              "--to", str(out / "demo.mp4"), "--stats-json", str(out / "demo-stats.json")] + sys.argv[1:])
+    if rc == 0:
+        print(f"wrote {out / 'demo.mp4'} and {out / 'demo-stats.json'}", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ class AudioOutSink:
         self._drained = threading.Event()
 
     def prepare(self, width: int, height: int) -> None:
+        if self._stream is not None:
+            return
         try:
             import sounddevice as sd
         except (ImportError, OSError) as e:

@@ -95,8 +95,9 @@ class StreamSink:
 
     def prepare(self, width: int, height: int) -> None:
         """Connect before the first frame (a refused connection is retried later, as usual)."""
-        self._size = (width, height)
-        self._ensure()
+        if self._out is None:
+            self._size = (width, height)
+            self._ensure()
 
     def send_video(self, frame: VideoFrame) -> None:
         import av

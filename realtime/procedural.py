@@ -1,0 +1,104 @@
+"""A lip engine that needs no weights: mouth motion from the audio, drawn by warping the photo.
+
+Same inputs and timing as the neural engine (each frame's 200 ms mel window, same alignment),
+so it plugs into the same scheduler, sinks, stats and API. Per frame:
+  * openness from loudness in the speech band around the frame's own time (the first ~60 ms
+    of the window after the 40 ms lead-in), between a floor and a ceiling in normalised mel units;
+  * width from spectral shape: energy high in the band (e.g. "ee", "s") spreads the lips, energy
+    low in the band (e.g. "oo", "o") rounds them;
+  * a smooth displacement field around the mouth keypoint (jaw and lower lip down, upper lip a
+    little up, corners in or out) applied with cv2.remap, fading to zero at the region's edge so
+    there is no seam; a soft dark ellipse for the open mouth's cavity.
+Closed and still in silence: openness 0 leaves the frame untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models import mel as M
+
+
+@dataclass(frozen=True)
+class ProceduralConfig:
+    floor_mel: float = -2.6  # normalised mel (-4..4) at or under which the mouth stays shut
+    ceiling_mel: float = 0.4  # at or over which it is fully open
+    max_open_mouth_widths: float = 0.3  # jaw drop at full openness, in mouth widths
+    smoothing: float = 0.5  # one-pole smoothing of openness between frames (0 = none)
+
+
+def _band(lo_hz: float, hi_hz: float) -> slice:
+    centres = M._mel_to_hz(np.linspace(M._hz_to_mel(M.FMIN_HZ), M._hz_to_mel(M.FMAX_HZ), M.N_MELS + 2))[1:-1]
+    idx = np.flatnonzero((centres >= lo_hz) & (centres <= hi_hz))
+    return slice(int(idx[0]), int(idx[-1]) + 1)
+
+
+SPEECH_BAND = _band(250, 4000)
+LOW_BAND, HIGH_BAND = _band(250, 1000), _band(1800, 4000)
+
+
+class ProceduralRenderer:
+    name = "procedural"
+
+    def __init__(self, keypoints: list[np.ndarray], cfg: ProceduralConfig = ProceduralConfig()):
+        """`keypoints[i]`: BlazeFace's 6 points (eyes, nose, mouth, ears) in avatar frame i."""
+        self.kps, self.cfg = keypoints, cfg
+        self._open = 0.0
+        self._maps: dict[int, tuple] = {}
+
+    def mouth_shape(self, mel_window: np.ndarray, offset_frames: int = -1, fps: float = 25.0) -> tuple[float, float]:
+        """(openness 0..1, width change -1..1) from one (80, 16) window."""
+        lead = int(round(-offset_frames * M.MEL_FRAMES_PER_S / fps))  # mel frames before the frame's time
+        now = mel_window[:, lead:lead + 5]
+        level = float(now[SPEECH_BAND].mean())
+        c = self.cfg
+        target = float(np.clip((level - c.floor_mel) / (c.ceiling_mel - c.floor_mel), 0.0, 1.0))
+        self._open = target if target > self._open else c.smoothing * self._open + (1 - c.smoothing) * target
+        if self._open < 0.02:
+            self._open = 0.0
+        tilt = float(now[HIGH_BAND].mean() - now[LOW_BAND].mean())
+        return self._open, float(np.clip(tilt / 3.0, -1.0, 1.0))
+
+    def _geometry(self, idx: int, shape: tuple[int, int]):
+        if idx not in self._maps:
+            kp = self.kps[idx]
+            eyes = np.linalg.norm(kp[0] - kp[1])
+            mouth_w = 0.9 * eyes  # mouth corners sit roughly under the pupils
+            cx, cy = kp[3]
+            r = int(1.6 * mouth_w)
+            h, w = shape
+            x0, x1 = max(0, int(cx) - r), min(w, int(cx) + r)
+            y0, y1 = max(0, int(cy) - r), min(h, int(cy) + int(1.4 * r))
+            ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+            dx, dy = (xs - cx) / mouth_w, (ys - cy) / mouth_w
+            self._maps[idx] = (x0, x1, y0, y1, xs, ys, dx, dy, mouth_w, float(cx), float(cy))
+        return self._maps[idx]
+
+    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int = -1,
+               fps: float = 25.0) -> np.ndarray:
+        import cv2
+
+        openness, width = self.mouth_shape(mel_window, offset_frames, fps)
+        if openness == 0.0:
+            return frame
+        x0, x1, y0, y1, xs, ys, dx, dy, mw, cx, cy = self._geometry(idx, frame.shape[:2])
+        drop = openness * self.cfg.max_open_mouth_widths * mw
+        # Falloff: 1 at the mouth, 0 well before the region's edge (no seam).
+        fall = np.exp(-(dx ** 2 / 0.55 + (dy - 0.25) ** 2 / 0.7))
+        below = 1.0 / (1.0 + np.exp(-dy * 8.0))  # 0 above the lip line, 1 below
+        # Sampling map: a pixel shows what was `shift` away (positive dy shift moves content down).
+        shift_y = fall * (drop * below - 0.25 * drop * (1 - below))
+        shift_x = fall * dx * width * 0.12 * mw
+        map_x = (xs - shift_x).astype(np.float32)
+        map_y = (ys - shift_y).astype(np.float32)
+        out = frame.copy()
+        region = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        # The open mouth's cavity: a soft dark ellipse between the parted lips.
+        cav = np.exp(-(((xs - cx) / (0.42 * mw * (1 + 0.3 * width))) ** 2
+                       + ((ys - cy - 0.35 * drop) / max(1.0, 0.45 * drop)) ** 2) * 2.0)
+        cav = (cav * min(1.0, 1.3 * openness))[..., None].astype(np.float32)
+        dark = np.array([28, 22, 45], np.float32)
+        out[y0:y1, x0:x1] = (region.astype(np.float32) * (1 - cav) + dark * cav).round().astype(np.uint8)
+        return out
