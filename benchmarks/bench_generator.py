@@ -158,15 +158,10 @@ def main() -> int:
     os.environ.setdefault("LIPSYNC_CACHE_DIR", os.path.join(tmp.name, "cache"))
     ckpt, weights = args.checkpoint, "user checkpoint"
     if ckpt is None:
-        import cv2
-
-        from models.audio import decode_audio
-        from models.synthetic import calibration_batches, make_checkpoint
+        from models.synthetic import make_embedded_calibrated_checkpoint
 
         ckpt = os.path.join(tmp.name, "random.pth")
-        batches = calibration_batches(cv2.imread(str(ROOT / "media" / "avatar.jpg")), (60, 230, 150, 290),
-                                      decode_audio(ROOT / "media" / "speech.mp3").mono_16k())
-        make_checkpoint(ckpt, "Wav2Lip", seed=0, calibration=batches)
+        make_embedded_calibrated_checkpoint(ckpt)
         weights = "random weights, official format, BatchNorm calibrated on real face/speech"
     ref = os.path.join(tmp.name, "reference.npy")
     results = []

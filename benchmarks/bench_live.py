@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path) -> dict:
+def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, engine: str = "wav2lip") -> dict:
     from realtime.clock import MonotonicClock
     from realtime.config import EngineConfig
     from realtime.live import build_engine
@@ -39,9 +39,9 @@ def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path) -
     else:
         sink = NullSink()
     try:
-        engine = build_engine(str(ROOT / "media" / "avatar.jpg"), [sink], ckpt, runtime, EngineConfig(),
-                              clock=MonotonicClock(), log=lambda m: None)
-        summary = engine.run(FileSource(str(ROOT / "media" / "speech.mp3"), loop=True), seconds)
+        eng = build_engine(str(ROOT / "media" / "avatar.jpg"), [sink], ckpt, runtime, EngineConfig(),
+                           clock=MonotonicClock(), log=lambda m: None, engine=engine)
+        summary = eng.run(FileSource(str(ROOT / "media" / "speech.mp3"), loop=True), seconds)
     finally:
         if server is not None:
             server.stop()
@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--sinks", nargs="+", default=["null", "rtmp"])
     ap.add_argument("--json", default="bench-out/live.json")
+    ap.add_argument("--engine", default="wav2lip", choices=["wav2lip", "procedural"])
     args = ap.parse_args()
 
     from realtime.live import default_runtime
@@ -64,24 +65,22 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory()
     os.environ.setdefault("LIPSYNC_CACHE_DIR", os.path.join(tmp.name, "cache"))
     ckpt, weights = args.checkpoint, "user checkpoint"
-    if ckpt is None:
-        import cv2
-
-        from models.audio import decode_audio
-        from models.synthetic import calibration_batches, make_checkpoint
+    if args.engine == "procedural":
+        weights = "none (procedural engine)"
+    elif ckpt is None:
+        from models.synthetic import make_embedded_calibrated_checkpoint
 
         ckpt = os.path.join(tmp.name, "random.pth")
-        batches = calibration_batches(cv2.imread(str(ROOT / "media" / "avatar.jpg")), (60, 230, 150, 290),
-                                      decode_audio(ROOT / "media" / "speech.mp3").mono_16k())
-        make_checkpoint(ckpt, "Wav2Lip", seed=0, calibration=batches)
+        make_embedded_calibrated_checkpoint(ckpt)
         weights = "random weights, official format"
     runtime = default_runtime()
-    doc = {"seconds": args.seconds, "weights": weights, "runtime": f"{runtime.runtime} {runtime.precision}",
+    doc = {"seconds": args.seconds, "weights": weights, "engine": args.engine,
+           "runtime": f"{runtime.runtime} {runtime.precision}" if args.engine == "wav2lip" else None,
            "avatar": "media/avatar.jpg (512x512 photo)", "audio": "media/speech.mp3 looped, paced in real time",
            "runs": {}}
     for name in args.sinks:
         print(f"[{name}] {args.seconds:g} s ...", file=sys.stderr)
-        doc["runs"][name] = one_run(ckpt, name, args.seconds, runtime, Path(tmp.name))
+        doc["runs"][name] = one_run(ckpt, name, args.seconds, runtime, Path(tmp.name), args.engine)
         print(json.dumps(doc["runs"][name]), file=sys.stderr)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

@@ -69,3 +69,20 @@ def make_checkpoint(path: str | os.PathLike, network: str = "Wav2Lip", seed: int
     }
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy_format)
     return net
+
+
+EMBEDDED_FACE_BOX = (60, 230, 150, 290)  # y1 y2 x1 x2 of the face in media/avatar.jpg
+
+
+def make_embedded_calibrated_checkpoint(path: str | os.PathLike, seed: int = 0) -> nn.Module:
+    """A random-weight generator calibrated on the project's embedded photo and speech clip."""
+    from pathlib import Path
+
+    import cv2
+
+    from models.audio import decode_audio
+
+    media = Path(__file__).resolve().parent.parent / "media"
+    batches = calibration_batches(cv2.imread(str(media / "avatar.jpg")), EMBEDDED_FACE_BOX,
+                                  decode_audio(media / "speech.mp3").mono_16k())
+    return make_checkpoint(path, "Wav2Lip", seed=seed, calibration=batches)
