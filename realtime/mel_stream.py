@@ -36,6 +36,7 @@ class MelStream:
         self._melbuf = np.zeros((k, M.N_MELS))
         self._basis_t = np.ascontiguousarray(M.mel_basis().T)
         self._max_push = max_push_samples
+        self._scratch = np.zeros(max_push_samples, dtype=np.float64)
         self._flushed = False
 
     @property
@@ -86,7 +87,9 @@ class MelStream:
                 continue
             seg = self._ring[dst:dst + src_hi - src_lo]
             seg[:] = x[src_lo:src_hi]
-            seg[1:] -= M.PREEMPHASIS * x[src_lo:src_hi - 1]
+            prev = self._scratch[:src_hi - src_lo - 1]
+            np.multiply(x[src_lo:src_hi - 1], M.PREEMPHASIS, out=prev)
+            seg[1:] -= prev
             if src_lo == 0:
                 if self._n > 0:
                     seg[0] -= M.PREEMPHASIS * self._prev_x
