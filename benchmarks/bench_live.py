@@ -20,9 +20,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, engine: str = "wav2lip") -> dict:
+def moving_avatar(path: Path, seconds: float = 10.0) -> Path:
+    """The embedded photo moving along the tracking benchmark's known path, as an H.264 video."""
+    import av
+    import cv2
+
+    from bench_tracking import moving_frames
+
+    frames, _ = moving_frames(cv2.imread(str(ROOT / "media" / "avatar.jpg")), int(seconds * 25))
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        s.options = {"crf": "16"}
+        for i, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="bgr24")
+            f.pts = i
+            out.mux(s.encode(f))
+        out.mux(s.encode(None))
+    return path
+
+
+def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, engine: str = "wav2lip",
+            avatar: str | None = None) -> dict:
     from realtime.clock import MonotonicClock
     from realtime.config import EngineConfig
     from realtime.live import build_engine
@@ -39,7 +61,7 @@ def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, e
     else:
         sink = NullSink()
     try:
-        eng = build_engine(str(ROOT / "media" / "avatar.jpg"), [sink], ckpt, runtime, EngineConfig(),
+        eng = build_engine(avatar or str(ROOT / "media" / "avatar.jpg"), [sink], ckpt, runtime, EngineConfig(),
                            clock=MonotonicClock(), log=lambda m: None, engine=engine)
         summary = eng.run(FileSource(str(ROOT / "media" / "speech.mp3"), loop=True), seconds)
     finally:
@@ -58,6 +80,8 @@ def main() -> int:
     ap.add_argument("--sinks", nargs="+", default=["null", "rtmp"])
     ap.add_argument("--json", default="bench-out/live.json")
     ap.add_argument("--engine", default="wav2lip", choices=["wav2lip", "procedural"])
+    ap.add_argument("--moving-avatar", action="store_true",
+                    help="a 10 s video of the photo moving along a known path (tracked, feathered)")
     args = ap.parse_args()
 
     from realtime.live import default_runtime
@@ -76,11 +100,12 @@ def main() -> int:
     runtime = default_runtime()
     doc = {"seconds": args.seconds, "weights": weights, "engine": args.engine,
            "runtime": f"{runtime.runtime} {runtime.precision}" if args.engine == "wav2lip" else None,
-           "avatar": "media/avatar.jpg (512x512 photo)", "audio": "media/speech.mp3 looped, paced in real time",
+           "avatar": "moving 512x512 video (10 s loop)" if args.moving_avatar else "media/avatar.jpg (512x512 photo)", "audio": "media/speech.mp3 looped, paced in real time",
            "runs": {}}
     for name in args.sinks:
         print(f"[{name}] {args.seconds:g} s ...", file=sys.stderr)
-        doc["runs"][name] = one_run(ckpt, name, args.seconds, runtime, Path(tmp.name), args.engine)
+        avatar = str(moving_avatar(Path(tmp.name) / "moving.mp4")) if args.moving_avatar else None
+        doc["runs"][name] = one_run(ckpt, name, args.seconds, runtime, Path(tmp.name), args.engine, avatar)
         print(json.dumps(doc["runs"][name]), file=sys.stderr)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

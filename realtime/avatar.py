@@ -32,11 +32,13 @@ class AvatarConfig:
     nosmooth: bool = False
     face_model: str | None = None
     max_frames: int = 1500  # a minute at 25 fps; longer idle loops rarely help and cost memory
+    tracking: bool = True  # video avatars: track between keyframe detections (see realtime.tracking)
 
 
 class Avatar:
-    def __init__(self, cfg: AvatarConfig, frames: list[np.ndarray], boxes, crops: np.ndarray):
+    def __init__(self, cfg: AvatarConfig, frames: list[np.ndarray], boxes, crops: np.ndarray, keypoints=None):
         self.cfg, self.frames, self.boxes, self.crops = cfg, frames, boxes, crops
+        self._keypoints = keypoints
         self.features: list[np.ndarray] | None = None
         order = list(range(len(frames)))
         if cfg.loop == "pingpong" and len(frames) > 2:
@@ -55,6 +57,8 @@ class Avatar:
     def keypoints(self) -> list[np.ndarray]:
         """BlazeFace's 6 keypoints per frame (for the procedural engine); where no face is found
         (or --box skipped detection), estimated from the box with average face proportions."""
+        if self._keypoints is not None:
+            return self._keypoints
         from models.face_detector import FaceDetector
 
         out = []
@@ -69,6 +73,7 @@ class Avatar:
                 fy = lambda v: y1 + v * h  # noqa: E731
                 out.append(np.array([[fx(.3), fy(.3)], [fx(.7), fy(.3)], [fx(.5), fy(.5)], [fx(.5), fy(.72)],
                                      [fx(0), fy(.4)], [fx(1), fy(.4)]]))
+        self._keypoints = out
         return out
 
     def features_at(self, i: int) -> list[np.ndarray]:
@@ -104,8 +109,33 @@ def load_avatar(cfg: AvatarConfig, progress: bool = False) -> Avatar:
         frames = [face_media.read_image(cfg.path)]
     else:
         frames, _ = face_media.read_video(cfg.path, cfg.max_frames)
-    opts = RenderOptions(pads=cfg.pads, box=cfg.box, nosmooth=cfg.nosmooth, face_model=cfg.face_model,
-                         progress=progress)
-    boxes = face_boxes(frames, cfg.path, opts)
+    keypoints = None
+    if cfg.tracking and len(frames) > 1 and cfg.box[0] == -1:
+        boxes, keypoints = tracked_boxes(frames, cfg)
+    else:
+        opts = RenderOptions(pads=cfg.pads, box=cfg.box, nosmooth=cfg.nosmooth, face_model=cfg.face_model,
+                             progress=progress)
+        boxes = face_boxes(frames, cfg.path, opts)
     crops = np.stack([crop_face(f, b) for f, b in zip(frames, boxes)])
-    return Avatar(cfg, frames, boxes, crops)
+    return Avatar(cfg, frames, boxes, crops, keypoints)
+
+
+def tracked_boxes(frames: list[np.ndarray], cfg: AvatarConfig):
+    """Boxes (y1, y2, x1, x2, padded like the reference) and keypoints for a moving avatar."""
+    from models.face_boxes import pad_and_clip
+    from models.face_detector import FaceDetector
+    from realtime.tracking import FaceTracker
+
+    h, w = frames[0].shape[:2]
+    boxes, kps = [], []
+    with FaceDetector(cfg.face_model) as det:
+        tracker = FaceTracker(det.detect, fps=cfg.fps)
+        for i, frame in enumerate(frames):
+            t = tracker.update(frame)
+            if t.box is None:
+                raise LipsyncError(f"avatar {cfg.path}", "a face in every frame", f"none in frame {i}",
+                                   "use a video where the face stays in view")
+            x1, y1, x2, y2 = pad_and_clip([int(round(v)) for v in t.box], cfg.pads, h, w)
+            boxes.append((y1, y2, x1, x2))
+            kps.append(t.keypoints)
+    return boxes, kps

@@ -25,7 +25,7 @@ def _live(args) -> int:
     from realtime.generator import RuntimeConfig
     from realtime.live import build_engine, default_runtime, make_sink, make_source
 
-    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset)
+    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend)
     runtime = default_runtime() if args.runtime == "auto" else RuntimeConfig(
         runtime=args.runtime, precision=args.precision, device=args.device)
     sinks = [make_sink(t, args.fps) for t in (args.to or ["vcam"])]
@@ -121,6 +121,8 @@ def main(argv=None) -> int:
                     help="play the input audio, delayed to match the video, to this output ('default', index or name)")
     lv.add_argument("--audio-out-delay-ms", type=int, default=200,
                     help="passthrough delay; ~ the measured audio-to-frame latency")
+    lv.add_argument("--blend", default="feather", choices=["feather", "hard"],
+                    help="feather: keypoint mask + colour match; hard: the reference rectangle")
     lv.add_argument("--stats-json", default=None)
     sub.add_parser("devices", help="list audio devices and virtual camera backends")
     args = ap.parse_args(argv)

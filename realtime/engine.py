@@ -22,7 +22,7 @@ import numpy as np
 from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
 from realtime.avatar import Avatar
 from realtime.clock import FreeRunClock, MediaClock, MonotonicClock
-from realtime.compositor import paste_hard, to_uint8_faces
+from realtime.compositor import paste_feathered, paste_hard, to_uint8_faces
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
@@ -35,12 +35,15 @@ SR = MODEL_SAMPLE_RATE_HZ
 class Wav2LipRenderer:
     """The neural lips: the split generator's decoder on cached face features, pasted back."""
 
-    def __init__(self, generator, avatar: Avatar):
-        self.gen, self.avatar = generator, avatar
+    def __init__(self, generator, avatar: Avatar, blend: str = "hard"):
+        self.gen, self.avatar, self.blend = generator, avatar, blend
         self.name = getattr(generator, "name", "wav2lip")
+        self._kps = avatar.keypoints() if blend == "feather" else None
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float):
         face = to_uint8_faces(self.gen.decode(mel_window[None, None], self.avatar.features_at(idx)))[0]
+        if self._kps is not None:
+            return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self._kps[idx])
         return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
 
 
@@ -50,7 +53,7 @@ class Engine:
         """`renderer`: anything with `render(frame, avatar_index, mel_window, offset, fps)`, or a
         split generator (anything with `decode`), which is wrapped in a Wav2LipRenderer."""
         if not hasattr(renderer, "render"):
-            renderer = Wav2LipRenderer(renderer, avatar)
+            renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
         self.avatar, self.renderer, self.sinks, self.cfg = avatar, renderer, list(sinks), cfg
         self.clock = clock or MonotonicClock()
         # Offline (free-running clock): every frame is generated and audio waits for the worker
