@@ -25,22 +25,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def moving_avatar(path: Path, seconds: float = 10.0) -> Path:
     """The embedded photo moving along the tracking benchmark's known path, as an H.264 video."""
-    import av
     import cv2
 
     from bench_tracking import moving_frames
+    from media import video_only
 
     frames, _ = moving_frames(cv2.imread(str(ROOT / "media" / "avatar.jpg")), int(seconds * 25))
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        s.options = {"crf": "16"}
-        for i, img in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(img, format="bgr24")
-            f.pts = i
-            out.mux(s.encode(f))
-        out.mux(s.encode(None))
-    return path
+    return video_only(path, frames)
 
 
 def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, engine: str = "wav2lip",

@@ -8,17 +8,16 @@ proportions; see `FRAMING`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models.errors import LipsyncError
+from models.quiet import native_stderr_silenced
 
 # Multiples of the eye-to-mouth distance `d` (vertical) and of the ear-to-ear distance (horizontal).
 # On an upright adult face the eyes sit ~0.38 and the mouth ~0.78 of the hairline-to-chin height,
@@ -27,21 +26,6 @@ from models.errors import LipsyncError
 FRAMING = {"top_d": 0.62, "bottom_d": 0.5, "width_ears": 0.95}
 FRAMING_VERSION = "kp-v1"
 MIN_SCORE = 0.5
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """mediapipe's C++ layers log INFO lines straight to fd 2 at start-up and on the first image;
-    they would bury our one-line errors and progress bars. Python exceptions still propagate."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 @dataclass(frozen=True)
@@ -78,7 +62,7 @@ class FaceDetector:
         self._mp = mp
         opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(self.model_path)),
                                           min_detection_confidence=min_score)
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             self._det = vision.FaceDetector.create_from_options(opts)
         self._warm = False
 
@@ -89,7 +73,7 @@ class FaceDetector:
         if self._warm:
             result = self._det.detect(image)
         else:
-            with _native_stderr_silenced():
+            with native_stderr_silenced():
                 result = self._det.detect(image)
             self._warm = True
         if not result.detections:
@@ -99,7 +83,7 @@ class FaceDetector:
         return Detection(frame_box(kp, h, w), kp, float(best.categories[0].score))
 
     def close(self):
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             self._det.close()
 
     def __enter__(self):

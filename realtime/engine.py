@@ -38,12 +38,13 @@ class Wav2LipRenderer:
     def __init__(self, generator, avatar: Avatar, blend: str = "hard"):
         self.gen, self.avatar, self.blend = generator, avatar, blend
         self.name = getattr(generator, "name", "wav2lip")
-        self._kps = avatar.keypoints() if blend == "feather" else None
+        if blend == "feather":
+            avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float):
         face = to_uint8_faces(self.gen.decode(mel_window[None, None], self.avatar.features_at(idx)))[0]
-        if self._kps is not None:
-            return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self._kps[idx])
+        if self.blend == "feather":
+            return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.keypoints()[idx])
         return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
 
 
@@ -122,6 +123,8 @@ class Engine:
             t.join()
         for sink in self.sinks:
             sink.close()
+        if hasattr(self.avatar, "close"):  # a live camera releases its device
+            self.avatar.close()
         if self._error is not None:
             raise self._error
         return self.stats.summary()
@@ -207,6 +210,8 @@ class Engine:
         ready_ns = self._arrival_of(min(last_sample, self._samples - 1))
         own = round(pts * SR / self.cfg.fps)
         capture_ns = self._capture_of(min(own, self._samples - 1))
+        if hasattr(self.avatar, "advance"):  # a live camera: newest frame, tracked, encoded
+            self.avatar.advance(pts)
         idx = self.avatar.index(pts)
         lateness_ms = (self.clock.now_ns() - ready_ns) / 1e6
         self._decided_ns = self.clock.now_ns()
@@ -221,7 +226,9 @@ class Engine:
         speaking = dbfs > self.cfg.silence_threshold_dbfs
         self._alpha = min(1.0, self._alpha + step) if speaking else max(0.0, self._alpha - step)
         idle = self.avatar.frames[idx]
-        if self._alpha == 0.0:
+        if not getattr(self.avatar, "has_face", True):
+            out, kind = idle, "no_face"  # passed through unchanged, counted
+        elif self._alpha == 0.0:
             out, kind = idle, "idle"
         else:
             self.mel.window(s, out=self._mel_buf)

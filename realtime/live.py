@@ -93,7 +93,14 @@ def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtim
                  engine: str = "auto") -> Engine:
     log = log or (lambda m: print(m, file=sys.stderr))
     kind, checkpoint = choose_engine(engine, checkpoint)
-    av = load_avatar(AvatarConfig(avatar, loop=loop, fps=cfg.fps))
+    if avatar.startswith("camera:"):
+        from realtime.camera_avatar import CameraAvatar
+        from realtime.sources.camera import CameraCapture
+
+        spec = avatar.removeprefix("camera:")
+        av = CameraAvatar(CameraCapture(int(spec) if spec.isdigit() else spec), fps=cfg.fps)
+    else:
+        av = load_avatar(AvatarConfig(avatar, loop=loop, fps=cfg.fps))
     # Open outputs before the (possibly slow, first-use) export: a missing device or an
     # unreachable server is reported at once.
     for sink in sinks:

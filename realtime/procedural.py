@@ -62,8 +62,10 @@ class ProceduralRenderer:
         return self._open, float(np.clip(tilt / 3.0, -1.0, 1.0))
 
     def _geometry(self, idx: int, shape: tuple[int, int]):
-        if idx not in self._maps:
-            kp = self.kps[idx]
+        kp = self.kps[idx]
+        cached = self._maps.get(idx)
+        # A live camera's keypoints change every frame; a photo's or video's never do.
+        if cached is None or not np.array_equal(cached[-1], kp):
             eyes = np.linalg.norm(kp[0] - kp[1])
             mouth_w = 0.9 * eyes  # mouth corners sit roughly under the pupils
             cx, cy = kp[3]
@@ -73,8 +75,8 @@ class ProceduralRenderer:
             y0, y1 = max(0, int(cy) - r), min(h, int(cy) + int(1.4 * r))
             ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
             dx, dy = (xs - cx) / mouth_w, (ys - cy) / mouth_w
-            self._maps[idx] = (x0, x1, y0, y1, xs, ys, dx, dy, mouth_w, float(cx), float(cy))
-        return self._maps[idx]
+            self._maps[idx] = (x0, x1, y0, y1, xs, ys, dx, dy, mouth_w, float(cx), float(cy), kp.copy())
+        return self._maps[idx][:-1]
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int = -1,
                fps: float = 25.0) -> np.ndarray:

@@ -39,6 +39,7 @@ class Stats:
         self.generated = 0
         self.idle = 0
         self.dropped = 0
+        self.no_face = 0
         self.audio_overruns = 0
         self._processing_ms: list[float] = []
         self._audio_to_frame_ms: list[float] = []
@@ -55,6 +56,8 @@ class Stats:
                 self.idle += 1
             elif kind == "dropped":
                 self.dropped += 1
+            elif kind == "no_face":
+                self.no_face += 1
             if ready_ns is not None and kind != "dropped":
                 self._processing_ms.append((accepted_ns - ready_ns) / 1e6)
             if capture_ns is not None and kind != "dropped":
@@ -69,7 +72,7 @@ class Stats:
             return {
                 "fps_sustained": round((self.frames - 1) / span_s, 2) if span_s > 0 else None,
                 "frames": self.frames, "generated": self.generated, "idle": self.idle,
-                "dropped": self.dropped, "audio_overruns": self.audio_overruns,
+                "dropped": self.dropped, "no_face": self.no_face, "audio_overruns": self.audio_overruns,
                 "processing_latency_ms": _percentiles(self._processing_ms),
                 "audio_to_frame_ms": _percentiles(self._audio_to_frame_ms),
                 "cpu_percent": round(100 * (time.process_time() - self._cpu0) / wall / (os.cpu_count() or 1), 1),

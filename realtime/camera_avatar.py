@@ -1,0 +1,67 @@
+"""An avatar that is a live camera: each output frame takes the newest camera frame, tracks the
+face in it, and computes its face-encoder features on the spot (nothing can be cached)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.face_boxes import pad_and_clip
+from realtime.face_input import crop_face, model_faces
+
+
+class CameraAvatar:
+    def __init__(self, capture, pads=(0, 10, 0, 0), fps: float = 25.0, face_model: str | None = None):
+        from models.face_detector import FaceDetector
+        from realtime.tracking import FaceTracker
+
+        self.capture, self.pads = capture, pads
+        self._detector = FaceDetector(face_model)
+        self.tracker = FaceTracker(self._detector.detect, fps=fps)
+        self.frames = [capture.first]
+        self.boxes = [(0, 1, 0, 1)]
+        self._kps = [np.zeros((6, 2))]
+        self.has_face = False
+        self.no_face_frames = 0
+        self._encoder = None
+        self.features = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        h, w = self.frames[0].shape[:2]
+        return w, h
+
+    def index(self, pts: int) -> int:
+        return 0
+
+    def keypoints(self) -> list[np.ndarray]:
+        return self._kps
+
+    def attach_features(self, encoder, encoder_id: str = "") -> None:
+        self._encoder = encoder
+
+    def features_at(self, i: int) -> list[np.ndarray]:
+        return self.features
+
+    def advance(self, pts: int) -> None:
+        """Take the newest camera frame and prepare everything the renderers read for it."""
+        frame = self.capture.latest()
+        self.frames[0] = frame
+        track = self.tracker.update(frame)
+        self.has_face = track.box is not None
+        if not self.has_face:
+            self.no_face_frames += 1
+            return
+        h, w = frame.shape[:2]
+        x1, y1, x2, y2 = pad_and_clip([int(round(v)) for v in track.box], self.pads, h, w)
+        if x2 - x1 < 8 or y2 - y1 < 8:
+            self.has_face = False
+            self.no_face_frames += 1
+            return
+        self.boxes[0] = (y1, y2, x1, x2)
+        self._kps[0] = track.keypoints
+        if self._encoder is not None:
+            self.features = self._encoder.encode(model_faces(crop_face(frame, self.boxes[0])[None]))
+
+    def close(self) -> None:
+        self.capture.close()
+        self._detector.close()
