@@ -19,6 +19,7 @@ import numpy as np
 from models.errors import LipsyncError
 
 MIN_PSNR_DB = 30.0
+MIN_FP16_PSNR_DB = 40.0  # fp16 should be near-lossless; less means an overflow somewhere
 CALIBRATION_SAMPLES = 32
 HELDOUT_SAMPLES = 8
 
@@ -149,6 +150,15 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
                                            f"{psnr:.1f} dB", "use fp32, or bf16 with --runtime openvino")
                 else:
                     convert_fp16(fp32[graph], tmp)
+                    if graph != "face_encoder":
+                        from export.onnx import verification_inputs
+
+                        held = _feeds(graph, *verification_inputs(HELDOUT_SAMPLES, seed=2), fp32.get("face_encoder"))
+                        psnr = psnr_db(_outputs(tmp, held), _outputs(fp32[graph], held))
+                        log(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
+                        if not psnr >= MIN_FP16_PSNR_DB:
+                            raise LipsyncError(f"fp16 {graph}", f"PSNR >= {MIN_FP16_PSNR_DB:g} dB vs fp32",
+                                               f"{psnr:.1f} dB", "use fp32 on this GPU")
                 model = onnx.load(str(tmp))
             del model.metadata_props[:]
             for k, v in metadata(sha, graph, precision).items():

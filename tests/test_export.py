@@ -204,3 +204,19 @@ def test_live_path_loads_from_warm_cache_without_torch(generator_ckpt, full_path
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_fp16_export_for_gpus_is_near_lossless(generator_ckpt, full_path, heldout):
+    """Built for CUDA/TensorRT; ONNX Runtime's CPU provider runs it too, which lets it be checked here."""
+    import onnx
+
+    from export.cache import ensure_exported
+    from export.quantize import psnr_db
+    from realtime.generator import OnnxGenerator
+
+    path = ensure_exported(generator_ckpt, "full", "fp16", log=lambda m: None)["full"]
+    model = onnx.load(str(path))
+    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input)
+    mels, faces = heldout
+    assert psnr_db(OnnxGenerator(path)(mels, faces), OnnxGenerator(full_path)(mels, faces)) >= 40.0
