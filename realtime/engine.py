@@ -178,7 +178,11 @@ class Engine:
             self._chunks.append((self._samples, arrival_ns, capture_ns + off * 1_000_000_000 // SR, start))
             idx = np.arange(start, self._samples) % len(self._hist)
             self._hist[idx] = piece
-            self.sink_audio_q.put(AudioChunk(piece, SR, start, arrival_ns))
+            chunk = AudioChunk(piece, SR, start, arrival_ns)
+            if self.offline:
+                self.sink_audio_q.put_wait(chunk)  # nothing is real time: wait for the sinks
+            elif not self.sink_audio_q.put(chunk):
+                self.stats.audio_overruns += 1
             self.mel.push(piece)
             self._emit_ready()
 
@@ -210,14 +214,14 @@ class Engine:
         ready_ns = self._arrival_of(min(last_sample, self._samples - 1))
         own = round(pts * SR / self.cfg.fps)
         capture_ns = self._capture_of(min(own, self._samples - 1))
-        if hasattr(self.avatar, "advance"):  # a live camera: newest frame, tracked, encoded
-            self.avatar.advance(pts)
-        idx = self.avatar.index(pts)
         lateness_ms = (self.clock.now_ns() - ready_ns) / 1e6
         self._decided_ns = self.clock.now_ns()
         if not self.offline and lateness_ms > self.cfg.max_lateness_ms and self._last is not None:
             self._put(self._last, pts, ready_ns, capture_ns, "dropped")
             return
+        if hasattr(self.avatar, "advance"):  # a live camera: newest frame, tracked, encoded
+            self.avatar.advance(pts)
+        idx = self.avatar.index(pts)
         lo, hi = max(0, HOP * s - N_FFT // 2), min(self._samples, last_sample + 1)
         lo = max(lo, self._samples - len(self._hist))
         window = self._hist[np.arange(lo, hi) % len(self._hist)]
@@ -263,10 +267,14 @@ class Engine:
     def _deliver(self) -> None:
         while True:
             try:
-                frame = self.frames_q.get()
+                # A short wait, so that audio keeps flowing to the sinks (and the worker never
+                # waits on a full audio queue) even while no frame is due.
+                frame = self.frames_q.get(timeout_s=0.05)
             except Closed:
                 break
             self._drain_audio()
+            if frame is None:
+                continue
             for sink in self.sinks:
                 sink.send_video(frame)
             m = frame.meta
