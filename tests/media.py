@@ -83,3 +83,21 @@ def calibration_batches(photo: Path, speech: Path):
     from models.synthetic import calibration_batches as batches
 
     return batches(cv2.imread(str(photo)), ASTRONAUT_FACE_BOX, decode_audio(speech).mono_16k())
+
+
+class CollectSink:
+    """A sink that keeps every frame it is given, for tests that inspect the engine's output."""
+
+    name = "collect"
+
+    def __init__(self):
+        self.frames = []
+
+    def send_video(self, frame):
+        self.frames.append(frame)
+
+    def send_audio(self, chunk):
+        pass
+
+    def close(self):
+        pass

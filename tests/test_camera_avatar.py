@@ -12,21 +12,6 @@ from realtime.clock import MonotonicClock
 from realtime.config import EngineConfig
 
 
-class Collect:
-    name = "collect"
-
-    def __init__(self):
-        self.frames = []
-
-    def send_video(self, frame):
-        self.frames.append(frame)
-
-    def send_audio(self, chunk):
-        pass
-
-    def close(self):
-        pass
-
 
 def test_camera_avatar_tracks_and_lip_syncs_each_frame(tmp_path, generator_ckpt, photo, speech_wav):
     from realtime.live import build_engine
@@ -35,7 +20,7 @@ def test_camera_avatar_tracks_and_lip_syncs_each_frame(tmp_path, generator_ckpt,
     img = cv2.imread(str(photo))
     moving = [np.roll(img, k, axis=1) for k in range(0, 50, 2)]
     cam = media.video_only(tmp_path / "cam.mp4", moving)
-    sink = Collect()
+    sink = media.CollectSink()
     engine = build_engine(f"camera:{cam}", [sink], str(generator_ckpt), cfg=EngineConfig(),
                           clock=MonotonicClock(), log=lambda m: None, engine="wav2lip")
     summary = engine.run(FileSource(str(speech_wav)), 2.0)
@@ -54,7 +39,7 @@ def test_camera_without_a_face_passes_frames_through(tmp_path, generator_ckpt, s
 
     blank = [np.full((240, 320, 3), 90, np.uint8)] * 10
     cam = media.video_only(tmp_path / "blank.mp4", blank)
-    sink = Collect()
+    sink = media.CollectSink()
     engine = build_engine(f"camera:{cam}", [sink], None, cfg=EngineConfig(), clock=MonotonicClock(),
                           log=lambda m: None, engine="procedural")
     summary = engine.run(FileSource(str(speech_wav)), 1.0)

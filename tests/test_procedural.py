@@ -7,26 +7,12 @@ import sys
 import numpy as np
 import pytest
 
+import media
 from conftest import ROOT
 from models.audio import decode_audio
 from realtime.clock import FreeRunClock
 from realtime.config import EngineConfig
 
-
-class Collect:
-    name = "collect"
-
-    def __init__(self):
-        self.frames = []
-
-    def send_video(self, frame):
-        self.frames.append(frame)
-
-    def send_audio(self, chunk):
-        pass
-
-    def close(self):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +26,7 @@ def run_with_pause(photo, speech_wav):
     wav = np.concatenate([speech[:32000], pause, speech[32000:64000]])
     avatar = load_avatar(AvatarConfig(str(photo)))
     kps = avatar.keypoints()
-    sink = Collect()
+    sink = media.CollectSink()
     engine = Engine(avatar, ProceduralRenderer(kps), [sink], EngineConfig(), FreeRunClock())
     engine.start()
     for i in range(0, len(wav), 320):
