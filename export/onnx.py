@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,25 +102,27 @@ def export_variant(net, variant: str, path: str | os.PathLike, source_sha256: st
     return path
 
 
-def verification_inputs(batch: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Real inputs: jittered face crops of the embedded photo, mels of the embedded speech."""
+@lru_cache(maxsize=1)
+def _embedded_media():
+    """The embedded photo and speech mel windows, decoded once per process (every export,
+    verification and quantization draws its real inputs from them)."""
     import cv2
 
     from models.audio import decode_audio
     from models.mel import mel_chunks, melspectrogram
-    from realtime.face_input import crop_face, model_faces, model_mels
 
     root = Path(__file__).resolve().parent.parent / "media"
     img = cv2.imread(str(root / "avatar.jpg"))
-    chunks = mel_chunks(melspectrogram(decode_audio(root / "speech.mp3").mono_16k()), 25)
-    rng = np.random.default_rng(seed)
-    y1, y2, x1, x2 = 70, 190, 170, 275  # the embedded avatar's face
-    crops = []
-    for _ in range(batch):
-        dy, dx = rng.integers(-8, 9, 2)
-        crops.append(crop_face(img, (y1 + dy, y2 + dy, x1 + dx, x2 + dx)))
-    mels = [chunks[i] for i in rng.integers(0, len(chunks), batch)]
-    return model_mels(mels), model_faces(np.stack(crops))
+    return img, mel_chunks(melspectrogram(decode_audio(root / "speech.mp3").mono_16k()), 25)
+
+
+def verification_inputs(batch: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Real inputs: jittered face crops of the embedded photo, mels of the embedded speech."""
+    from realtime.face_input import jittered_samples
+
+    img, chunks = _embedded_media()
+    face_box = (70, 190, 170, 275)  # the embedded avatar's face, y1 y2 x1 x2
+    return jittered_samples(img, face_box, chunks, batch, np.random.default_rng(seed), jitter_px=8)
 
 
 def verify(net, variant: str, path: str | os.PathLike, tolerance: float | None = None) -> float:

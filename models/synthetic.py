@@ -34,20 +34,12 @@ def calibration_batches(face_bgr: np.ndarray, box, wav16k: np.ndarray, batches: 
                         seed: int = 0):
     """Real generator inputs for BatchNorm calibration: jittered crops of one face plus speech mels."""
     from models.mel import mel_chunks, melspectrogram
-    from realtime.face_input import crop_face, model_faces, model_mels
+    from realtime.face_input import jittered_samples
 
     chunks = mel_chunks(melspectrogram(wav16k), 25)
     rng = np.random.default_rng(seed)
-    y1, y2, x1, x2 = box
-    out = []
-    for _ in range(batches):
-        crops = []
-        for _ in range(batch):
-            dy, dx = rng.integers(-12, 13, 2)
-            crops.append(crop_face(face_bgr, (y1 + dy, y2 + dy, x1 + dx, x2 + dx)))
-        mels = [chunks[i] for i in rng.integers(0, len(chunks), batch)]
-        out.append((torch.from_numpy(model_mels(mels)), torch.from_numpy(model_faces(np.stack(crops)))))
-    return out
+    return [tuple(map(torch.from_numpy, jittered_samples(face_bgr, box, chunks, batch, rng, jitter_px=12)))
+            for _ in range(batches)]
 
 
 def make_checkpoint(path: str | os.PathLike, network: str = "Wav2Lip", seed: int = 0,

@@ -76,6 +76,7 @@ class Engine:
         self._last: np.ndarray | None = None
         self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
         self._threads: list[threading.Thread] = []
+        self._flush = True
         self._error: BaseException | None = None
 
     # -- input ----------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class Engine:
             except Closed:
                 break
             self.process_audio(*item)
-        if getattr(self, "_flush", True):
+        if self._flush:
             self.mel.flush()
             self._emit_ready()
         self.frames_q.close()

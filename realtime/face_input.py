@@ -32,3 +32,15 @@ def model_faces(crops: np.ndarray) -> np.ndarray:
 def model_mels(chunks) -> np.ndarray:
     """A sequence of (80, 16) mel windows -> (B, 1, 80, 16) float32 generator input."""
     return np.ascontiguousarray(np.stack(chunks).astype(np.float32)[:, None])
+
+
+def jittered_samples(face_bgr: np.ndarray, box, chunks, n: int, rng: np.random.Generator, jitter_px: int):
+    """`n` (mels, faces) generator inputs from real media: crops of one face with the box shifted
+    by up to `jitter_px`, paired with randomly chosen mel windows. For calibration and checks."""
+    y1, y2, x1, x2 = box
+    crops = []
+    for _ in range(n):
+        dy, dx = rng.integers(-jitter_px, jitter_px + 1, 2)
+        crops.append(crop_face(face_bgr, (y1 + dy, y2 + dy, x1 + dx, x2 + dx)))
+    mels = [chunks[i] for i in rng.integers(0, len(chunks), n)]
+    return model_mels(mels), model_faces(np.stack(crops))
