@@ -15,7 +15,20 @@ from pathlib import Path
 from models.errors import LipsyncError
 from models.hashing import sha256_file
 
-GRAPHS = {"full": ("full",), "split": ("face_encoder", "decoder")}
+LAYOUTS = ("full", "split")
+
+
+def graphs(layout: str, first_row: int = 0) -> tuple[str, ...]:
+    """Graph variants of a layout; `first_row` > 0 picks the row-cropped decoder (split only)."""
+    from export.metadata import decoder_variant
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}")
+    if layout == "full":
+        if first_row:
+            raise ValueError("the full graph always computes every row; use the split layout")
+        return ("full",)
+    return ("face_encoder", decoder_variant(first_row))
 
 
 def cache_root() -> Path:
@@ -24,9 +37,13 @@ def cache_root() -> Path:
     return cache_dir() / "exports"
 
 
-def entry_paths(sha: str, layout: str, precision: str = "fp32") -> dict[str, Path]:
-    d = cache_root() / sha[:24]
-    return {g: d / f"{g}-{precision}.onnx" for g in GRAPHS[layout]}
+def entry_dir(sha: str) -> Path:
+    return cache_root() / sha[:24]
+
+
+def entry_paths(sha: str, layout: str, precision: str = "fp32", first_row: int = 0) -> dict[str, Path]:
+    d = entry_dir(sha)
+    return {g: d / f"{g}-{precision}.onnx" for g in graphs(layout, first_row)}
 
 
 def _valid(path: Path, sha: str, precision: str) -> bool:
@@ -54,25 +71,23 @@ def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path
         log(f"exporting {Path(checkpoint).name} -> ONNX [{i}/{len(graphs)}] {g} ...")
         try:
             export_variant(net, g, tmp, sha)
-            err = verify(net, g, tmp)
+            rel = verify(net, g, tmp)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        log(f"  verified against torch: max abs diff {err:.2e}")
+        log(f"  verified against torch: worst difference {rel:.1e} of the output's magnitude")
 
 
 def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precision: str = "fp32",
-                    log=None) -> dict[str, Path]:
+                    log=None, first_row: int = 0) -> dict[str, Path]:
     """Paths of verified ONNX graphs for `checkpoint`, exporting them first if needed."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise LipsyncError(f"checkpoint {checkpoint}", "a .pth file", "no such file",
                            "check the path, or put the file in checkpoints/ (see checkpoints/README.md)")
-    if layout not in GRAPHS:
-        raise ValueError(f"layout must be one of {sorted(GRAPHS)}")
     sha = sha256_file(checkpoint)
-    paths = entry_paths(sha, layout, precision)
+    paths = entry_paths(sha, layout, precision, first_row)
     missing = [g for g, p in paths.items() if not _valid(p, sha, precision)]
     if missing:
         if precision == "fp32":
@@ -80,6 +95,6 @@ def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precisi
         else:
             from export.quantize import build_reduced
 
-            fp32 = ensure_exported(checkpoint, layout, "fp32", log)
+            fp32 = ensure_exported(checkpoint, layout, "fp32", log, first_row)
             build_reduced(fp32, sha, precision, paths, log, checkpoint=checkpoint)
     return paths

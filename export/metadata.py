@@ -9,6 +9,16 @@ from models import mel as mel_params
 
 OPSET = 17
 TOOL_VERSION = "lipsync-rt 0.1.0"
+SKIPS = [f"skip{i}" for i in range(7)]
+
+
+def decoder_variant(first_row: int) -> str:
+    """The decoder graph that computes output rows `first_row`..95 (all rows for 0)."""
+    return "decoder" if first_row == 0 else f"decoder_r{first_row}"
+
+
+def variant_first_row(variant: str) -> int:
+    return int(variant.removeprefix("decoder_r")) if variant.startswith("decoder_r") else 0
 
 
 def metadata(source_sha256: str, variant: str, precision: str = "fp32") -> dict[str, str]:

@@ -9,6 +9,7 @@ BatchNorm running statistics are calibrated on the caller's real inputs first.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -78,3 +79,87 @@ def make_embedded_calibrated_checkpoint(path: str | os.PathLike, seed: int = 0) 
     batches = calibration_batches(cv2.imread(str(media / "avatar.jpg")), EMBEDDED_FACE_BOX,
                                   decode_audio(media / "speech.mp3").mono_16k())
     return make_checkpoint(path, "Wav2Lip", seed=seed, calibration=batches)
+
+
+@dataclass(frozen=True)
+class CheckpointStyle:
+    """How a stand-in checkpoint differs from the others in its family.
+
+    Trained checkpoints differ from fresh random ones in ways that matter to export and
+    quantization: BatchNorm affines far from (1, 0), activations in the tens or hundreds, and
+    statistics gathered on data unlike any test input. A family spans those axes.
+    """
+
+    seed: int
+    calibration: str = "photo"  # what BatchNorm statistics are gathered on: photo | smooth
+    trained_affine: bool = False  # BatchNorm gamma in 0.3..2, beta in -1..1
+    activation_scale: float = 1.0  # every BatchNorm affine scaled: activations this much larger
+
+    @property
+    def name(self) -> str:
+        parts = [f"seed{self.seed}", self.calibration]
+        if self.trained_affine:
+            parts.append("affine")
+        if self.activation_scale != 1.0:
+            parts.append(f"x{self.activation_scale:g}")
+        return "-".join(parts)
+
+
+def smooth_field_batches(batches: int = 4, batch: int = 8, seed: int = 0):
+    """Generator inputs that are not faces or speech: low-frequency random fields."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(batches):
+        faces = np.stack([cv2.GaussianBlur(rng.random((96, 96, 6)).astype(np.float32), (0, 0), 6) for _ in range(batch)])
+        faces = (faces - faces.min()) / (faces.max() - faces.min() + 1e-6)
+        mels = np.stack([cv2.GaussianBlur(rng.standard_normal((80, 16)).astype(np.float32), (0, 0), 2)
+                         for _ in range(batch)])
+        mels = np.clip(mels * 6 - 1, -4, 4)[:, None]
+        out.append((torch.from_numpy(np.ascontiguousarray(mels)),
+                    torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2)))))
+    return out
+
+
+def make_styled_checkpoint(path: str | os.PathLike, style: CheckpointStyle, photo_batches) -> nn.Module:
+    """A random-weight generator of `style`, saved in the official format.
+
+    `photo_batches`: real (mels, faces) batches, used when `style.calibration == "photo"`. The
+    final 1x1 conv is rescaled per channel so that the sigmoid's input has mean 0 and std 1.5 on
+    the calibration inputs: a saturated output (flat colour) would make every comparison pass.
+    """
+    from models.wav2lip import Wav2Lip
+
+    torch.manual_seed(style.seed)
+    net = Wav2Lip()
+    gen = torch.Generator().manual_seed(style.seed + 1000)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                if style.trained_affine:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 1.7 + 0.3)
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=gen) * 2 - 1)
+                m.weight.mul_(style.activation_scale)
+                m.bias.mul_(style.activation_scale)
+    batches = photo_batches if style.calibration == "photo" else smooth_field_batches(seed=style.seed)
+    calibrate_batchnorm(net, batches)
+    final = net.output_block[1]
+    pre = []
+    hook = final.register_forward_hook(lambda mod, inp, out: pre.append(out))
+    with torch.no_grad():
+        for args in batches:
+            net(*args)
+    hook.remove()
+    pre = torch.cat(pre)
+    mean, std = pre.mean((0, 2, 3)), pre.std((0, 2, 3)) + 1e-6
+    with torch.no_grad():
+        k = 1.5 / std
+        final.weight.mul_(k.view(-1, 1, 1, 1))
+        final.bias.copy_((final.bias - mean) * k)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    state = {"module." + k: v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "optimizer": {}, "global_step": 1234, "global_epoch": 5}, path)
+    return net.eval()

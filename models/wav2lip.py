@@ -12,6 +12,22 @@ from models.layers import Conv2d, Conv2dTranspose, res
 FACE_SIZE = 96
 MEL_STEPS = 16
 MEL_BANDS = 80
+CROPPED_FROM_BLOCK = 3  # decoder blocks 3..6 (6x6 -> 96x96) are the row-cropped ones
+
+
+def decoder_row_starts(first_row: int) -> list[int]:
+    """First input row (at each block's input resolution) of decoder blocks 3..6 when only
+    output rows >= `first_row` are wanted. Each such block is a k3/s2 transposed conv and two
+    3x3 residual convs; the output block adds one more 3x3 conv."""
+    if not 0 <= first_row < FACE_SIZE:
+        raise ValueError(f"first_row must be in 0..{FACE_SIZE - 1}, got {first_row}")
+    starts = []
+    need = first_row - 1  # the output block's 3x3 conv
+    for _ in range(4):
+        a = max(0, (need - 2) // 2)  # two residual 3x3 convs, then the stride-2 transposed conv
+        starts.append(a)
+        need = a
+    return starts[::-1]
 
 
 class Wav2Lip(nn.Module):
@@ -61,6 +77,31 @@ class Wav2Lip(nn.Module):
         for block, skip in zip(self.face_decoder_blocks, reversed(feats)):
             x = torch.cat((block(x), skip), dim=1)
         return self.output_block(x)
+
+    def decode_rows(self, mel: torch.Tensor, feats: list[torch.Tensor], first_row: int) -> torch.Tensor:
+        """`decode` restricted to output rows `first_row`..95: (B,3,96-first_row,96), equal to
+        `decode(...)[:, :, first_row:]` to float rounding.
+
+        The feathered paste shows only the lower face, yet the high-resolution decoder blocks
+        are most of the work. Each stride-2 block (3..6) gets only the input rows its valid
+        outputs depend on: a k3/s2/p1 transposed conv's output row 2a depends on input rows
+        >= a only, and each 3x3 conv after it loses one row at the top of a cropped tensor (its
+        zero padding is not the true neighbour). Counting back from the output gives each
+        block's first input row; the rows lost to padding are never used.
+        """
+        starts = decoder_row_starts(first_row)
+        x = self.audio_encoder(mel)
+        skips = list(reversed(feats))
+        for b, (block, skip) in enumerate(zip(self.face_decoder_blocks, skips)):
+            if b < CROPPED_FROM_BLOCK:
+                x = torch.cat((block(x), skip), dim=1)
+                continue
+            a = starts[b - CROPPED_FROM_BLOCK]
+            offset = 0 if b == CROPPED_FROM_BLOCK else 2 * starts[b - CROPPED_FROM_BLOCK - 1]
+            x = x[:, :, a - offset:]
+            x = torch.cat((block(x), skip[:, :, 2 * a:]), dim=1)
+        out = self.output_block(x)
+        return out[:, :, first_row - 2 * starts[-1]:]
 
     def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
         # The official model also takes (B, C, T, H, W) clips; fold time into the batch

@@ -128,8 +128,9 @@ def test_export_past_tolerance_fails_and_leaves_nothing(tmp_path, monkeypatch, g
     from export.cache import ensure_exported
 
     monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(onnx_export, "FP32_TOLERANCE", 0.0)
-    with pytest.raises(LipsyncError, match="max abs difference"):
+    monkeypatch.setattr(onnx_export, "FP32_ATOL", 0.0)
+    monkeypatch.setattr(onnx_export, "FP32_RTOL", 0.0)
+    with pytest.raises(LipsyncError, match=r"output \S+ of \.full-fp32\.onnx\.\d+\.partial.*worst abs"):
         ensure_exported(generator_ckpt, "full", log=lambda m: None)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
