@@ -1,15 +1,29 @@
-"""Reduced precision: int8 QDQ graphs calibrated on real inputs, fp16 graphs for GPUs.
+"""Reduced precision: int8 graphs calibrated on real inputs, fp16 graphs for GPUs.
 
-int8: static quantization, per-channel symmetric int8 weights, per-tensor uint8 activations
-(MinMax ranges over 32 real samples: jittered crops of a real face photo and mels of real
-speech; never random noise, whose activation ranges look nothing like a face's). The result
-must keep PSNR >= 30 dB against the fp32 graph on a held-out set of real inputs, or the build
-fails and nothing is written. The graph stays standard ONNX (QuantizeLinear/DequantizeLinear
-pairs), so ONNX Runtime and OpenVINO both run it; OpenVINO turns it into true int8 kernels.
+ONNX Runtime int8 (`int8`, `int8-ort`): static QDQ, per-channel symmetric int8 weights,
+per-tensor uint8 activations, MinMax ranges over real samples (`export.samples`: never random
+noise, whose activation ranges look nothing like a face's). The offline command's explicit
+`--precision int8` builds these; the result must keep PSNR >= 30 dB against fp32 on the held-out
+set (another face, other voices) or the build fails and nothing is written.
+
+OpenVINO int8 (`quantize_openvino`), the live path's: NNCF post-training quantization of the
+decoder converted at static batch-1 shapes (a dynamic-batch graph hides conv biases behind shape
+nodes and leaves BatchNorm unfolded after transposed convs, so NNCF would skip bias correction).
+What was measured on a family of checkpoints decided the recipe (README, "Reduced precision"):
+  * MinMax ranges: NNCF's default estimator clips the large activations some frames have,
+    which is where the worst frames' 11-16 dB came from;
+  * the audio encoder (its last layers collapse to one 512-vector that feeds every output
+    pixel), the output block (its 1x1 conv before the sigmoid) and the residual Adds stay
+    float: these are the sensitive quantizers; everything else is int8;
+  * `int8-mixed`: NNCF's accuracy-aware search then returns the measured most sensitive of the
+    remaining layers to float until a validation set (calibration sources, other samples)
+    reaches the target — for checkpoints where the plain recipe falls short.
+Float parts run in bf16 where the CPU has it (the runner's precision hint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -21,13 +35,25 @@ from models.errors import LipsyncError
 MIN_PSNR_DB = 30.0
 MIN_FP16_PSNR_DB = 40.0  # fp16 should be near-lossless; less means an overflow somewhere
 CALIBRATION_SAMPLES = 32
-HELDOUT_SAMPLES = 8
+HELDOUT_SAMPLES = 16
 
 
 def psnr_db(out: np.ndarray, ref: np.ndarray) -> float:
     """PSNR of generator outputs in [0, 1] (peak 1)."""
     mse = float(np.mean((np.asarray(out, np.float64) - np.asarray(ref, np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """ONNX Runtime's quantizer logs through `logging.info` (the root logger) and NNCF through
+    its own logger and progress bars; hide both while a build runs, touching nothing after."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(disabled)
 
 
 def _feeds(graph: str, mels: np.ndarray, faces: np.ndarray, encoder_path: Path | None) -> list[dict]:
@@ -56,9 +82,10 @@ def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = 
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from export.onnx import verification_inputs
+    from export.samples import calibration_set, heldout_set
 
-    cal = _feeds(graph, *verification_inputs(CALIBRATION_SAMPLES, seed=1), encoder_fp32)
+    c = calibration_set(CALIBRATION_SAMPLES)
+    cal = _feeds(graph, c.mels, c.faces, encoder_fp32)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -67,17 +94,14 @@ def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = 
         def get_next(self):
             return next(self._it, None)
 
-    # The quantizer logs advice and per-tensor notes on the root logger; keep the user's terminal clean.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
+    # The quantizer logs advice and per-tensor notes through the root logger; a filter on the
+    # root's handlers would touch the user's logging setup, so silence only while it runs.
+    with _quiet_logging():
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax)
-    finally:
-        root.setLevel(level)
-    held = _feeds(graph, *verification_inputs(HELDOUT_SAMPLES, seed=2), encoder_fp32)
+    h = heldout_set(HELDOUT_SAMPLES)
+    held = _feeds(graph, h.mels, h.faces, encoder_fp32)
     if graph == "face_encoder":
         return float("nan")
     return psnr_db(_outputs(dst, held), _outputs(src, held))
@@ -151,9 +175,10 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
                 else:
                     convert_fp16(fp32[graph], tmp)
                     if graph != "face_encoder":
-                        from export.onnx import verification_inputs
+                        from export.samples import heldout_set
 
-                        held = _feeds(graph, *verification_inputs(HELDOUT_SAMPLES, seed=2), fp32.get("face_encoder"))
+                        h = heldout_set(HELDOUT_SAMPLES)
+                        held = _feeds(graph, h.mels, h.faces, fp32.get("face_encoder"))
                         psnr = psnr_db(_outputs(tmp, held), _outputs(fp32[graph], held))
                         log(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
                         if not psnr >= MIN_FP16_PSNR_DB:
@@ -167,3 +192,75 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+# -- OpenVINO + NNCF ------------------------------------------------------------------------------
+OV_FLOAT_PATTERNS = (".*audio_encoder.*", ".*output_block.*")
+OV_FLOAT_TYPES = ("Add",)
+MIXED_TARGET_DB = 33.0  # validation target of the accuracy-aware search: margin over the 30 dB gate
+PSNR_CAP_DB = 60.0  # "as good as fp32" for the search's drop arithmetic
+
+
+def _static_ov_model(onnx_path: Path, example: dict):
+    import openvino as ov
+
+    shapes = {name: list(v.shape) for name, v in example.items()}
+    model = ov.convert_model(str(onnx_path))
+    model.reshape(shapes)
+    return model
+
+
+def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict], mode: str = "int8",
+                      validation: list[dict] | None = None, validation_ref: list[np.ndarray] | None = None) -> Path:
+    """NNCF int8 of a decoder graph (`mode` int8 or int8-mixed) written as OpenVINO IR at `dst_xml`.
+
+    `calibration`: feed dicts (batch 1) the ranges come from. `int8-mixed` also needs
+    `validation` feeds and their fp32 outputs, on which the search measures each layer's harm.
+    """
+    import nncf
+    import openvino as ov
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    model = _static_ov_model(fp32_decoder, calibration[0])
+    scope = nncf.IgnoredScope(patterns=list(OV_FLOAT_PATTERNS), types=list(OV_FLOAT_TYPES), validate=False)
+    adv = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    with _quiet_logging(), _quiet_nncf():
+        if mode == "int8":
+            q = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=scope,
+                              advanced_parameters=adv)
+        elif mode == "int8-mixed":
+            if not validation or validation_ref is None:
+                raise ValueError("int8-mixed needs validation feeds and their fp32 outputs")
+
+            def metric(compiled, data):
+                per = [min(PSNR_CAP_DB, psnr_db(compiled(f)[0], ref)) for f, ref in zip(data, validation_ref)]
+                # A worst frame 3 dB under the mean counts as much as the mean: the gate has both.
+                return float(min(np.mean(per), np.min(per) + 3.0)), per
+
+            q = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(calibration), nncf.Dataset(validation), metric,
+                max_drop=PSNR_CAP_DB - MIXED_TARGET_DB, drop_type=nncf.DropType.ABSOLUTE,
+                subset_size=len(calibration), ignored_scope=scope, advanced_quantization_parameters=adv)
+        else:
+            raise ValueError(f"unknown OpenVINO int8 mode {mode!r}")
+    dst_xml = Path(dst_xml)
+    ov.save_model(q, str(dst_xml), compress_to_fp16=False)
+    return dst_xml
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    import nncf
+
+    import io
+
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    nncf.set_log_level(logging.ERROR)
+    # NNCF draws progress bars (rich) on the terminal; the ladder prints its own one line per step.
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        logger.setLevel(level)

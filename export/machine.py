@@ -1,0 +1,89 @@
+"""What this machine can run fast: CPU instruction sets, cores, accelerators, runtime versions.
+
+The precision ladder orders its candidates by these and keys its recorded decision on them: a
+choice measured on a CPU with AMX says nothing about one without.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from functools import lru_cache
+
+# Flags (as /proc/cpuinfo names them) that change which precision is fastest here.
+FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_bf16() -> bool:
+    """Native bf16 math (AVX512-BF16 or AMX): otherwise bf16 is emulated and slower than f32."""
+    flags = cpu_flags()
+    if flags:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    try:  # not Linux: ask OpenVINO, which reads CPUID itself
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no OpenVINO: nothing can run bf16 here anyway
+        return False
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_versions() -> dict[str, str]:
+    out = {}
+    for name in ("onnxruntime", "openvino", "nncf"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # not installed (or broken): not a candidate here
+            pass
+    return out
+
+
+def gpu_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+
+        return [p for p in ort.get_available_providers() if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
+    except ImportError:
+        return []
+
+
+def summary() -> dict:
+    flags = cpu_flags()
+    return {"cpu": cpu_name(), "cores": cores(), "features": [f for f in FEATURES if f in flags],
+            "gpu_providers": gpu_providers(), "runtimes": runtime_versions()}
+
+
+def fingerprint() -> str:
+    """Changes when anything that could change the ladder's measurements changes."""
+    return hashlib.sha256(json.dumps(summary(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,319 @@
+"""The precision ladder: for this checkpoint on this machine, the fastest decoder that keeps the picture.
+
+Candidates are built in order of expected speed (int8, mixed int8/bf16, bf16, fp16 on a GPU,
+fp32), each is run by the runtime that will run it live, timed on this machine (batch 1, the live
+path's decoder), and judged by the quality gate; the fastest that passes is used. A reduced
+precision that fails is never fatal (fp32 is always a candidate, and only a failing fp32 export
+is an error). Pinned `--runtime/--precision/--device` restrict the candidates; a pinned choice
+that fails the gate is refused with the measured figures, never swapped for another quietly.
+
+The gate: PSNR against the fp32 decoder >= 30 dB on average and >= 27 dB on the worst frame,
+on the rows the compositor shows, over inputs kept apart from calibration (another face, other
+voices: `export.samples.heldout_set`). The decision is recorded beside the exports, keyed by the
+machine's fingerprint, the rows computed, the pins and the calibration avatar, so the next start
+neither rebuilds nor re-measures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export import machine
+from export.cache import ensure_exported, entry_dir
+from export.metadata import SKIPS, decoder_variant
+from models.errors import LipsyncError
+from models.hashing import sha256_file
+
+log_ = logging.getLogger(__name__)
+
+GATE_MEAN_DB = 30.0
+GATE_WORST_DB = 27.0
+HARD_SHOWN_FROM_ROW = 48  # the reference's hard paste: judged on the lower half, the mouth
+HELDOUT_SAMPLES = 32
+CALIBRATION_SAMPLES = 48
+VALIDATION_SAMPLES = 24
+TIMED_RUNS = 30
+LADDER_VERSION = 1  # bump when the gate or the recipes change: recorded choices are redone
+
+
+@dataclass(frozen=True)
+class Candidate:
+    runtime: str
+    precision: str
+    device: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.precision}" + (f" on {self.device}" if self.device != "cpu" else "")
+
+
+@dataclass
+class Trial:
+    runtime: str
+    precision: str
+    device: str
+    status: str  # ok | refused | skipped
+    reason: str = ""
+    ms_per_frame: float | None = None
+    psnr_db_shown_mean: float | None = None
+    psnr_db_shown_worst: float | None = None
+    decoder_file: str | None = None
+    chosen: bool = False
+
+
+@dataclass(frozen=True)
+class AvatarSamples:
+    """The user's avatar as calibration input: its 96x96 crops and a key naming them."""
+
+    key: str
+    crops: np.ndarray
+
+
+@dataclass
+class Choice:
+    runtime: str
+    precision: str
+    device: str
+    first_row: int
+    encoder_path: Path
+    decoder_path: Path
+    trials: list[Trial] = field(default_factory=list)
+    recorded: bool = False  # read back from the cache rather than measured now
+
+    @property
+    def chosen_trial(self) -> Trial:
+        return next(t for t in self.trials if t.chosen)
+
+
+def candidates(pins, has_openvino: bool, has_bf16: bool, gpu: list[str]) -> list[Candidate]:
+    """In order of expected speed; restricted to what `pins` (runtime/precision/device) allow."""
+    out: list[Candidate] = []
+    if pins.device in ("cuda", "tensorrt") or (pins.device == "auto" and gpu):
+        dev = pins.device if pins.device != "auto" else "cuda"
+        out += [Candidate("onnxruntime", "fp16", dev), Candidate("onnxruntime", "fp32", dev)]
+    if pins.device in ("auto", "cpu"):
+        if has_openvino:
+            out += [Candidate("openvino", "int8"), Candidate("openvino", "int8-mixed")]
+            if has_bf16:
+                out.append(Candidate("openvino", "bf16"))
+        else:
+            out.append(Candidate("onnxruntime", "int8"))
+        out.append(Candidate("onnxruntime", "fp32"))
+        if has_openvino:
+            out.append(Candidate("openvino", "fp32"))
+    return [c for c in out if pins.runtime in ("auto", c.runtime) and pins.precision in ("auto", c.precision)]
+
+
+def psnr_per_frame(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    err = ((out.astype(np.float64) - ref.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    return 10 * np.log10(1.0 / np.maximum(err, 1e-20))
+
+
+def _record_path(sha: str, key: str) -> Path:
+    return entry_dir(sha) / f"ladder-{key}.json"
+
+
+def _record_key(cfg, first_row: int, shown_from_row: int, avatar: AvatarSamples | None) -> str:
+    what = {"v": LADDER_VERSION, "machine": machine.fingerprint(), "first_row": first_row, "shown": shown_from_row,
+            "pins": [cfg.runtime, cfg.precision, cfg.device], "avatar": avatar.key if avatar else None,
+            "gate": [GATE_MEAN_DB, GATE_WORST_DB]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _read_record(path: Path, sha: str, first_row: int, fp32: dict) -> Choice | None:
+    try:
+        rec = json.loads(path.read_text())
+        trials = [Trial(**t) for t in rec["trials"]]
+        chosen = next(t for t in trials if t.chosen)
+        decoder = path.parent / chosen.decoder_file
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+    if not decoder.is_file():
+        return None
+    return Choice(chosen.runtime, chosen.precision, chosen.device, first_row, fp32["face_encoder"], decoder, trials,
+                  recorded=True)
+
+
+def choose(checkpoint, cfg, first_row: int = 0, avatar: AvatarSamples | None = None, log=None,
+           shown_from_row: int | None = None, remeasure: bool = False, exhaustive: bool = False) -> Choice:
+    """Run (or read back) the ladder for `checkpoint` and return the chosen decoder.
+
+    `exhaustive` (benchmarks) also builds and measures the candidates the ladder would skip once a
+    faster one passed; the choice stays the one the plain ladder makes.
+    """
+    say = log or (lambda m: log_.info(m))
+    shown_from_row = max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row) \
+        if shown_from_row is None else shown_from_row
+    fp32 = ensure_exported(checkpoint, "split", "fp32", log=say, first_row=first_row)
+    sha = sha256_file(checkpoint)
+    record = _record_path(sha, _record_key(cfg, first_row, shown_from_row, avatar))
+    if not remeasure and record.is_file():
+        got = _read_record(record, sha, first_row, {"face_encoder": fp32["face_encoder"]})
+        if got is not None:
+            t = got.chosen_trial
+            say(f"precision: {t.runtime} {t.precision} ({t.ms_per_frame:.1f} ms/frame, "
+                f"{t.psnr_db_shown_mean:.1f} dB; chosen earlier on this machine)")
+            return got
+    choice = _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, say, exhaustive)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"checkpoint_sha256": sha, "first_row": first_row, "shown_from_row": shown_from_row,
+                               "machine": machine.summary(), "trials": [asdict(t) for t in choice.trials]},
+                              indent=1))
+    os.replace(tmp, record)
+    return choice
+
+
+class _Inputs:
+    """Held-out, calibration and validation feeds for one decoder graph, with fp32 references."""
+
+    def __init__(self, fp32: dict, first_row: int, avatar: AvatarSamples | None):
+        import onnxruntime as ort
+
+        from export.samples import calibration_set, heldout_set
+
+        enc = ort.InferenceSession(str(fp32["face_encoder"]), providers=["CPUExecutionProvider"])
+        dec = ort.InferenceSession(str(fp32[decoder_variant(first_row)]), providers=["CPUExecutionProvider"])
+        crops = avatar.crops if avatar is not None else None
+
+        def feeds(samples):
+            skips = enc.run(None, {"face": samples.faces})
+            return [{"mel": samples.mels[i:i + 1], **{k: s[i:i + 1] for k, s in zip(SKIPS, skips)}}
+                    for i in range(len(samples))]
+
+        self.heldout = feeds(heldout_set(HELDOUT_SAMPLES))
+        self.heldout_ref = [dec.run(None, f)[0] for f in self.heldout]
+        self.calibration = feeds(calibration_set(CALIBRATION_SAMPLES, crops, seed=1))
+        self.validation = feeds(calibration_set(VALIDATION_SAMPLES, crops, seed=9))
+        self.validation_ref = [dec.run(None, f)[0] for f in self.validation]
+
+
+def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, inputs: _Inputs,
+           avatar: AvatarSamples | None, say) -> Path:
+    """The decoder file candidate `c` runs (built now if it is not in the cache)."""
+    variant = decoder_variant(first_row)
+    if c.runtime == "openvino" and c.precision in ("int8", "int8-mixed"):
+        from export.quantize import quantize_openvino
+
+        calib = avatar.key[:12] if avatar else "face-a"
+        final = entry_dir(sha) / f"{variant}-ov-{c.precision}-{calib}.xml"
+        if not (final.is_file() and final.with_suffix(".bin").is_file()):
+            say(f"  building {c.label} (NNCF, calibrated on {'your avatar' if avatar else 'the shipped photo'}) ...")
+            tmp = final.with_name(f".{final.stem}.{os.getpid()}.partial.xml")
+            try:
+                quantize_openvino(fp32[variant], tmp, inputs.calibration, c.precision, inputs.validation,
+                                  inputs.validation_ref)
+                os.replace(tmp.with_suffix(".bin"), final.with_suffix(".bin"))
+                os.replace(tmp, final)
+            finally:
+                tmp.unlink(missing_ok=True)
+                tmp.with_suffix(".bin").unlink(missing_ok=True)
+        return final
+    if c.precision in ("fp32", "bf16"):
+        return fp32[variant]
+    # ONNX Runtime int8 (the ConvTranspose-free rewrite) and fp16 for GPUs: export.quantize's builds,
+    # whose own checks refuse a broken result; the gate below then judges it like the rest.
+    from realtime.generator import RuntimeConfig, graph_precision
+
+    precision = graph_precision(RuntimeConfig(runtime=c.runtime, precision=c.precision))
+    return ensure_exported(checkpoint, "split", precision, log=say, first_row=first_row)[variant]
+
+
+def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int):
+    from realtime.generator import RuntimeConfig, _runner
+
+    run = _runner(path, RuntimeConfig(runtime=c.runtime, precision=c.precision, device=c.device,
+                                      intra_op_threads=threads))
+    out = np.concatenate([run(f)[0] for f in inputs.heldout])
+    ref = np.concatenate(inputs.heldout_ref)
+    per = psnr_per_frame(out[:, :, shown:], ref[:, :, shown:])
+    f = inputs.heldout[0]
+    for _ in range(3):
+        run(f)
+    times = []
+    for _ in range(TIMED_RUNS):
+        t = time.perf_counter()
+        run(f)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000), float(per.mean()), float(per.min())
+
+
+def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, say, exhaustive=False) -> Choice:
+    has_ov = "openvino" in machine.runtime_versions() and "nncf" in machine.runtime_versions()
+    if cfg.runtime == "openvino" and not has_ov:
+        raise LipsyncError("--runtime openvino", "the openvino and nncf packages", "they are not installed",
+                           "pip install 'lipsync-rt[openvino]' or use --runtime auto")
+    cands = candidates(cfg, has_ov, machine.has_bf16(), machine.gpu_providers())
+    if not cands:
+        raise LipsyncError("--runtime/--precision/--device", "a combination this machine can run",
+                           f"{cfg.runtime}/{cfg.precision}/{cfg.device}",
+                           "bf16 and int8-mixed need --runtime openvino, fp16 a GPU; or leave them on auto")
+    info = machine.summary()
+    say(f"choosing the generator's precision for this machine ({info['cpu']}, {info['cores']} cores, "
+        f"{' '.join(info['features']) or 'no AVX-512'}): gate >= {GATE_MEAN_DB:g} dB mean, "
+        f">= {GATE_WORST_DB:g} dB worst frame, rows {shown_from_row}-95, held-out face and voices")
+    inputs = _Inputs(fp32, first_row, avatar)
+    shown = shown_from_row - first_row
+    threads = cfg.intra_op_threads or machine.cores()
+    trials: list[Trial] = []
+    eligible: list[Trial] = []  # what the plain ladder measures; the choice is made among these
+    for c in cands:
+        trial = Trial(c.runtime, c.precision, c.device, "skipped")
+        trials.append(trial)
+        passed_before = [t for t in eligible if t.status == "ok"]
+        if c.precision == "int8-mixed" and any(t.precision == "int8" for t in passed_before):
+            trial.reason = "plain int8 passed the gate"
+        elif c.precision == "bf16" and not machine.has_bf16():
+            trial.reason = "this CPU has no native bf16"
+        elif passed_before and c.precision == "fp32" and cfg.precision == "auto":
+            best = min(t.ms_per_frame for t in passed_before)
+            trial.reason = f"a faster precision passed ({best:.1f} ms/frame)"
+            if c.runtime == "onnxruntime" and c.device == "cpu":
+                # Always timed: the reference every speed-up is quoted against.
+                trial.status, trial.reason = "reference", "timed as the reference for speed-ups"
+        if not trial.reason or trial.status == "reference":
+            eligible.append(trial)
+        elif exhaustive and "no native" not in trial.reason:
+            trial.reason = f"measured for the record; the ladder skips it ({trial.reason})"
+        else:
+            say(f"  {c.label:<22} skipped: {trial.reason}")
+            continue
+        try:
+            path = _build(c, checkpoint, sha, first_row, fp32, inputs, avatar, say)
+            ms, mean, worst = _measure(path, c, inputs, shown, threads)
+        except LipsyncError as e:  # a reduced build's own check refused it
+            trial.status, trial.reason = "refused", str(e)
+            say(f"  {c.label:<22} refused: {e}")
+            continue
+        trial.ms_per_frame, trial.psnr_db_shown_mean, trial.psnr_db_shown_worst = round(ms, 2), round(mean, 2), \
+            round(worst, 2)
+        trial.decoder_file = os.path.relpath(path, entry_dir(sha))
+        if mean >= GATE_MEAN_DB and worst >= GATE_WORST_DB:
+            trial.status = "ok"
+        else:
+            trial.status = "refused"
+            trial.reason = (f"PSNR {mean:.1f} dB mean / {worst:.1f} dB worst frame, under "
+                            f"{GATE_MEAN_DB:g} / {GATE_WORST_DB:g}")
+        db = "   exact (fp32 reference)" if worst >= 150 else f"{mean:5.1f} dB mean  {worst:5.1f} dB worst"
+        say(f"  {c.label:<22} {ms:6.1f} ms/frame  {db}  "
+            + ("passes" if trial.status == "ok" else f"refused: {trial.reason}"))
+    passed = [t for t in eligible if t.status == "ok"]
+    if not passed:
+        worst = next((t for t in trials if t.status == "refused"), None)
+        raise LipsyncError(f"--precision {cfg.precision} --runtime {cfg.runtime}",
+                           f"a build that keeps >= {GATE_MEAN_DB:g} dB mean / {GATE_WORST_DB:g} dB worst frame",
+                           worst.reason if worst else "none could be built",
+                           "leave --precision on auto to let the ladder fall back")
+    best = min(passed, key=lambda t: t.ms_per_frame)
+    best.chosen = True
+    say(f"precision: {best.runtime} {best.precision}" + (f" on {best.device}" if best.device != "cpu" else "")
+        + f" ({best.ms_per_frame:.1f} ms/frame, {best.psnr_db_shown_mean:.1f} dB)")
+    return Choice(best.runtime, best.precision, best.device, first_row, fp32["face_encoder"],
+                  entry_dir(sha) / best.decoder_file, trials)

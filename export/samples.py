@@ -1,0 +1,94 @@
+"""Real generator inputs for verification, calibration and the quality gate, kept apart.
+
+Shipped with the package (export/data, see NOTICE.md there), so a wheel install can export:
+  face A   the astronaut photo (public domain)          calibration, unless the avatar is known
+  face B   the cameraman photo (CC0), another person    held out: judging only
+  voice A  espeak-ng speech                             calibration
+  voice B, voice C  other espeak-ng voices and texts    held out: judging only
+Calibrating and judging on the same face or clip proves nothing about a new one, so the
+held-out set never shares a face or a voice with the calibration set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from realtime.face_input import jittered_samples, model_faces, model_mels
+
+DATA = Path(__file__).resolve().parent / "data"
+FACE_A_BOX = (70, 190, 170, 275)  # y1 y2 x1 x2, the astronaut's face in face_a.jpg
+FACE_B_BOX = (60, 165, 68, 168)  # the cameraman's face in face_b.png (a three-quarter profile)
+
+
+@dataclass(frozen=True)
+class Samples:
+    mels: np.ndarray  # (N, 1, 80, 16) float32
+    faces: np.ndarray  # (N, 6, 96, 96) float32
+
+    def __len__(self) -> int:
+        return len(self.mels)
+
+
+@lru_cache(maxsize=None)
+def _image(name: str) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(DATA / name)
+    return img
+
+
+@lru_cache(maxsize=None)
+def _mel_windows(name: str, fps: float = 25.0) -> tuple:
+    from models.audio import decode_audio
+    from models.mel import mel_chunks, melspectrogram
+
+    chunks = mel_chunks(melspectrogram(decode_audio(DATA / name).mono_16k()), fps)
+    # Voiced windows only: silence is never sent to the generator (the engine shows the idle
+    # face), so it would only dilute the statistics.
+    loud = [c for c in chunks if float(c.mean()) > -2.5]
+    return tuple(loud or chunks)
+
+
+def voice(name: str) -> tuple:
+    return _mel_windows(f"voice_{name}.mp3")
+
+
+def verification_inputs(n: int = 4, seed: int = 0) -> Samples:
+    """Face A crops with voice A mels: the export's fp32 parity check (not a quality judgement)."""
+    mels, faces = jittered_samples(_image("face_a.jpg"), FACE_A_BOX, voice("a"), n, np.random.default_rng(seed),
+                                   jitter_px=8)
+    return Samples(mels, faces)
+
+
+def calibration_set(n: int = 48, avatar_crops: np.ndarray | None = None, seed: int = 1) -> Samples:
+    """What int8 ranges are taken from: the user's own avatar crops when known (exactly what the
+    decoder will see), else face A; always with voice A."""
+    rng = np.random.default_rng(seed)
+    chunks = voice("a")
+    if avatar_crops is None or len(avatar_crops) == 0:
+        mels, faces = jittered_samples(_image("face_a.jpg"), FACE_A_BOX, chunks, n, rng, jitter_px=10)
+        return Samples(mels, faces)
+    crops = np.asarray(avatar_crops)[rng.integers(0, len(avatar_crops), n)]
+    mels = model_mels([chunks[i] for i in rng.integers(0, len(chunks), n)])
+    return Samples(mels, model_faces(crops))
+
+
+def heldout_set(n: int = 32, seed: int = 2) -> Samples:
+    """The quality gate's inputs: face B (framed several ways, plain and tinted) with voices B
+    and C. Shares no face and no voice with `calibration_set`."""
+    rng = np.random.default_rng(seed)
+    img = _image("face_b.png")
+    # Face B is a grey photo: tint half of the samples so the colour channels differ, as in any
+    # real avatar.
+    tinted = np.clip(img.astype(np.float32) * np.array([0.82, 0.95, 1.12], np.float32), 0, 255).astype(np.uint8)
+    chunks = voice("b") + voice("c")
+    half = n // 2
+    m1, f1 = jittered_samples(img, FACE_B_BOX, chunks, half, rng, jitter_px=8)
+    m2, f2 = jittered_samples(tinted, FACE_B_BOX, chunks, n - half, rng, jitter_px=8)
+    return Samples(np.concatenate([m1, m2]), np.concatenate([f1, f2]))
