@@ -61,8 +61,11 @@ def make_generator(args):
         return TorchGenerator(args.checkpoint_path)
     from realtime.generator import RuntimeConfig, load_generator
 
+    from realtime import threads
+
     return load_generator(args.checkpoint_path, RuntimeConfig(runtime=args.runtime, precision=args.precision,
-                                                              device=args.device))
+                                                              device=args.device,
+                                                              intra_op_threads=threads.current().inference_threads))
 
 
 def main(argv=None) -> int:
@@ -70,7 +73,10 @@ def main(argv=None) -> int:
     from models.errors import LipsyncError
 
     try:
+        from realtime import threads
         from realtime.render import RenderOptions, prepare, render
+
+        threads.apply(threads.plan("offline"))
 
         opts = RenderOptions(
             fps=args.fps, pads=tuple(args.pads), static=args.static, batch_size=args.wav2lip_batch_size,

@@ -23,11 +23,14 @@ def _live(args) -> int:
 
     from realtime.config import EngineConfig
     from realtime.generator import RuntimeConfig
-    from realtime.live import build_engine, default_runtime, make_sink, make_source
+    from realtime.live import build_engine, make_sink, make_source
 
+    from realtime import threads
+
+    threads.apply(threads.plan("live"))
     cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend)
-    runtime = default_runtime() if args.runtime == "auto" else RuntimeConfig(
-        runtime=args.runtime, precision=args.precision, device=args.device)
+    runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
+                            intra_op_threads=threads.current().inference_threads)
     sinks = [make_sink(t, args.fps) for t in (args.to or ["vcam"])]
     if args.audio_out is not None:
         from realtime.sinks.audio_out import AudioOutSink
@@ -108,8 +111,11 @@ def main(argv=None) -> int:
     lv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
     lv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"],
                     help="auto: wav2lip with a checkpoint, else the weight-free procedural engine")
-    lv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
-    lv.add_argument("--precision", default="int8", choices=["fp32", "int8", "bf16", "fp16"])
+    lv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                    help="auto: the precision ladder picks; a value pins it")
+    lv.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "int8-mixed", "bf16", "fp16"],
+                    help="auto: the fastest that passes the quality gate on this machine; a value pins it "
+                         "(refused with the measured figures if it fails the gate)")
     lv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
     lv.add_argument("--fps", type=float, default=25.0)
     lv.add_argument("--duration", type=float, default=None, help="seconds; default: until the input ends or Ctrl-C")

@@ -41,6 +41,43 @@ def mouth_mask(shape: tuple[int, int], box, keypoints: np.ndarray) -> np.ndarray
     return cv2.GaussianBlur(mask, (k, k), 0)
 
 
+# A mask weight under half a grey level per 255 cannot change a uint8 pixel.
+INVISIBLE_WEIGHT = 1.0 / 510.0
+ROW_QUANTUM = 8  # first rows are rounded down to this, so that avatars share decoder graphs
+
+
+def first_shown_row(boxes, keypoints) -> int:
+    """The first row of the generator's 96x96 output that the feathered paste can show, over all
+    avatar frames: the decoder need not compute the rows above it (see Wav2Lip.decode_rows).
+
+    Row y of the pasted box samples output rows floor((y + 0.5) * 96 / h - 0.5) and the one
+    below (bilinear resize), so the first visible box row maps back to a conservative output row.
+    """
+    first = 95
+    for box, kp in zip(boxes, keypoints):
+        y1, y2, x1, x2 = box
+        h = y2 - y1
+        mask = mouth_mask((0, 0), box, kp)
+        rows = np.nonzero(mask.max(axis=1) >= INVISIBLE_WEIGHT)[0]
+        if len(rows) == 0:
+            continue
+        src = int(np.floor((rows[0] + 0.5) * 96 / h - 0.5))
+        first = min(first, src)
+    first = max(0, first) // ROW_QUANTUM * ROW_QUANTUM
+    return min(first, 96 - 2 * ROW_QUANTUM)
+
+
+def full_face(generated_rows: np.ndarray, crop96: np.ndarray) -> np.ndarray:
+    """(rows, 96, 3) generated rows at the bottom of the avatar's own 96x96 crop: the rows the
+    decoder skipped are never shown, and the crop keeps the resize around them natural."""
+    first = 96 - generated_rows.shape[0]
+    if first == 0:
+        return generated_rows
+    out = crop96.copy()
+    out[first:] = generated_rows
+    return out
+
+
 def match_colour(src: np.ndarray, ref: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Shift and scale each channel of `src` so its weighted mean/std equal `ref`'s (Reinhard):
     the generator's output is often a little off in brightness and tint from the frame."""

@@ -22,7 +22,7 @@ import numpy as np
 from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
 from realtime.avatar import Avatar
 from realtime.clock import FreeRunClock, MediaClock, MonotonicClock
-from realtime.compositor import paste_feathered, paste_hard, to_uint8_faces
+from realtime.compositor import full_face, paste_feathered, paste_hard, to_uint8_faces
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
@@ -43,6 +43,8 @@ class Wav2LipRenderer:
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float):
         face = to_uint8_faces(self.gen.decode(mel_window[None, None], self.avatar.features_at(idx)))[0]
+        if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
+            face = full_face(face, self.avatar.crops[idx])
         if self.blend == "feather":
             return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.keypoints()[idx])
         return paste_hard(frame.copy(), face, self.avatar.boxes[idx])

@@ -28,8 +28,10 @@ SKIP_NAMES = [f"skip{i}" for i in range(7)]
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    runtime: str = "onnxruntime"  # onnxruntime | openvino
-    precision: str = "fp32"  # fp32 | int8 | fp16 (GPU) | bf16 (openvino)
+    # "auto" (live path): the precision ladder (export.precision) picks, per checkpoint and
+    # machine, the fastest candidate that passes the quality gate; a named value pins it.
+    runtime: str = "onnxruntime"  # auto | onnxruntime | openvino
+    precision: str = "fp32"  # auto | fp32 | int8 | int8-mixed (openvino) | fp16 (GPU) | bf16 (openvino)
     device: str = "auto"  # auto | cpu | cuda | tensorrt (onnxruntime)
     intra_op_threads: int = 0  # 0: one per physical core (ORT's choice)
     inter_op_threads: int = 1
@@ -84,17 +86,28 @@ def graph_precision(cfg: RuntimeConfig) -> str:
     return cfg.precision
 
 
+def openvino_hint(precision: str) -> str:
+    """OpenVINO's inference precision for a config. int8 graphs run their float remainder in
+    bf16 where the CPU has it (what the quality gate measured), else in f32. The hint is always
+    set: left alone, OpenVINO picks bf16 by itself on CPUs with AMX, so "fp32" would not be."""
+    if precision in ("int8", "int8-mixed"):
+        from export.machine import has_bf16
+
+        return "bf16" if has_bf16() else "f32"
+    return "bf16" if precision == "bf16" else "f32"
+
+
 def _runner(path, cfg: RuntimeConfig):
     if cfg.runtime == "openvino":
-        if cfg.precision not in ("fp32", "bf16", "int8"):
-            raise LipsyncError("--precision", "fp32, bf16 or int8 with openvino", cfg.precision,
+        if cfg.precision not in ("fp32", "bf16", "int8", "int8-mixed"):
+            raise LipsyncError("--precision", "fp32, bf16, int8 or int8-mixed with openvino", cfg.precision,
                                "fp16 is for GPUs with onnxruntime")
-        return _OpenVinoRunner(path, "bf16" if cfg.precision == "bf16" else "f32", cfg.intra_op_threads)
+        return _OpenVinoRunner(path, openvino_hint(cfg.precision), cfg.intra_op_threads)
     if cfg.runtime != "onnxruntime":
         raise LipsyncError("--runtime", "onnxruntime or openvino", repr(cfg.runtime), "pick one of those")
-    if cfg.precision == "bf16":
-        raise LipsyncError("--precision bf16", "--runtime openvino", "onnxruntime",
-                           "ONNX Runtime has no bf16 CPU kernels for these convolutions; add --runtime openvino")
+    if cfg.precision in ("bf16", "int8-mixed"):
+        raise LipsyncError(f"--precision {cfg.precision}", "--runtime openvino", "onnxruntime",
+                           "ONNX Runtime has no kernels for it here; add --runtime openvino")
     return _Runner(make_session(path, cfg))
 
 
@@ -175,12 +188,22 @@ class OnnxGenerator:
 
 
 class SplitGenerator:
-    """Face encoder and decoder as two sessions, so encoder features can be computed once."""
+    """Face encoder and decoder as two sessions, so encoder features can be computed once.
 
-    def __init__(self, encoder_path: str | Path, decoder_path: str | Path, cfg: RuntimeConfig = RuntimeConfig()):
-        self._enc = _runner(encoder_path, cfg)
+    The encoder always runs in fp32: it runs once per avatar frame, its features are cached,
+    and the quality gate judged each decoder on fp32 features. With `first_row` > 0 the decoder
+    computes output rows `first_row`..95 only (see `Wav2Lip.decode_rows`) and `decode` returns
+    those rows.
+    """
+
+    def __init__(self, encoder_path: str | Path, decoder_path: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
+                 first_row: int = 0):
+        enc_cfg = RuntimeConfig(runtime=cfg.runtime, precision="fp32", device=cfg.device,
+                                intra_op_threads=cfg.intra_op_threads, warmup_runs=0)
+        self._enc = _runner(encoder_path, enc_cfg)
         self._dec = _runner(decoder_path, cfg)
-        self.name = _describe(self._dec, cfg) + "+split"
+        self.first_row = first_row
+        self.name = _describe(self._dec, cfg) + "+split" + (f"+rows{first_row}-95" if first_row else "")
         for _ in range(cfg.warmup_runs):
             self(np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, 96, 96), np.float32))
 
@@ -205,7 +228,23 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
     """
     from export.cache import ensure_exported
 
+    if "auto" in (cfg.runtime, cfg.precision):
+        raise ValueError("runtime/precision 'auto' is the live path's ladder: use load_live_generator")
     paths = ensure_exported(checkpoint, "split" if split else "full", graph_precision(cfg), log=log)
     if split:
         return SplitGenerator(paths["face_encoder"], paths["decoder"], cfg)
     return OnnxGenerator(paths["full"], cfg)
+
+
+def load_live_generator(checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None, log=None):
+    """The live path's generator: split graphs, decoder cropped to the rows shown, runtime and
+    precision from the ladder (`export.precision.choose`) unless `cfg` pins them."""
+    from export.precision import choose
+
+    choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar, log=log)
+    run_cfg = RuntimeConfig(runtime=choice.runtime, precision=choice.precision, device=choice.device,
+                            intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
+                            graph_optimization=cfg.graph_optimization, warmup_runs=cfg.warmup_runs)
+    gen = SplitGenerator(choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)
+    gen.choice = choice
+    return gen

@@ -9,7 +9,7 @@ from models.errors import LipsyncError
 from realtime.avatar import AvatarConfig, load_avatar
 from realtime.config import EngineConfig
 from realtime.engine import Engine
-from realtime.generator import RuntimeConfig, load_generator
+from realtime.generator import RuntimeConfig, load_live_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,13 +23,11 @@ def default_checkpoint() -> str:
 
 
 def default_runtime() -> RuntimeConfig:
-    """int8 on OpenVINO when installed (fastest here), else int8 on ONNX Runtime."""
-    try:
-        import openvino  # noqa: F401
+    """The precision ladder decides (see export.precision), with the live thread budget."""
+    from realtime import threads
 
-        return RuntimeConfig(runtime="openvino", precision="int8")
-    except ImportError:
-        return RuntimeConfig(runtime="onnxruntime", precision="int8")
+    return RuntimeConfig(runtime="auto", precision="auto", device="auto",
+                         intra_op_threads=threads.current().inference_threads)
 
 
 def make_sink(target: str, fps: float):
@@ -113,7 +111,19 @@ def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtim
             log("engine: procedural (no Wav2Lip checkpoint given or in checkpoints/; see checkpoints/README.md)")
         return Engine(av, ProceduralRenderer(av.keypoints()), sinks, cfg, clock)
     runtime = runtime or default_runtime()
-    gen = load_generator(checkpoint, runtime, split=True, log=log)
+    first_row, samples = 0, None
+    if not avatar.startswith("camera:"):
+        import hashlib
+
+        from export.precision import AvatarSamples
+        from models.hashing import sha256_file
+        from realtime.compositor import first_shown_row
+
+        if cfg.blend == "feather":
+            first_row = first_shown_row(av.boxes, av.keypoints())
+        key = hashlib.sha256(f"{sha256_file(avatar)}:{[list(b) for b in av.boxes]}".encode()).hexdigest()
+        samples = AvatarSamples(key, av.crops)
+    gen = load_live_generator(checkpoint, runtime, first_row=first_row, avatar=samples, log=log)
     if engine == "auto":
         log(f"engine: wav2lip ({Path(checkpoint).name})")
     av.attach_features(gen, f"{gen.name}:{checkpoint}")

@@ -3,8 +3,8 @@
 Each mel frame t is the 800 pre-emphasised samples centred on sample 200*t (reflected at the
 start, as the offline STFT pads), so frame t can be computed as soon as sample 200*t + 399 has
 arrived, and never changes afterwards. Samples and mel frames live in fixed rings; the DFT is
-a pair of matrix products into preallocated buffers, so pushing audio allocates nothing that
-grows with the stream.
+numpy's FFT into preallocated buffers (no BLAS: a BLAS thread pool woken here would spin
+against the generator's threads), so pushing audio allocates nothing that grows with the stream.
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ class MelStream:
         self._idx = np.zeros(M.N_FFT, dtype=np.int64)
         self._offsets = np.arange(M.N_FFT, dtype=np.int64)
         self._frames = np.zeros((k, M.N_FFT))
-        n = np.arange(M.N_FFT)[:, None] * np.arange(M.N_FFT // 2 + 1)[None, :]
-        self._cos = np.cos(2 * np.pi * n / M.N_FFT) * M.hann_window()[:, None]
-        self._sin = np.sin(2 * np.pi * n / M.N_FFT) * M.hann_window()[:, None]
+        self._window = M.hann_window()
+        self._spec = np.zeros((k, M.N_FFT // 2 + 1), dtype=np.complex128)
         self._re = np.zeros((k, M.N_FFT // 2 + 1))
-        self._im = np.zeros_like(self._re)
         self._melbuf = np.zeros((k, M.N_MELS))
         self._basis_t = np.ascontiguousarray(M.mel_basis().T)
         self._max_push = max_push_samples
@@ -109,10 +107,11 @@ class MelStream:
                     self._idx[over] = 2 * (end - 1) - self._idx[over]
                 np.remainder(self._idx, self._cap, out=self._idx)
                 np.take(self._ring, self._idx, out=self._frames[i])
-            fr, re, im, mel = self._frames[:k], self._re[:k], self._im[:k], self._melbuf[:k]
-            np.matmul(fr, self._cos, out=re)
-            np.matmul(fr, self._sin, out=im)
-            np.hypot(re, im, out=re)
+            fr, spec, re, mel = self._frames[:k], self._spec[:k], self._re[:k], self._melbuf[:k]
+            np.multiply(fr, self._window, out=fr)
+            np.fft.rfft(fr, axis=1, out=spec)
+            np.abs(spec, out=re)
+            # 80x401 filterbank: small enough that one BLAS thread (the thread budget) is plenty.
             np.matmul(re, self._basis_t, out=mel)
             np.maximum(mel, 1e-5, out=mel)
             np.log10(mel, out=mel)

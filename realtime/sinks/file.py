@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from realtime.threads import encoder_options
+
 from models.errors import LipsyncError
 
 # (video codec, pixel format, codec options, audio codec)
@@ -50,7 +52,7 @@ class VideoFileWriter:
         try:
             self._video = self._container.add_stream(vcodec, rate=self._rate)
             self._video.width, self._video.height, self._video.pix_fmt = enc_w, enc_h, pix_fmt
-            self._video.options = options
+            self._video.options = {**options, **(encoder_options() if "libx264" == vcodec else {})}
             self._video.codec_context.time_base = 1 / self._rate
             self._audio_stream = None
             if audio is not None:

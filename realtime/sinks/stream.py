@@ -14,6 +14,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from realtime.threads import encoder_options
+
 from realtime.frames import AudioChunk, VideoFrame
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -53,7 +55,8 @@ class StreamSink:
             out = av.open(self.url, "w", format=self._fmt, timeout=(5.0, 5.0))
             v = out.add_stream("libx264", rate=self._fps)
             v.width, v.height, v.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
-            v.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(max(1, round(float(self._fps) * self._gop)))}
+            v.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(max(1, round(float(self._fps) * self._gop))),
+                         **encoder_options()}
             v.codec_context.time_base = 1 / self._fps
             a = out.add_stream("aac", rate=self._rate, layout="mono")
             a.format = "fltp"
