@@ -25,13 +25,14 @@ def face_photo(path: Path) -> Path:
     return path
 
 
-def speech_wav(path: Path, text: str, rate_hz: int = 16000) -> Path:
-    """espeak-ng speech, resampled to `rate_hz`, as 16-bit PCM wav."""
+def speech_wav(path: Path, text: str, rate_hz: int = 16000, voice: str | None = None) -> Path:
+    """espeak-ng speech (default voice, or `voice` such as "en-us+f4"), resampled to `rate_hz`,
+    as 16-bit PCM wav."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng); the test media needs it")
     raw = path.with_suffix(".espeak.wav")
-    subprocess.run([espeak, "-w", str(raw), text], check=True)
+    subprocess.run([espeak, *(["-v", voice] if voice else []), "-w", str(raw), text], check=True)
     from models.audio import decode_audio
     import soxr
 
