@@ -59,13 +59,27 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+RUNTIME_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",),
+                         "nncf": ("nncf",)}
+
+
+@lru_cache(maxsize=1)
 def runtime_versions() -> dict[str, str]:
+    """Installed runtimes from package metadata. Never imports them: NNCF pulls in torch, which a
+    warm live start must not load."""
+    from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
+
     out = {}
-    for name in ("onnxruntime", "openvino", "nncf"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # not installed (or broken): not a candidate here
-            pass
+    for module, dists in RUNTIME_DISTRIBUTIONS.items():
+        if find_spec(module) is None:
+            continue
+        for dist in dists:
+            try:
+                out[module] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
     return out
 
 

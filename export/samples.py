@@ -89,6 +89,6 @@ def heldout_set(n: int = 32, seed: int = 2) -> Samples:
     tinted = np.clip(img.astype(np.float32) * np.array([0.82, 0.95, 1.12], np.float32), 0, 255).astype(np.uint8)
     chunks = voice("b") + voice("c")
     half = n // 2
-    m1, f1 = jittered_samples(img, FACE_B_BOX, chunks, half, rng, jitter_px=8)
-    m2, f2 = jittered_samples(tinted, FACE_B_BOX, chunks, n - half, rng, jitter_px=8)
-    return Samples(np.concatenate([m1, m2]), np.concatenate([f1, f2]))
+    parts = [jittered_samples(im, FACE_B_BOX, chunks, k, rng, jitter_px=8)
+             for im, k in ((img, half), (tinted, n - half)) if k]
+    return Samples(np.concatenate([m for m, _ in parts]), np.concatenate([f for _, f in parts]))

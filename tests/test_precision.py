@@ -174,6 +174,15 @@ def test_ladder_records_its_choice_and_honours_pins(family, monkeypatch):
         m.setattr(precision, "_run_ladder", no_ladder)
         again = precision.choose(ckpt, auto, first_row=48, log=lambda m: None)
     assert again.recorded and (again.runtime, again.precision) == (first.runtime, first.precision)
+    # A warm start reads the record without loading torch or NNCF (a second of start-up, ~300 MB).
+    code = ("import sys; from export import precision; from realtime.generator import RuntimeConfig, SplitGenerator;"
+            f"c = precision.choose({str(ckpt)!r}, RuntimeConfig(runtime='auto', precision='auto', device='auto'),"
+            " first_row=48, log=print);"
+            "SplitGenerator(c.encoder_path, c.decoder_path, RuntimeConfig(runtime=c.runtime, precision=c.precision),"
+            " first_row=48); print(c.recorded, 'torch' in sys.modules, 'nncf' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-3:] == ["True", "False", "False"], proc.stdout
 
     bf16 = RuntimeConfig(runtime="openvino", precision="bf16", device="auto")
     if machine.has_bf16():  # a pin is honoured exactly, with the figures it was judged on
