@@ -19,6 +19,15 @@ def _export(args) -> int:
 
 
 def _live(args) -> int:
+    if args.audio_pacing == "burst" and args.audio == "mic":
+        raise LipsyncError("--audio-pacing burst", "an audio file to push as a TTS engine would", "--audio mic",
+                           "give --audio FILE, or drop --audio-pacing for the microphone")
+    mode = args.mode if args.mode != "auto" else ("playout" if args.audio_pacing == "burst" else "capture")
+    if mode == "playout":
+        if args.audio == "mic":
+            raise LipsyncError("--mode playout", "pushed audio (a file)", "--audio mic",
+                               "the microphone is captured live: use --mode capture (the default)")
+        return _live_playout(args)
     import threading
 
     from realtime.config import EngineConfig
@@ -90,6 +99,81 @@ def _devices(args) -> int:
     return 0
 
 
+def _live_playout(args) -> int:
+    """Playout: the file pushed as a TTS engine would (burst: 1 s pieces as fast as accepted;
+    realtime: 20 ms pieces at real time), frames paced by the output clock until it has played."""
+    import threading
+    import time
+
+    from models.audio import decode_audio
+    from realtime import threads
+    from realtime.config import EngineConfig
+    from realtime.generator import RuntimeConfig
+    from realtime.live import build_playout, make_sink
+    from realtime.playout import PlayoutConfig
+
+    threads.apply(threads.plan("live"))
+    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend)
+    pcfg = PlayoutConfig()
+    runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
+                            intra_op_threads=threads.current().inference_threads)
+    audio = decode_audio(args.audio)
+    pcm, rate = audio.pcm.mean(axis=0).astype("float32"), audio.sample_rate_hz
+    sinks = [make_sink(t, args.fps, pcfg.output_rate_hz) for t in (args.to or ["vcam"])]
+    if args.audio_out is not None:
+        from realtime.sinks.audio_out import AudioOutSink
+
+        dev = None if args.audio_out == "default" else (int(args.audio_out) if args.audio_out.isdigit()
+                                                        else args.audio_out)
+        sinks.append(AudioOutSink(args.audio_out_delay_ms, dev, sample_rate_hz=pcfg.output_rate_hz))
+    pl = build_playout(args.avatar, sinks, args.checkpoint, runtime, cfg, pcfg, loop=args.avatar_loop,
+                       engine=args.engine, reader=False)
+    print(f"live (playout, {args.audio_pacing} pushes): file:{args.audio} -> {', '.join(s.name for s in sinks)} "
+          f"with {pl.renderer.name} (Ctrl-C stops)", file=sys.stderr)
+    pl.start()
+    done = threading.Event()
+
+    def status():
+        while not done.wait(1.0):
+            print(f"\r{pl.stats.status_line()}", end="", file=sys.stderr, flush=True)
+
+    threading.Thread(target=status, daemon=True).start()
+    piece = rate if args.audio_pacing == "burst" else rate // 50
+    limit = None if args.duration is None else int(args.duration * rate)
+    t0, sent = time.monotonic(), 0
+    try:
+        while limit is None or sent < limit:
+            pos = sent % len(pcm) if args.loop else sent
+            if pos >= len(pcm):
+                break
+            n = min(piece, len(pcm) - pos, (limit - sent) if limit is not None else piece)
+            if args.audio_pacing == "realtime":
+                time.sleep(max(0.0, t0 + (sent + n) / rate - time.monotonic()))
+            pl.push_audio(pcm[pos:pos + n], rate)  # waits while max_pending_s is queued
+            sent += n
+        pl.end_segment()
+        # Until it has all played; a failed worker or sink ends the wait within a second.
+        while not pl.wait_idle(timeout_s=0.5):
+            if pl.error is not None:
+                break
+    except KeyboardInterrupt:
+        pl.interrupt()
+    except RuntimeError:
+        pass  # the playout failed; stop() reports why
+    finally:
+        done.set()
+        print(file=sys.stderr)
+    try:
+        summary = pl.stop()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.stats_json:
+        pl.stats.write_json(args.stats_json)
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["render"]:
@@ -130,6 +214,12 @@ def main(argv=None) -> int:
     lv.add_argument("--blend", default="feather", choices=["feather", "hard"],
                     help="feather: keypoint mask + colour match; hard: the reference rectangle")
     lv.add_argument("--stats-json", default=None)
+    lv.add_argument("--audio-pacing", default="realtime", choices=["realtime", "burst"],
+                    help="burst: push the file as a TTS engine would (1 s pieces, as fast as accepted); "
+                         "implies --mode playout")
+    lv.add_argument("--mode", default="auto", choices=["auto", "capture", "playout"],
+                    help="capture: audio is the clock, late frames skipped (microphone); playout: everything "
+                         "pushed is played at the output clock's pace (TTS); auto: playout for burst pacing")
     sub.add_parser("devices", help="list audio devices and virtual camera backends")
     args = ap.parse_args(argv)
     try:

@@ -15,17 +15,21 @@ from typing import Protocol
 class MediaClock(Protocol):
     def now_ns(self) -> int: ...
 
-    def sleep_until_ns(self, t_ns: int) -> None: ...
+    def sleep_until_ns(self, t_ns: int, cancel: threading.Event | None = None) -> None:
+        """Returns at `t_ns`, or early once `cancel` is set (a thread that is stopping)."""
 
 
 class MonotonicClock:
     def now_ns(self) -> int:
         return time.monotonic_ns()
 
-    def sleep_until_ns(self, t_ns: int) -> None:
+    def sleep_until_ns(self, t_ns: int, cancel: threading.Event | None = None) -> None:
         delay = t_ns - time.monotonic_ns()
         if delay > 0:
-            time.sleep(delay / 1e9)
+            if cancel is None:
+                time.sleep(delay / 1e9)
+            else:
+                cancel.wait(delay / 1e9)
 
 
 class ManualClock:
@@ -44,9 +48,12 @@ class ManualClock:
             self._t += dt_ns
             self._cv.notify_all()
 
-    def sleep_until_ns(self, t_ns: int) -> None:
+    def sleep_until_ns(self, t_ns: int, cancel: threading.Event | None = None) -> None:
         with self._cv:
-            self._cv.wait_for(lambda: self._t >= t_ns)
+            # The cancel event cannot notify this condition: look at it every 50 ms of real time.
+            while not self._cv.wait_for(lambda: self._t >= t_ns or (cancel is not None and cancel.is_set()),
+                                        None if cancel is None else 0.05):
+                pass
 
 
 class FreeRunClock:
@@ -60,6 +67,6 @@ class FreeRunClock:
         with self._lock:
             return self._t
 
-    def sleep_until_ns(self, t_ns: int) -> None:
+    def sleep_until_ns(self, t_ns: int, cancel: threading.Event | None = None) -> None:
         with self._lock:
             self._t = max(self._t, t_ns)

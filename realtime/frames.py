@@ -28,3 +28,22 @@ class VideoFrame:
     bgr: np.ndarray  # uint8 (H, W, 3)
     pts: int  # frame index at the engine's fps
     meta: dict = field(default_factory=dict)
+
+
+class AudioTimeline:
+    """Turns timestamped chunks into one contiguous track for a writer: a gap (a chunk dropped
+    upstream) becomes silence and an overlap is trimmed, so nothing after a loss moves earlier."""
+
+    def __init__(self, start_pts: int = 0):
+        self.next_pts = start_pts
+
+    def place(self, chunk: AudioChunk) -> np.ndarray:
+        """The samples to append for `chunk`, given everything placed before it."""
+        pcm = np.asarray(chunk.pcm, np.float32)
+        gap = chunk.pts - self.next_pts
+        if gap > 0:
+            pcm = np.concatenate([np.zeros(gap, np.float32), pcm])
+        elif gap < 0:
+            pcm = pcm[-gap:]
+        self.next_pts += len(pcm)
+        return pcm

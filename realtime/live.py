@@ -30,7 +30,7 @@ def default_runtime() -> RuntimeConfig:
                          intra_op_threads=threads.current().inference_threads)
 
 
-def make_sink(target: str, fps: float):
+def make_sink(target: str, fps: float, sample_rate_hz: int = 16_000):
     if target == "null":
         from realtime.sinks.base import NullSink
 
@@ -47,7 +47,7 @@ def make_sink(target: str, fps: float):
         from realtime.sinks.stream import StreamSink
 
         try:
-            return StreamSink(target, fps)
+            return StreamSink(target, fps, sample_rate_hz)
         except ValueError:
             raise LipsyncError("--to", "vcam, preview, null, a file, or an rtmp:// udp:// srt:// URL",
                                repr(target), "check the URL scheme") from None
@@ -57,7 +57,7 @@ def make_sink(target: str, fps: float):
     if Path(target).suffix.lower() not in FORMATS:
         raise LipsyncError("--to", "vcam, preview, null, an rtmp/udp/srt URL, or a file ending in "
                            + ", ".join(FORMATS), repr(target), "pick one of those")
-    return FileSink(target, fps)
+    return FileSink(target, fps, sample_rate_hz)
 
 
 def make_source(audio: str, loop: bool = False, mic_device=None):
@@ -89,6 +89,26 @@ def choose_engine(engine: str, checkpoint: str | None) -> tuple[str, str | None]
 def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
                  cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None, log=None,
                  engine: str = "auto") -> Engine:
+    """The capture engine (microphone-like input: the audio is the clock, late frames skipped)."""
+    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine)
+    return Engine(av, renderer, sinks, cfg, clock)
+
+
+def build_playout(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
+                  cfg: EngineConfig = EngineConfig(), pcfg=None, loop: str = "forward", clock=None, log=None,
+                  engine: str = "auto", reader: bool = True):
+    """Playout for pushed speech (TTS, voice agents): an output clock, idle frames, interrupts.
+    Sinks should take audio at `pcfg.output_rate_hz` (48 kHz by default)."""
+    from realtime.playout import Playout, PlayoutConfig
+
+    if avatar.startswith("camera:"):
+        raise LipsyncError("--avatar", "a photo or a video for playout", repr(avatar),
+                           "a live camera avatar is for capture mode (--audio mic)")
+    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine)
+    return Playout(av, renderer, sinks, cfg, pcfg or PlayoutConfig(), clock, deliver_to_reader=reader)
+
+
+def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine):
     log = log or (lambda m: print(m, file=sys.stderr))
     kind, checkpoint = choose_engine(engine, checkpoint)
     if avatar.startswith("camera:"):
@@ -109,7 +129,7 @@ def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtim
 
         if engine == "auto":
             log("engine: procedural (no Wav2Lip checkpoint given or in checkpoints/; see checkpoints/README.md)")
-        return Engine(av, ProceduralRenderer(av.keypoints()), sinks, cfg, clock)
+        return av, ProceduralRenderer(av.keypoints())
     runtime = runtime or default_runtime()
     first_row, samples = 0, None
     if not avatar.startswith("camera:"):
@@ -127,4 +147,6 @@ def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtim
     if engine == "auto":
         log(f"engine: wav2lip ({Path(checkpoint).name})")
     av.attach_features(gen, f"{gen.name}:{checkpoint}")
-    return Engine(av, gen, sinks, cfg, clock)
+    from realtime.engine import Wav2LipRenderer
+
+    return av, Wav2LipRenderer(gen, av, cfg.blend)

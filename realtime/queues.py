@@ -75,6 +75,19 @@ class BoundedQueue:
                 return item
             raise Closed(self.name)
 
+    def clear(self) -> int:
+        """Discard everything queued (an interrupt); returns how many items went."""
+        with self._cv:
+            n = len(self._items)
+            self._items.clear()
+            self._cv.notify_all()
+            return n
+
+    def snapshot(self) -> list:
+        """A copy of what is queued, oldest first, for a consumer deciding whether to start."""
+        with self._cv:
+            return list(self._items)
+
     def close(self) -> None:
         with self._cv:
             self._closed = True

@@ -19,6 +19,14 @@ def _percentiles(values) -> dict:
     return {k: round(float(np.percentile(a, q)), 2) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))}
 
 
+def _gap_percentiles(values) -> dict:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(a, 50)), 2), "p99": round(float(np.percentile(a, 99)), 2),
+            "max": round(float(a.max()), 2)}
+
+
 def rss_mb() -> float:
     try:
         with open("/proc/self/status") as f:
@@ -41,6 +49,9 @@ class Stats:
         self.dropped = 0
         self.no_face = 0
         self.audio_overruns = 0
+        self.late = 0  # playout: ticks whose speech frame was not made in time (previous frame held)
+        self.other: dict[str, int] = {}  # further frame kinds (playout: crossfade, held)
+        self._gaps_ms: list[float] = []
         self._processing_ms: list[float] = []
         self._audio_to_frame_ms: list[float] = []
         self._first_ns = self._last_ns = None
@@ -58,6 +69,10 @@ class Stats:
                 self.dropped += 1
             elif kind == "no_face":
                 self.no_face += 1
+            else:
+                self.other[kind] = self.other.get(kind, 0) + 1
+            if self._last_ns is not None:
+                self._gaps_ms.append((accepted_ns - self._last_ns) / 1e6)
             if ready_ns is not None and kind != "dropped":
                 self._processing_ms.append((accepted_ns - ready_ns) / 1e6)
             if capture_ns is not None and kind != "dropped":
@@ -75,6 +90,9 @@ class Stats:
                 "dropped": self.dropped, "no_face": self.no_face, "audio_overruns": self.audio_overruns,
                 "processing_latency_ms": _percentiles(self._processing_ms),
                 "audio_to_frame_ms": _percentiles(self._audio_to_frame_ms),
+                "interframe_gap_ms": _gap_percentiles(self._gaps_ms),
+                **({"late": self.late} if self.late else {}),
+                **{k: v for k, v in self.other.items()},
                 "cpu_percent": round(100 * (time.process_time() - self._cpu0) / wall / (os.cpu_count() or 1), 1),
                 "rss_mb": round(rss_mb(), 1),
             }
@@ -82,6 +100,10 @@ class Stats:
     def status_line(self) -> str:
         s = self.summary()
         p = s["processing_latency_ms"]
+        if p["p50"] is None and s["interframe_gap_ms"]["p99"] is not None:  # playout: no input latency
+            g = s["interframe_gap_ms"]
+            return (f"{s['fps_sustained'] or 0:5.1f} fps  gap p99 {g['p99']:5.1f} max {g['max']:5.1f} ms  "
+                    f"speech {s['generated']}  idle {s['idle']}  late {s.get('late', 0)}  cpu {s['cpu_percent']:4.1f}%")
         return (f"{s['fps_sustained'] or 0:5.1f} fps  latency p50 {p['p50'] or 0:5.1f} p95 {p['p95'] or 0:5.1f} ms  "
                 f"dropped {s['dropped']}  cpu {s['cpu_percent']:4.1f}%")
 

@@ -61,6 +61,7 @@ class VideoFileWriter:
             self.abort()
             raise
         self.frames_written = 0
+        self._next_pts = 0
 
     def _setup_audio(self, codec: str, audio: np.ndarray, rate: int):
         import av
@@ -108,7 +109,9 @@ class VideoFileWriter:
             self._audio_pos += n
             self._pending = self._pending[:, n:]
 
-    def write(self, bgr: np.ndarray):
+    def write(self, bgr: np.ndarray, pts: int | None = None):
+        """One frame; `pts` (frames at the writer's rate) leaves a gap for frames not written —
+        the previous frame stays on screen — else frames follow each other."""
         import av
 
         if bgr.shape[:2] != (self.height, self.width):
@@ -116,12 +119,15 @@ class VideoFileWriter:
         if self._even and (self.width % 2 or self.height % 2):
             bgr = np.pad(bgr, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
-        frame.pts = self.frames_written
+        if pts is not None and pts < self._next_pts:
+            return  # a frame for a time already written: never reorder the track
+        frame.pts = self._next_pts if pts is None else pts
+        self._next_pts = frame.pts + 1
         frame.time_base = 1 / self._rate
         self._container.mux(self._video.encode(frame))
         self.frames_written += 1
         if self._audio_stream is not None:
-            self._mux_audio_until(int(self.frames_written / self._rate * self._audio_rate) + self._frame_size)
+            self._mux_audio_until(int(self._next_pts / self._rate * self._audio_rate) + self._frame_size)
 
     def close(self) -> Path:
         """Flush encoders, finalise the container and move it into place."""

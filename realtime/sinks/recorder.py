@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from realtime.frames import AudioChunk, VideoFrame
+from realtime.frames import AudioChunk, AudioTimeline, VideoFrame
 from realtime.sinks.file import VideoFileWriter
 
 
@@ -12,6 +12,9 @@ class FileSink:
         self._path, self._fps, self._rate = path, fps, sample_rate_hz
         self._writer: VideoFileWriter | None = None
         self._early_audio = []
+        # Both tracks start at the engine's time zero (video pts 0, audio pts 0) and are written
+        # by their timestamps: a dropped frame is a held frame in the file, not a shorter video.
+        self._timeline = AudioTimeline()
 
     def send_video(self, frame: VideoFrame) -> None:
         if self._writer is None:
@@ -21,13 +24,16 @@ class FileSink:
             audio = np.concatenate(self._early_audio) if self._early_audio else np.zeros(0, np.float32)
             self._writer = VideoFileWriter(self._path, w, h, self._fps, audio[None], self._rate)
             self._early_audio = []
-        self._writer.write(frame.bgr)
+        self._writer.write(frame.bgr, pts=frame.pts if frame.pts >= 0 else None)
 
     def send_audio(self, chunk: AudioChunk) -> None:
+        if chunk.sample_rate_hz != self._rate:
+            raise ValueError(f"FileSink made for {self._rate} Hz audio got {chunk.sample_rate_hz} Hz")
+        pcm = self._timeline.place(chunk)
         if self._writer is None:
-            self._early_audio.append(chunk.pcm)
+            self._early_audio.append(pcm)
         else:
-            self._writer.append_audio(chunk.pcm)
+            self._writer.append_audio(pcm)
 
     def close(self) -> None:
         if self._writer is not None:

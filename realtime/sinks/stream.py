@@ -16,7 +16,7 @@ import numpy as np
 
 from realtime.threads import encoder_options
 
-from realtime.frames import AudioChunk, VideoFrame
+from realtime.frames import AudioChunk, AudioTimeline, VideoFrame
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -126,9 +126,13 @@ class StreamSink:
     def send_audio(self, chunk: AudioChunk) -> None:
         import av
 
+        if chunk.sample_rate_hz != self._rate:
+            raise ValueError(f"StreamSink made for {self._rate} Hz audio got {chunk.sample_rate_hz} Hz")
         if self._audio_pts is None:
             self._audio_pts = chunk.pts
-        self._audio_buf = np.concatenate([self._audio_buf, chunk.pcm.astype(np.float32)])
+            self._timeline = AudioTimeline(chunk.pts)
+        # By timestamp: audio dropped upstream leaves silence, later sound stays where it belongs.
+        self._audio_buf = np.concatenate([self._audio_buf, self._timeline.place(chunk)])
         while self._out is not None and len(self._audio_buf) >= self._afs:
             block, self._audio_buf = self._audio_buf[:self._afs], self._audio_buf[self._afs:]
             af = av.AudioFrame.from_ndarray(block[None], format="fltp", layout="mono")

@@ -1,0 +1,581 @@
+"""Playout for pushed speech (TTS, a voice agent): an output clock that never stalls.
+
+A TTS engine hands over a sentence in bursts, faster than real time, and the user may cut it
+short. Unlike the capture engine (microphone audio is the clock; late frames are skipped),
+playout plays *everything* pushed at real time:
+
+  push_audio --pending (bounded in seconds: blocks or refuses)--> generator thread
+  generator: resample (16 kHz for the mel, output rate for the sound), mel window per frame,
+             lips or idle, crossfade; each frame paired with exactly its 1/fps of audio
+  generator --ahead (bounded: lookahead_ms of frames, waits)--> pacer thread
+  pacer: one frame every 1/fps against the clock, always: the next speech frame if it is
+         there, else an idle frame with silence; re-anchors after a stall instead of bursting
+  pacer --> one SinkRunner per sink (own thread and queue) and the `frames()` / `recv()` stream
+
+What every sink and reader gets is the paired frame and audio, so the sound heard is the sound
+the lips were made from. `interrupt()` (alias `clear_buffer()`) drops queued speech; the very
+next tick starts the crossfade back to idle with silence. `end_segment()` ends an utterance.
+Events (`on_event`): ("playback_started", segment) and ("playback_finished", SegmentEnd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
+from realtime.audio_input import to_mono_float32
+from realtime.clock import MediaClock, MonotonicClock
+from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
+from realtime.frames import AudioChunk, VideoFrame
+from realtime.mel_stream import MelStream
+from realtime.queues import BoundedQueue, Closed, Policy
+from realtime.sinks.delivery import SinkRunner
+from realtime.stats import Stats
+
+SR = MODEL_SAMPLE_RATE_HZ
+
+
+@dataclass(frozen=True)
+class PlayoutConfig:
+    output_rate_hz: int = 48_000  # the paired audio every sink and reader receives
+    lookahead_ms: int = 400  # frames generated ahead of the output clock
+    max_pending_s: float = 20.0  # pushed audio not yet taken by the generator; pushes wait beyond
+    start_buffer_ms: int = 120  # an utterance starts playing once this much of it is made (or all of it)
+    late_frame_wait_ms: int = 30  # mid-utterance, how long a tick waits for a late speech frame
+    segment_idle_end_ms: int = 600  # an utterance nobody ended is ended after this long without audio
+    restart_after_ms: int = 200  # a tick later than this re-anchors the clock (no catch-up burst)
+    output_queue_ms: int = 1_000  # frames kept for a `frames()` reader; oldest dropped
+
+
+@dataclass(frozen=True)
+class SegmentEnd:
+    """End of one utterance in the output: how much of it played, and whether it was cut."""
+
+    segment: int
+    position_s: float
+    interrupted: bool
+
+
+@dataclass(frozen=True)
+class PlayoutItem:
+    video: VideoFrame
+    audio: AudioChunk  # exactly 1/fps of sound at output_rate_hz, starting at the frame's time
+
+
+@dataclass(frozen=True)
+class _End:
+    segment: int
+    epoch: int
+
+
+class PlayoutFull(RuntimeError):
+    """push_audio could not queue the audio in time: more than max_pending_s is waiting."""
+
+
+class _Segment:
+    """One utterance being turned into frames: its own mel stream and resamplers."""
+
+    def __init__(self, seg_id: int, rate: int, out_rate: int, history_ms: int):
+        import soxr
+
+        self.id, self.rate = seg_id, rate
+        self.mel = MelStream(history_frames=history_ms * 80 // 1000)
+        self.to16 = soxr.ResampleStream(rate, SR, 1, dtype="float32", quality="HQ") if rate != SR else None
+        self.to_out = soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ") \
+            if rate != out_rate else None
+        self.hist = np.zeros(history_ms * SR // 1000, np.float32)
+        self.samples16 = 0
+        self.out = collections.deque()  # output-rate audio not yet paired with a frame
+        self.out_len = 0
+        self.in_samples = 0  # at the input rate: the segment's length
+        self.frames = 0  # frames made
+        self.ended = False
+
+    def add(self, pcm: np.ndarray) -> np.ndarray:
+        self.in_samples += len(pcm)
+        p16 = self.to16.resample_chunk(pcm) if self.to16 is not None else pcm
+        po = self.to_out.resample_chunk(pcm) if self.to_out is not None else pcm
+        self._keep(p16)
+        self._queue_out(po)
+        return p16
+
+    def finish(self) -> np.ndarray:
+        tail16 = self.to16.resample_chunk(np.zeros(0, np.float32), last=True) if self.to16 is not None \
+            else np.zeros(0, np.float32)
+        if self.to_out is not None:
+            self._queue_out(self.to_out.resample_chunk(np.zeros(0, np.float32), last=True))
+        self._keep(tail16)
+        self.ended = True
+        return tail16
+
+    def _keep(self, p16: np.ndarray) -> None:
+        idx = np.arange(self.samples16, self.samples16 + len(p16)) % len(self.hist)
+        self.hist[idx] = p16
+        self.samples16 += len(p16)
+
+    def _queue_out(self, po: np.ndarray) -> None:
+        if len(po):
+            self.out.append(po)
+            self.out_len += len(po)
+
+    def take_out(self, n: int) -> np.ndarray:
+        """The next `n` output samples (zero-padded when the utterance has fewer left)."""
+        buf = np.zeros(n, np.float32)
+        got = 0
+        while got < n and self.out:
+            head = self.out[0]
+            k = min(n - got, len(head))
+            buf[got:got + k] = head[:k]
+            got += k
+            if k == len(head):
+                self.out.popleft()
+            else:
+                self.out[0] = head[k:]
+        self.out_len -= got
+        return buf
+
+
+class Playout:
+    """Pushed speech in, paced and paired frames + audio out; see the module docstring."""
+
+    def __init__(self, avatar, renderer, sinks: list, cfg: EngineConfig = EngineConfig(),
+                 pcfg: PlayoutConfig = PlayoutConfig(), clock: MediaClock | None = None, deliver_to_reader=True):
+        if not hasattr(renderer, "render"):
+            from realtime.engine import Wav2LipRenderer
+
+            renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
+        self.avatar, self.renderer, self.cfg, self.pcfg = avatar, renderer, cfg, pcfg
+        self.clock = clock or MonotonicClock()
+        self.stats = Stats()
+        self._frame_ns = round(1e9 / cfg.fps)
+        out_per_frame = pcfg.output_rate_hz / cfg.fps
+        if abs(out_per_frame - round(out_per_frame)) > 1e-9:
+            raise ValueError(f"output_rate_hz {pcfg.output_rate_hz} is not a whole number of samples per frame "
+                             f"at {cfg.fps} fps")
+        self._spf_out = round(out_per_frame)
+        self._runners = [SinkRunner(s, cfg.fps, on_error=self._fail) for s in sinks]
+        self._reader = BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out") \
+            if deliver_to_reader else None
+        self._cv = threading.Condition()
+        self._pending: collections.deque = collections.deque()  # ("audio", seg, pcm, rate) | ("end", seg)
+        self._pending_s = 0.0
+        self._ahead = BoundedQueue(cfg.frames_in(pcfg.lookahead_ms), Policy.NEVER_DROP, "playout_ahead")
+        self._seg_in = 0  # segment id new pushes go to
+        self._seg_open = False
+        self._epoch = 0  # bumped by interrupt(): older work is discarded
+        self._speaking_seg = None  # segment whose frames the pacer is emitting
+        self._seg_played: dict[int, int] = {}
+        self._alpha = 0.0
+        self._last_speech: np.ndarray | None = None
+        self._fade_from: np.ndarray | None = None
+        self._fade_alpha = 0.0
+        self._listeners = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._closing = False
+        self._error: BaseException | None = None
+        self._out_pts = 0
+        self._interrupt_pending = False
+        self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
+        self._silence = np.zeros(self._spf_out, np.float32)
+
+    # -- API ----------------------------------------------------------------------------------------
+    def on_event(self, callback) -> None:
+        """`callback(kind, payload)`: ("playback_started", segment) or ("playback_finished", SegmentEnd)."""
+        self._listeners.append(callback)
+
+    def push_audio(self, pcm, sample_rate_hz: int, timeout_s: float | None = None) -> bool:
+        """Queue speech for playout (int16 or float, mono or interleaved). Blocks while more than
+        max_pending_s is waiting; with `timeout_s`, raises PlayoutFull once it has passed."""
+        self._raise_if_failed()
+        a = to_mono_float32(pcm, sample_rate_hz)
+        if not len(a):
+            return True
+        dur = len(a) / int(sample_rate_hz)
+        with self._cv:
+            ok = self._cv.wait_for(lambda: self._pending_s + dur <= self.pcfg.max_pending_s or not self._pending
+                                   or self._error is not None or self._closing, timeout_s)
+            if self._error is not None:
+                self._raise_if_failed()
+            if self._closing:
+                return False
+            if not ok:
+                raise PlayoutFull(f"push_audio: expected room for {dur:.2f} s of audio within {timeout_s} s, found "
+                                  f"{self._pending_s:.1f} s already waiting (max_pending_s "
+                                  f"{self.pcfg.max_pending_s:g}); push as playback proceeds or raise max_pending_s")
+            self._seg_open = True
+            self._pending.append(("audio", self._seg_in, a, int(sample_rate_hz)))
+            self._pending_s += dur
+            self._cv.notify_all()
+        return True
+
+    async def apush_audio(self, pcm, sample_rate_hz: int) -> bool:
+        """push_audio for asyncio code: waits for room without blocking the event loop."""
+        a = to_mono_float32(pcm, sample_rate_hz)  # bad input fails here, in the caller's task
+        while True:
+            try:
+                return self.push_audio(a, sample_rate_hz, timeout_s=0)
+            except PlayoutFull:
+                await asyncio.sleep(self._frame_ns / 1e9)
+
+    def end_segment(self) -> None:
+        """The current utterance is complete: its last frames are made without waiting for more."""
+        with self._cv:
+            if self._seg_open:
+                self._pending.append(("end", self._seg_in))
+                self._seg_in += 1
+                self._seg_open = False
+                self._cv.notify_all()
+
+    def interrupt(self) -> None:
+        """Barge-in: drop every queued sample and frame of speech; the next tick fades to idle."""
+        with self._cv:
+            self._epoch += 1
+            self._pending.clear()
+            self._pending_s = 0.0
+            if self._seg_open:
+                self._seg_in += 1
+                self._seg_open = False
+            self._interrupt_pending = True
+            self._cv.notify_all()
+        self._ahead.clear()
+        self._ahead.put(_End(-1, -1))  # wakes a tick that is waiting for a speech frame
+
+    clear_buffer = interrupt
+
+    @property
+    def speaking(self) -> bool:
+        with self._cv:
+            return self._speaking_seg is not None or bool(self._pending) or self._seg_open
+
+    # -- output stream (for transports that take frames themselves) -------------------------------
+    def frames(self, timeout_s: float | None = None):
+        """Yields PlayoutItem and SegmentEnd in output order until the playout is stopped."""
+        while True:
+            try:
+                item = self._reader.get(timeout_s)
+            except Closed:
+                return
+            if item is None:
+                return
+            yield item
+
+    async def recv(self):
+        """The next PlayoutItem or SegmentEnd (aiortc's track shape); raises StopAsyncIteration at the end."""
+        while True:
+            try:
+                item = self._reader.get(timeout_s=0)
+            except Closed:
+                raise StopAsyncIteration from None
+            if item is not None:
+                return item
+            await asyncio.sleep(self._frame_ns / 4e9)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self.recv()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> "Playout":
+        for r in self._runners:
+            r.start(*self.avatar.size)
+        for fn, name in ((self._generate_loop, "playout-generator"), (self._pace_loop, "playout-pacer")):
+            t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Until the next utterance can start at the next tick (its start buffer is made), e.g.
+        to preroll before opening a stream; False on timeout."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._ready_to_start() or self._error is not None, timeout_s)
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Until everything pushed has played (the pacer is back to idle frames)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: (not self._pending and not self._seg_open and self._speaking_seg is None
+                                              and not len(self._ahead) and not self._busy) or self._error is not None,
+                                     timeout_s)
+
+    def stop(self) -> dict:
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._stop.set()
+        self._ahead.close()
+        for t in self._threads:
+            t.join()
+        for r in self._runners:
+            r.close()
+        if self._reader is not None:
+            self._reader.close()
+        self._raise_if_failed()
+        for r in self._runners:
+            r.raise_if_failed()
+        out = self.stats.summary()
+        out["sink_frames_dropped"] = {r.sink.name: r.video_dropped for r in self._runners}
+        return out
+
+    def _guard(self, fn):
+        def run():
+            try:
+                fn()
+            except BaseException as e:  # surfaced at the next push and by stop()
+                self._fail(e)
+        return run
+
+    def _fail(self, e: BaseException) -> None:
+        with self._cv:
+            if self._error is None:
+                self._error = e
+            self._cv.notify_all()
+        self._stop.set()
+        self._ahead.close()
+        if self._reader is not None:
+            self._reader.close()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"playout stopped: {type(self._error).__name__}: {self._error}") from self._error
+
+    # -- generator thread ---------------------------------------------------------------------------
+    _busy = False
+
+    def _generate_loop(self) -> None:
+        seg: _Segment | None = None
+        epoch = self._epoch
+        last_audio_ns = self.clock.now_ns()
+        idle_end_ns = self.pcfg.segment_idle_end_ms * 1_000_000
+        while not self._stop.is_set():
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+                self._cv.wait_for(lambda: self._pending or self._stop.is_set() or self._epoch != epoch, 0.05)
+                if self._epoch != epoch:
+                    epoch, seg = self._epoch, None
+                    self._alpha = 0.0  # an interrupted utterance fades out in the pacer
+                    continue
+                if not self._pending:
+                    if seg is not None and not seg.ended and self.clock.now_ns() - last_audio_ns > idle_end_ns:
+                        # Nobody called end_segment: the utterance ends here, its last frames are made.
+                        if self._seg_open and self._seg_in == seg.id:
+                            self._seg_in += 1
+                            self._seg_open = False
+                        cmd = ("end", seg.id)
+                    else:
+                        continue
+                else:
+                    cmd = self._pending.popleft()
+                    if cmd[0] == "audio":
+                        self._pending_s = max(0.0, self._pending_s - len(cmd[2]) / cmd[3])
+                self._busy = True
+                self._cv.notify_all()
+            if cmd[0] == "audio":
+                _, seg_id, pcm, rate = cmd
+                last_audio_ns = self.clock.now_ns()
+                if seg is None or seg.id != seg_id or seg.rate != rate:
+                    if seg is not None and not seg.ended:  # a rate change inside an utterance: close it
+                        self._finish_segment(seg, epoch)
+                    seg = _Segment(seg_id, rate, self.pcfg.output_rate_hz, self.cfg.history_ms)
+                # In 100 ms pieces: a long push (a whole sentence) must not run past the mel and
+                # audio history before its frames are made; the lookahead queue throttles us.
+                step = max(1, rate // 10)
+                for off in range(0, len(pcm), step):
+                    if epoch != self._epoch or self._stop.is_set():
+                        break
+                    seg.mel.push(seg.add(pcm[off:off + step]))
+                    self._make_frames(seg, epoch, final=False)
+            else:
+                if seg is not None and seg.id == cmd[1] and not seg.ended:
+                    self._finish_segment(seg, epoch)
+                seg = None
+
+    def _finish_segment(self, seg: _Segment, epoch: int) -> None:
+        tail = seg.finish()
+        if len(tail):
+            seg.mel.push(tail)
+        seg.mel.flush()
+        self._make_frames(seg, epoch, final=True)
+        if epoch == self._epoch:
+            self._ahead.put_wait(_End(seg.id, epoch))
+            with self._cv:
+                self._cv.notify_all()
+
+    def _total_frames(self, seg: _Segment) -> int:
+        return int(np.ceil(seg.in_samples * self.cfg.fps / seg.rate - 1e-9))
+
+    def _make_frames(self, seg: _Segment, epoch: int, final: bool) -> None:
+        fps, off = self.cfg.fps, self.cfg.mel_offset_frames
+        while epoch == self._epoch and not self._stop.is_set():
+            k = seg.frames
+            if final and k >= self._total_frames(seg):
+                break
+            s = max(0, chunk_start(k, fps, off))
+            if not final and (s + WINDOW_FRAMES > seg.mel.frames_ready or seg.out_len < self._spf_out):
+                break
+            # Past the end, Wav2Lip's reference takes the last full window.
+            s = min(s, max(0, seg.mel.frames_ready - WINDOW_FRAMES))
+            item = self._frame(seg, k, s, epoch)
+            seg.frames += 1
+            if not self._ahead.put_wait(item):
+                return
+            with self._cv:
+                self._cv.notify_all()  # wait_ready()
+
+    def _frame(self, seg: _Segment, k: int, s: int, epoch: int) -> PlayoutItem:
+        # The avatar frame this output tick will show: the pacer's clock, plus what is queued ahead.
+        pts = self._out_pts + len(self._ahead) + 1
+        idx = self.avatar.index(pts)
+        idle = self.avatar.frames[idx]
+        last = HOP * (s + WINDOW_FRAMES - 1) + N_FFT // 2 - 1
+        lo = max(0, HOP * s - N_FFT // 2, seg.samples16 - len(seg.hist))
+        hi = max(lo + 1, min(seg.samples16, last + 1))
+        window = seg.hist[np.arange(lo, hi) % len(seg.hist)]
+        dbfs = 10 * np.log10(float(np.mean(window.astype(np.float64) ** 2)) + 1e-12)
+        step = 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms)
+        speaking = dbfs > self.cfg.silence_threshold_dbfs
+        self._alpha = min(1.0, self._alpha + step) if speaking else max(0.0, self._alpha - step)
+        if self._alpha == 0.0 or not getattr(self.avatar, "has_face", True):
+            out, kind = idle, "idle"
+        else:
+            if s + WINDOW_FRAMES <= seg.mel.frames_ready:
+                seg.mel.window(s, out=self._mel_buf)
+            out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
+            if self._alpha < 1.0:
+                a = np.float32(self._alpha)
+                out = (out.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round().astype(np.uint8)
+            kind = "generated"
+        audio = seg.take_out(self._spf_out)
+        return PlayoutItem(VideoFrame(out, -1, {"kind": kind, "segment": seg.id, "index": k, "epoch": epoch,
+                                                   "alpha": self._alpha}),
+                           AudioChunk(audio, self.pcfg.output_rate_hz, -1, 0))
+
+    # -- pacer thread -------------------------------------------------------------------------------
+    def _pace_loop(self) -> None:
+        t0 = self.clock.now_ns()
+        n = 0
+        while not self._stop.is_set():
+            due = t0 + n * self._frame_ns
+            self.clock.sleep_until_ns(due, self._stop)
+            if self._stop.is_set():
+                break
+            now = self.clock.now_ns()
+            if now - due > self.pcfg.restart_after_ms * 1_000_000:
+                t0, n = now, 0  # the process stalled: restart pacing here, never burst to catch up
+                due = now
+            self._tick(now)
+            n += 1
+
+    def _take_interrupt(self) -> None:
+        with self._cv:
+            interrupted, self._interrupt_pending = self._interrupt_pending, False
+        if interrupted and self._speaking_seg is not None:
+            self._finish_playback(self._speaking_seg, True)
+
+    def _tick(self, now: int) -> None:
+        self._take_interrupt()
+        item = self._next_item()
+        if item == "interrupted":  # arrived while this tick waited: it already shows the fade
+            self._take_interrupt()
+            item = None
+        pts = self._out_pts
+        idle = self.avatar.frames[self.avatar.index(pts)]
+        if isinstance(item, PlayoutItem):
+            seg = item.video.meta["segment"]
+            if self._speaking_seg != seg:
+                if self._speaking_seg is not None:  # a segment without its end marker (rate change)
+                    self._finish_playback(self._speaking_seg, False)
+                self._speaking_seg = seg
+                self._seg_played[seg] = 0
+                self._emit_event("playback_started", seg)
+            self._seg_played[seg] += 1
+            bgr, audio, kind = item.video.bgr, item.audio.pcm, item.video.meta["kind"]
+            self._last_speech, self._alpha_shown = bgr, item.video.meta["alpha"]
+            self._fade_from = None
+        else:
+            bgr, audio, kind = idle, self._silence, "idle"
+            if self._fade_from is not None and self._fade_alpha > 0:
+                self._fade_alpha = max(0.0, self._fade_alpha - 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms))
+                a = np.float32(self._fade_alpha)
+                bgr = (self._fade_from.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round() \
+                    .astype(np.uint8)
+                kind = "crossfade"
+            elif item == "late":
+                bgr, kind = self._last_speech if self._last_speech is not None else idle, "held"
+        self._emit(VideoFrame(bgr, pts, {"kind": kind, "emitted_ns": now}),
+                   AudioChunk(audio, self.pcfg.output_rate_hz, pts * self._spf_out, now))
+        self._out_pts += 1
+        with self._cv:
+            self._cv.notify_all()
+
+    _alpha_shown = 0.0
+
+    def _next_item(self):
+        """This tick's speech frame (ending finished utterances on the way), else None, or "late"
+        when an utterance is playing and its next frame has not come in time."""
+        while True:
+            if self._interrupt_pending:
+                return "interrupted"
+            if self._speaking_seg is None and not self._ready_to_start():
+                return None
+            wait = self.pcfg.late_frame_wait_ms / 1000 if self._speaking_seg is not None else 0
+            try:
+                item = self._ahead.get(timeout_s=wait)
+            except Closed:
+                return None
+            if isinstance(item, _End):
+                if item.epoch == self._epoch and item.segment == self._speaking_seg:
+                    self._finish_playback(item.segment, False)
+                continue
+            if item is not None and item.video.meta["epoch"] != self._epoch:
+                continue  # made before an interrupt
+            if item is None and self._speaking_seg is not None:
+                self.stats.late += 1
+                return "late"
+            return item
+
+    def _ready_to_start(self) -> bool:
+        """Jitter buffer: an utterance starts once start_buffer_ms of it is made, or all of it."""
+        epoch = self._epoch
+        frames, ended = 0, False
+        for x in self._ahead.snapshot():  # what was made before an interrupt does not count
+            if isinstance(x, _End):
+                ended = ended or x.epoch == epoch
+            elif x.video.meta["epoch"] == epoch:
+                frames += 1
+        need = min(self.cfg.frames_in(self.pcfg.start_buffer_ms), self._ahead.capacity)
+        return frames >= need or (ended and frames > 0)
+
+    def _finish_playback(self, seg: int, interrupted: bool) -> None:
+        played = self._seg_played.pop(seg, 0)
+        end = SegmentEnd(seg, round(played / self.cfg.fps, 3), interrupted)
+        self._speaking_seg = None
+        # Back to idle through the crossfade, from the last face shown (an utterance may end on
+        # open lips, and an interrupt always can).
+        self._fade_from, self._fade_alpha = self._last_speech, self._alpha_shown
+        if self._reader is not None:
+            self._reader.put(end)
+        self._emit_event("playback_finished", end)
+
+    def _emit_event(self, kind: str, payload) -> None:
+        for cb in list(self._listeners):
+            cb(kind, payload)
+
+    def _emit(self, video: VideoFrame, audio: AudioChunk) -> None:
+        for r in self._runners:
+            r.offer(video, audio)
+        if self._reader is not None:
+            self._reader.put(PlayoutItem(video, audio))
+        self.stats.record(video.meta["emitted_ns"], None, None, video.meta["kind"])

@@ -1,0 +1,111 @@
+"""Each sink on its own thread behind its own bounded queue.
+
+One thread serving every sink lets the slowest one set the pace of all: an RTMP reconnect
+(seconds) would freeze the virtual webcam too. A SinkRunner gives each sink its own delivery:
+  video  DROP_OLDEST within `video_queue_ms`: a frame that waited that long is stale for this
+         sink; the others are not affected
+  audio  kept in order within `audio_queue_ms`, then the oldest goes (counted)
+Sinks stamp what they write by the media's own timestamps, so a dropped frame or chunk leaves a
+gap where it was instead of moving everything after it earlier.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+from realtime.frames import AudioChunk, VideoFrame
+
+
+class SinkRunner:
+    def __init__(self, sink, fps: float, video_queue_ms: int = 200, audio_queue_ms: int = 5_000, on_error=None):
+        self.sink = sink
+        self._video_cap = max(1, round(video_queue_ms * fps / 1000))
+        self._audio_ms_cap = audio_queue_ms
+        self._items: collections.deque = collections.deque()
+        self._videos = 0
+        self._audio_ms = 0.0
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._on_error = on_error
+        self.error: BaseException | None = None
+        self.video_dropped = 0
+        self.audio_dropped = 0
+        self.delivered = 0
+
+    def start(self, width: int, height: int) -> "SinkRunner":
+        # Sinks that connect or open a device do it now, not on the first frame, which would be late.
+        if hasattr(self.sink, "prepare"):
+            self.sink.prepare(width, height)
+        self._thread = threading.Thread(target=self._run, name=f"sink:{self.sink.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def offer(self, video: VideoFrame | None, audio: AudioChunk | None = None) -> None:
+        """Never blocks: queue audio then video for this sink, dropping the oldest beyond the bounds."""
+        with self._cv:
+            if self._closed or self.error is not None:
+                return
+            if audio is not None:
+                self._items.append(audio)
+                self._audio_ms += 1000 * audio.samples / audio.sample_rate_hz
+                while self._audio_ms > self._audio_ms_cap:
+                    self._drop_oldest(AudioChunk)
+            if video is not None:
+                self._items.append(video)
+                self._videos += 1
+                while self._videos > self._video_cap:
+                    self._drop_oldest(VideoFrame)
+            self._cv.notify()
+
+    def _drop_oldest(self, kind) -> None:
+        for i, item in enumerate(self._items):
+            if isinstance(item, kind):
+                del self._items[i]
+                if kind is VideoFrame:
+                    self._videos -= 1
+                    self.video_dropped += 1
+                else:
+                    self._audio_ms -= 1000 * item.samples / item.sample_rate_hz
+                    self.audio_dropped += 1
+                return
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._items or self._closed)
+                if not self._items:
+                    return
+                item = self._items.popleft()
+                if isinstance(item, VideoFrame):
+                    self._videos -= 1
+                else:
+                    self._audio_ms -= 1000 * item.samples / item.sample_rate_hz
+            try:
+                if isinstance(item, VideoFrame):
+                    self.sink.send_video(item)
+                    self.delivered += 1
+                else:
+                    self.sink.send_audio(item)
+            except BaseException as e:  # this sink is broken: stop feeding it, tell the owner at once
+                with self._cv:
+                    self.error = e
+                    self._items.clear()
+                if self._on_error is not None:
+                    self._on_error(RuntimeError(f"sink {self.sink.name} failed: {type(e).__name__}: {e}"))
+                return
+
+    def close(self) -> None:
+        """Deliver what is queued, then close the sink (files are finalised)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        self.sink.close()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"sink {self.sink.name} failed: {type(self.error).__name__}: {self.error}") \
+                from self.error

@@ -1,0 +1,291 @@
+"""Playout for pushed speech: the output clock, pairing, interruption, back-pressure, per-sink
+delivery, timestamped files, and the CLI's burst pacing.
+
+Most tests run the real Playout (procedural lips: fast, deterministic) on a ManualClock: the test
+moves time one frame at a time and reads what the pacer emitted for that tick, so every check is
+about what was emitted, never about how long something took.
+"""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+FPS = 25
+TICK_NS = 40_000_000
+SPF_OUT = 48_000 // FPS
+
+
+@pytest.fixture(scope="module")
+def speech10(speech_wav):
+    """Exactly 10 s of speech at 16 kHz (the espeak clip, repeated)."""
+    from models.audio import decode_audio
+
+    pcm = decode_audio(speech_wav).mono_16k()
+    return np.tile(pcm, int(np.ceil(160_000 / len(pcm))))[:160_000].astype(np.float32)
+
+
+class Ticker:
+    """Drives a playout on a ManualClock: one `step()` = one output frame."""
+
+    def __init__(self, pl, clock):
+        self.pl, self.clock = pl, clock
+        self.events = []
+        pl.on_event(lambda kind, payload: self.events.append((kind, payload)))
+        self._it = pl.frames(timeout_s=20)
+        self.ends = []
+
+    def step(self):
+        from realtime.playout import PlayoutItem, SegmentEnd
+
+        self.clock.advance_ns(TICK_NS)
+        while True:
+            item = next(self._it)
+            if isinstance(item, SegmentEnd):
+                self.ends.append(item)
+                continue
+            assert isinstance(item, PlayoutItem)
+            return item
+
+
+def make_playout(photo, sinks=(), renderer=None, **pcfg):
+    # Time only moves when the test says so; a tick waits for its speech frame as long as it
+    # takes (a real clock would hold the previous frame after late_frame_wait_ms).
+    pcfg.setdefault("late_frame_wait_ms", 20_000)
+    from realtime.clock import ManualClock
+    from realtime.live import build_playout
+    from realtime.playout import Playout, PlayoutConfig
+
+    clock = ManualClock()
+    base = build_playout(str(photo), list(sinks), engine="procedural", clock=clock, log=lambda m: None,
+                         pcfg=PlayoutConfig(**pcfg))
+    if renderer is not None:
+        base = Playout(base.avatar, renderer, list(sinks), base.cfg, base.pcfg, clock)
+    return base.start(), clock
+
+
+def push_all(pl, pcm, rate=16_000, piece_s=0.1, ready=True):
+    step = int(rate * piece_s)
+    for off in range(0, len(pcm), step):
+        pl.push_audio(pcm[off:off + step], rate, timeout_s=10)
+    pl.end_segment()
+    if ready:  # the next tick starts the utterance
+        assert pl.wait_ready(timeout_s=20)
+
+
+def test_every_pushed_sample_plays_once_paired_with_its_frame(photo, speech10):
+    import soxr
+
+    pl, clock = make_playout(photo)
+    t = Ticker(pl, clock)
+    try:
+        push_all(pl, speech10)
+        items = []
+        while not t.ends:
+            items.append(t.step())
+            assert len(items) < 400, "the utterance never finished"
+        for _ in range(6):
+            items.append(t.step())
+    finally:
+        summary = pl.stop()
+    assert [k for k, _ in t.events] == ["playback_started", "playback_finished"]
+    end = t.ends[0]
+    assert end.position_s == 10.0 and not end.interrupted
+
+    kinds = [i.video.meta["kind"] for i in items]
+    first = next(n for n, i in enumerate(items) if i.video.meta["kind"] == "generated")
+    speech = items[first:first + 250]
+    # Contiguous: the utterance's 250 frames are one run; nothing held, nothing late, nothing dropped.
+    assert all(k in ("generated", "idle") for k in kinds[first:first + 250])
+    assert "held" not in kinds and summary["dropped"] == 0 and summary.get("late", 0) == 0
+    assert sum(k == "generated" for k in kinds) >= 200
+    # One output clock: pts 0, 1, 2, ... and each frame's audio starts at its own time.
+    assert [i.video.pts for i in items] == list(range(len(items)))
+    assert all(i.audio.pts == i.video.pts * SPF_OUT and i.audio.samples == SPF_OUT for i in items)
+    # The sound that plays is the pushed sound, at 48 kHz, each piece beside the frame made from it.
+    heard = np.concatenate([i.audio.pcm for i in speech])
+    want = soxr.resample(speech10, 16_000, 48_000, quality="HQ").astype(np.float32)
+    assert len(heard) == len(want) == 480_000
+    assert np.corrcoef(heard, want)[0, 1] > 0.999 and np.abs(heard - want).max() < 0.02
+    # Before the utterance and after its crossfade: the idle avatar with silence.
+    idle = pl.avatar.frames[0]
+    for i in items[:first] + items[-2:]:
+        assert not i.audio.pcm.any()
+        assert np.array_equal(i.video.bgr, idle)
+
+
+def test_interrupt_silences_at_the_next_tick_and_fades_to_idle(photo, speech10):
+    pl, clock = make_playout(photo)
+    t = Ticker(pl, clock)
+    try:
+        push_all(pl, speech10)
+        played = 0
+        while played < 25:
+            played += t.step().video.meta["kind"] == "generated" or bool(t.events)
+        pl.interrupt()
+        after = [t.step() for _ in range(6)]
+        # A new utterance after the interrupt plays from its own beginning.
+        push_all(pl, speech10[:16_000])
+        later = [t.step() for _ in range(40)]
+    finally:
+        pl.stop()
+    cut = [e for e in t.ends if e.interrupted]
+    assert len(cut) == 1 and 0.9 <= cut[0].position_s <= 1.2
+    assert all(not i.audio.pcm.any() for i in after)  # no speech audio after the interrupt
+    assert after[0].video.meta["kind"] == "crossfade"
+    assert np.array_equal(after[3].video.bgr, pl.avatar.frames[0])  # back to idle: 120 ms of fade
+    again = [i for i in later if i.audio.pcm.any()]
+    assert again, "the next utterance never played"
+    import soxr
+
+    want = soxr.resample(speech10[:16_000], 16_000, 48_000, quality="HQ").astype(np.float32)
+    got = np.concatenate([i.audio.pcm for i in again])[:len(want) // 2]
+    assert np.corrcoef(got, want[:len(got)])[0, 1] > 0.99
+
+
+def test_pushes_past_the_pending_bound_wait_then_are_refused_with_the_reason(photo):
+    from realtime.playout import PlayoutFull
+
+    pl, clock = make_playout(photo, max_pending_s=2.0)
+    try:
+        tone = (0.3 * np.sin(np.arange(24_000) * 0.07)).astype(np.float32)  # 1.5 s
+        pl.push_audio(tone, 16_000)
+        # The generator takes the first push and blocks on its lookahead (the clock is still),
+        # so the second push waits for room and then fits; the third cannot.
+        pl.push_audio(tone, 16_000, timeout_s=10)
+        with pytest.raises(PlayoutFull) as e:
+            pl.push_audio(tone, 16_000, timeout_s=0)
+        msg = str(e.value)
+        assert "\n" not in msg and "max_pending_s" in msg and "1.50 s" in msg
+        pl.interrupt()  # drops what is pending: room again at once
+        assert pl.push_audio(tone, 16_000, timeout_s=0)
+    finally:
+        pl.stop()
+
+
+def test_push_audio_takes_int16_and_stereo_and_rejects_the_rest_at_the_call(photo):
+    from realtime.audio_input import AudioFormatError, to_mono_float32
+
+    rng = np.random.default_rng(0)
+    left = (rng.standard_normal(800) * 3000).astype(np.int16)
+    stereo = np.stack([left, left], axis=1)
+    np.testing.assert_allclose(to_mono_float32(stereo, 48_000), left / 32768, atol=1e-6)
+    assert to_mono_float32(left.astype(np.float64) / 32768, 16_000).dtype == np.float32
+    bad = [(left.astype(np.int32), 16_000, "dtype int32"), (np.zeros((2, 3, 4), np.float32), 16_000, "shape"),
+           (left, 0, "sample_rate_hz"), (left, 16_000.0, "sample_rate_hz"),
+           (np.full(10, np.nan, np.float32), 16_000, "NaN")]
+    pl, _ = make_playout(photo)
+    try:
+        for pcm, rate, what in bad:
+            with pytest.raises(AudioFormatError, match=what):
+                pl.push_audio(pcm, rate)
+        assert pl.error is None  # the worker never saw them
+        assert pl.push_audio(stereo, 48_000)
+    finally:
+        pl.stop()
+
+
+class BlockedSink:
+    name = "blocked"
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.pts = []
+
+    def send_video(self, frame):
+        self.release.wait()
+        self.pts.append(frame.pts)
+
+    def send_audio(self, chunk):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_blocked_sink_does_not_hold_up_the_others(photo, speech10):
+    import media
+
+    blocked, fine = BlockedSink(), media.CollectSink()
+    pl, clock = make_playout(photo, sinks=[blocked, fine])
+    t = Ticker(pl, clock)
+    try:
+        push_all(pl, speech10[:32_000])
+        for _ in range(60):
+            t.step()
+    finally:
+        blocked.release.set()
+        summary = pl.stop()
+    assert [f.pts for f in fine.frames] == list(range(60))
+    assert len(blocked.pts) < 60 and summary["sink_frames_dropped"]["blocked"] > 0
+    assert blocked.pts == sorted(blocked.pts) and blocked.pts[-1] == 59  # the newest, in order
+
+
+def test_a_failing_renderer_stops_the_playout_and_the_caller_hears_why(photo, speech10):
+    class Broken:
+        name = "broken"
+
+        def render(self, *a):
+            raise MemoryError("out of memory in the decoder")
+
+    pl, clock = make_playout(photo, renderer=Broken())
+    t = Ticker(pl, clock)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        push_all(pl, speech10)
+        assert pl.wait_idle(timeout_s=10)  # returns as soon as the error is there
+        pl.push_audio(speech10[:1600], 16_000)
+    with pytest.raises(RuntimeError, match="MemoryError"):
+        pl.stop()
+    assert t.ends == []
+
+
+def test_file_sink_writes_by_timestamp_so_losses_leave_gaps_not_shifts(tmp_path):
+    import av
+
+    from realtime.frames import AudioChunk, VideoFrame
+    from realtime.sinks.recorder import FileSink
+
+    sink = FileSink(str(tmp_path / "gaps.mkv"), FPS, 48_000)
+    img = np.zeros((64, 64, 3), np.uint8)
+    for p in (0, 1, 2, 5, 6, 9):  # frames 3-4 and 7-8 lost upstream
+        sink.send_audio(AudioChunk(np.full(SPF_OUT, 0.25, np.float32), 48_000, p * SPF_OUT, 0))
+        img = img.copy()
+        img[:] = p * 20
+        sink.send_video(VideoFrame(img, p))
+    sink.close()
+    with av.open(str(tmp_path / "gaps.mkv")) as c:
+        frames = [(f.pts * f.time_base, int(f.to_ndarray(format="bgr24")[0, 0, 0])) for f in c.decode(video=0)]
+    with av.open(str(tmp_path / "gaps.mkv")) as c:
+        audio = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    assert [(float(t) * FPS, v) for t, v in frames] == [(p, p * 20) for p in (0, 1, 2, 5, 6, 9)]
+    # 10 frames of time: the lost chunks are silence in their place, the rest unmoved.
+    assert len(audio) == 10 * SPF_OUT
+    per_frame = np.abs(audio.astype(np.float32)).reshape(10, SPF_OUT).mean(axis=1)
+    assert [bool(v > 0.1 * np.abs(audio).max()) for v in per_frame] == [p in (0, 1, 2, 5, 6, 9) for p in range(10)]
+
+
+def test_cli_burst_pacing_plays_a_file_pushed_like_tts(generator_ckpt, photo, speech_wav, tmp_path):
+    import av
+
+    out, stats = tmp_path / "burst.mp4", tmp_path / "stats.json"
+    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+                           str(speech_wav), "--checkpoint", str(generator_ckpt), "--audio-pacing", "burst",
+                           "--to", str(out), "--stats-json", str(stats)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(stats.read_text())
+    assert abs(s["fps_sustained"] - 25) <= 0.3 and s["dropped"] == 0 and s["generated"] > 50
+    from models.audio import decode_audio
+
+    clip_s = decode_audio(speech_wav).duration_s
+    with av.open(str(out)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert a.rate == 48_000
+        n_video = sum(1 for _ in c.decode(video=0))
+    # The whole clip played, at 25 fps, plus at most the idle lead-in and the crossfade out.
+    assert clip_s * FPS <= n_video <= clip_s * FPS + 12
