@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from models.errors import LipsyncError
+from models.errors import EngineFailure, LipsyncError
 
 
 def _export(args) -> int:
@@ -158,16 +158,12 @@ def _live_playout(args) -> int:
                 break
     except KeyboardInterrupt:
         pl.interrupt()
-    except RuntimeError:
+    except EngineFailure:
         pass  # the playout failed; stop() reports why
     finally:
         done.set()
         print(file=sys.stderr)
-    try:
-        summary = pl.stop()
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = pl.stop()  # raises EngineFailure if a thread or sink failed
     if args.stats_json:
         pl.stats.write_json(args.stats_json)
     print(json.dumps(summary), file=sys.stderr)
@@ -224,8 +220,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return {"export": _export, "live": _live, "devices": _devices}[args.command](args)
-    except LipsyncError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (LipsyncError, EngineFailure) as e:
+        # A run-time failure ends a status line that has no newline yet.
+        print(f"{chr(10) if isinstance(e, EngineFailure) else ''}error: {e}", file=sys.stderr)
         return e.exit_code
 
 

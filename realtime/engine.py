@@ -4,7 +4,9 @@ Threads and the bounded queues between them:
   source (mic callback / file pacer / push_audio)  --audio_q, NEVER_DROP-->  worker
   worker: resample, mel, decide each frame (generate / idle / drop), composite
   worker  --frames_q, DROP_OLDEST-->  sink thread  (and --sink_audio_q, NEVER_DROP--> for sound)
-  sink thread: hands frames and audio to every sink, records latency per frame
+  sink thread: hands frames and audio to one SinkRunner per sink (each its own thread and
+  bounded queue, so a reconnecting stream cannot freeze the webcam), records latency per frame
+A failure in any thread stops the source at once and is raised by stop().
 
 Scheduling: output frame i (at `fps`) needs the 16 mel frames of its window; it is decided the
 moment the audio that completes that window arrives. A frame whose window completed more than
@@ -26,7 +28,10 @@ from realtime.compositor import full_face, paste_feathered, paste_hard, to_uint8
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
+from models.errors import EngineFailure
+from realtime.audio_input import to_mono_float32
 from realtime.queues import BoundedQueue, Closed, Policy
+from realtime.sinks.delivery import SinkRunner
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
@@ -58,6 +63,8 @@ class Engine:
         if not hasattr(renderer, "render"):
             renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
         self.avatar, self.renderer, self.sinks, self.cfg = avatar, renderer, list(sinks), cfg
+        # Offline runs write files in order and wait for them; live, each sink gets its own thread.
+        self._runners: list[SinkRunner] = []
         self.clock = clock or MonotonicClock()
         # Offline (free-running clock): every frame is generated and audio waits for the worker
         # instead of overrunning; latency figures then mean nothing and are not recorded.
@@ -80,13 +87,18 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._flush = True
         self._error: BaseException | None = None
+        self._source = None
 
     # -- input ----------------------------------------------------------------------------------
     def push_audio(self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None,
                    capture_ns: int | None = None) -> bool:
-        """Hand over mono audio at any rate; non-blocking, callable from a device callback."""
+        """Hand over audio at any rate (int16 or float, mono or interleaved); non-blocking, callable
+        from a device callback. A malformed buffer raises AudioFormatError here; once the engine
+        has failed, this raises the failure instead of queueing more work."""
+        if self._error is not None:
+            raise EngineFailure.wrap("engine", self._error)
         now = self.clock.now_ns()
-        item = (np.asarray(pcm, np.float32), int(sample_rate_hz), now if arrival_ns is None else arrival_ns,
+        item = (to_mono_float32(pcm, sample_rate_hz), int(sample_rate_hz), now if arrival_ns is None else arrival_ns,
                 capture_ns)
         ok = self.audio_q.put_wait(item) if self.offline else self.audio_q.put(item)
         if not ok:
@@ -100,6 +112,9 @@ class Engine:
         for sink in self.sinks:
             if hasattr(sink, "prepare"):
                 sink.prepare(*self.avatar.size)
+        if not self.offline:
+            self._runners = [SinkRunner(s, self.cfg.fps, on_error=self._fail).start(*self.avatar.size)
+                             for s in self.sinks]
         for target, name in ((self._work, "lipsync-worker"), (self._deliver, "lipsync-sinks")):
             t = threading.Thread(target=self._guard(target), name=name, daemon=True)
             t.start()
@@ -110,12 +125,22 @@ class Engine:
         def run():
             try:
                 fn()
-            except BaseException as e:  # surfaced to the caller by stop()
-                self._error = e
-                self.audio_q.close()
-                self.frames_q.close()
-                self.sink_audio_q.close()
+            except BaseException as e:  # surfaced to the caller by push_audio, run and stop()
+                self._fail(e)
         return run
+
+    def _fail(self, e: BaseException) -> None:
+        if self._error is None:
+            self._error = e
+        self.audio_q.close()
+        self.frames_q.close()
+        self.sink_audio_q.close()
+        if self._source is not None:  # the input stops at once instead of feeding a dead engine
+            self._source.stop()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
 
     def stop(self, flush: bool = True) -> dict:
         """End of input: process what is queued (with `flush`, also the audio's last frames),
@@ -124,8 +149,11 @@ class Engine:
         self.audio_q.close()
         for t in self._threads:
             t.join()
+        for r in self._runners:
+            r.close()  # delivers what is queued, then closes the sink
         for sink in self.sinks:
-            sink.close()
+            if not any(r.sink is sink for r in self._runners):
+                sink.close()
         if hasattr(self.avatar, "close"):  # a live camera releases its device
             self.avatar.close()
         if self._error is not None:
@@ -133,6 +161,7 @@ class Engine:
         return self.stats.summary()
 
     def run(self, source, duration_s: float | None = None, on_started=None) -> dict:
+        self._source = source
         self.start()
         if on_started is not None:
             on_started()
@@ -140,6 +169,8 @@ class Engine:
             source.run(self.push_audio, self.clock, duration_s)
         except KeyboardInterrupt:
             source.stop()
+        except EngineFailure:
+            pass  # the engine failed while the source pushed: stop() reports it
         return self.stop()
 
     # -- worker -----------------------------------------------------------------------------------
@@ -264,8 +295,7 @@ class Engine:
                 return
             if chunk is None:
                 return
-            for sink in self.sinks:
-                sink.send_audio(chunk)
+            self._to_sinks(None, chunk)
 
     def _deliver(self) -> None:
         while True:
@@ -278,8 +308,18 @@ class Engine:
             self._drain_audio()
             if frame is None:
                 continue
-            for sink in self.sinks:
-                sink.send_video(frame)
+            self._to_sinks(frame, None)
             m = frame.meta
             self.stats.record(self.clock.now_ns(), m["ready_ns"], m["capture_ns"], m["kind"])
         self._drain_audio()
+
+    def _to_sinks(self, frame: VideoFrame | None, chunk: AudioChunk | None) -> None:
+        if self._runners:
+            for r in self._runners:
+                r.offer(frame, chunk)
+            return
+        for sink in self.sinks:  # offline: in order, waiting for each
+            if chunk is not None:
+                sink.send_audio(chunk)
+            if frame is not None:
+                sink.send_video(frame)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
+from models.errors import EngineFailure
 from realtime.audio_input import to_mono_float32
 from realtime.clock import MediaClock, MonotonicClock
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
@@ -348,7 +349,7 @@ class Playout:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise RuntimeError(f"playout stopped: {type(self._error).__name__}: {self._error}") from self._error
+            raise EngineFailure.wrap("playout", self._error)
 
     # -- generator thread ---------------------------------------------------------------------------
     _busy = False
@@ -506,15 +507,22 @@ class Playout:
             self._fade_from = None
         else:
             bgr, audio, kind = idle, self._silence, "idle"
-            if self._fade_from is not None and self._fade_alpha > 0:
+            if self._fade_from is not None:
                 self._fade_alpha = max(0.0, self._fade_alpha - 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms))
-                a = np.float32(self._fade_alpha)
-                bgr = (self._fade_from.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round() \
-                    .astype(np.uint8)
-                kind = "crossfade"
+                if self._fade_alpha > 1e-6:  # thirds do not sum to exactly 1
+                    a = np.float32(self._fade_alpha)
+                    bgr = (self._fade_from.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round() \
+                        .astype(np.uint8)
+                    kind = "crossfade"
+                else:
+                    self._fade_from = None
             elif item == "late":
                 bgr, kind = self._last_speech if self._last_speech is not None else idle, "held"
-        self._emit(VideoFrame(bgr, pts, {"kind": kind, "emitted_ns": now}),
+        # "segment": the utterance this frame belongs to (None while idle or fading out), so
+        # that adapters can send audio only while speaking.
+        seg_now = item.video.meta["segment"] if isinstance(item, PlayoutItem) else (
+            self._speaking_seg if kind == "held" else None)
+        self._emit(VideoFrame(bgr, pts, {"kind": kind, "emitted_ns": now, "segment": seg_now}),
                    AudioChunk(audio, self.pcfg.output_rate_hz, pts * self._spf_out, now))
         self._out_pts += 1
         with self._cv:

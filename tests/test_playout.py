@@ -289,3 +289,59 @@ def test_cli_burst_pacing_plays_a_file_pushed_like_tts(generator_ckpt, photo, sp
         n_video = sum(1 for _ in c.decode(video=0))
     # The whole clip played, at 25 fps, plus at most the idle lead-in and the crossfade out.
     assert clip_s * FPS <= n_video <= clip_s * FPS + 12
+
+
+class FailingSink:
+    name = "failing"
+
+    def __init__(self, after):
+        self.after, self.frames = after, 0
+
+    def send_video(self, frame):
+        self.frames += 1
+        if self.frames > self.after:
+            raise ConnectionResetError("the server went away")
+
+    def send_audio(self, chunk):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_capture_engine_stops_its_source_when_a_sink_fails(photo, speech_wav):
+    from models.errors import EngineFailure
+    from realtime.clock import MonotonicClock
+    from realtime.live import build_engine
+    from realtime.sources.file import FileSource
+
+    sink = FailingSink(after=5)
+    eng = build_engine(str(photo), [sink], engine="procedural", clock=MonotonicClock(), log=lambda m: None)
+    with pytest.raises(EngineFailure, match="sink failing failed: ConnectionResetError: the server went away"):
+        eng.run(FileSource(str(speech_wav), loop=True), duration_s=60)
+    # The source stopped right away instead of playing on for a minute into a dead engine.
+    assert eng.stats.frames < 100
+
+
+def test_capture_engine_keeps_feeding_other_sinks_while_one_is_blocked(photo, speech_wav):
+    import media
+
+    from models.audio import decode_audio
+    from realtime.clock import ManualClock
+    from realtime.live import build_engine
+
+    blocked, fine = BlockedSink(), media.CollectSink()
+    clock = ManualClock()
+    eng = build_engine(str(photo), [blocked, fine], engine="procedural", clock=clock, log=lambda m: None).start()
+    wav = decode_audio(speech_wav).mono_16k()[:48_000]
+    try:
+        for start in range(0, len(wav), 320):  # 20 ms blocks, arriving when they end
+            clock.advance_ns(20_000_000)
+            eng.process_audio(wav[start:start + 320], 16_000, clock.now_ns(), None)
+    finally:
+        blocked.release.set()
+        summary = eng.stop()
+    assert summary["dropped"] == 0
+    assert [f.pts for f in fine.frames] == list(range(len(fine.frames))) and len(fine.frames) >= 70
+    assert len(blocked.pts) < len(fine.frames) and blocked.pts == sorted(blocked.pts)
+

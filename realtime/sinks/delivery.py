@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import threading
 
+from models.errors import EngineFailure
 from realtime.frames import AudioChunk, VideoFrame
 
 
@@ -93,7 +94,7 @@ class SinkRunner:
                     self.error = e
                     self._items.clear()
                 if self._on_error is not None:
-                    self._on_error(RuntimeError(f"sink {self.sink.name} failed: {type(e).__name__}: {e}"))
+                    self._on_error(EngineFailure.wrap(f"sink {self.sink.name}", e))
                 return
 
     def close(self) -> None:
@@ -107,5 +108,4 @@ class SinkRunner:
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
-            raise RuntimeError(f"sink {self.sink.name} failed: {type(self.error).__name__}: {self.error}") \
-                from self.error
+            raise EngineFailure.wrap(f"sink {self.sink.name}", self.error)
