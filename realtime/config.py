@@ -24,6 +24,7 @@ class EngineConfig:
     audio_queue_ms: int = 2_000  # audio in never drops; a full queue is an overrun, counted
     output_queue_ms: int = 120  # generated frames waiting for the sinks; oldest dropped first
     history_ms: int = 4_000  # audio and mel kept for windows and passthrough
+    output_audio_rate_hz: int = 48_000  # what sinks get: the input audio at this rate, not the model's 16 kHz
     # feather: mouth/jaw mask from the face keypoints, colour-matched (no visible box);
     # hard: the reference tool's rectangle, for parity runs.
     blend: str = "feather"

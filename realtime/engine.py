@@ -79,7 +79,8 @@ class Engine:
         self._hist = np.zeros(cfg.history_ms * SR // 1000, np.float32)  # 16 kHz audio ring for RMS
         self._samples = 0
         self._chunks: collections.deque = collections.deque(maxlen=4096)  # (end_sample, arrival_ns, capture0_ns)
-        self._resamplers: dict[int, object] = {}
+        self._resamplers: dict = {}
+        self._out_samples = 0  # audio handed to the sinks, at output_audio_rate_hz
         self._next_pts = 0
         self._alpha = 0.0
         self._last: np.ndarray | None = None
@@ -183,6 +184,19 @@ class Engine:
             self._resamplers[rate] = soxr.ResampleStream(rate, SR, 1, dtype="float32", quality="HQ")
         return self._resamplers[rate].resample_chunk(pcm)
 
+    def _to_out(self, pcm: np.ndarray, rate: int) -> np.ndarray:
+        """The sinks' audio: the input itself at output_audio_rate_hz (not the model's 16 kHz),
+        streamed through one resampler per input rate."""
+        out_rate = self.cfg.output_audio_rate_hz
+        if rate == out_rate:
+            return pcm
+        key = ("out", rate)
+        if key not in self._resamplers:
+            import soxr
+
+            self._resamplers[key] = soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ")
+        return self._resamplers[key].resample_chunk(pcm)
+
     def _work(self) -> None:
         while True:
             try:
@@ -200,6 +214,14 @@ class Engine:
         """One input chunk: the worker's whole job for it. Tests drive this directly, in step
         with a manual clock, to make scheduling decisions deterministic."""
         pcm16 = self._to_16k(pcm, rate)
+        out = self._to_out(pcm, rate)
+        if len(out):
+            chunk = AudioChunk(out, self.cfg.output_audio_rate_hz, self._out_samples, arrival_ns)
+            self._out_samples += len(out)
+            if self.offline:
+                self.sink_audio_q.put_wait(chunk)  # nothing is real time: wait for the sinks
+            elif not self.sink_audio_q.put(chunk):
+                self.stats.audio_overruns += 1
         if capture_ns is None:
             capture_ns = arrival_ns - len(pcm16) * 1_000_000_000 // SR
         # Long pushes (a TTS sentence at once) are taken in 100 ms steps, so that frames are
@@ -212,11 +234,6 @@ class Engine:
             self._chunks.append((self._samples, arrival_ns, capture_ns + off * 1_000_000_000 // SR, start))
             idx = np.arange(start, self._samples) % len(self._hist)
             self._hist[idx] = piece
-            chunk = AudioChunk(piece, SR, start, arrival_ns)
-            if self.offline:
-                self.sink_audio_q.put_wait(chunk)  # nothing is real time: wait for the sinks
-            elif not self.sink_audio_q.put(chunk):
-                self.stats.audio_overruns += 1
             self.mel.push(piece)
             self._emit_ready()
 

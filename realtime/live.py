@@ -30,7 +30,7 @@ def default_runtime() -> RuntimeConfig:
                          intra_op_threads=threads.current().inference_threads)
 
 
-def make_sink(target: str, fps: float, sample_rate_hz: int = 16_000):
+def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000):
     if target == "null":
         from realtime.sinks.base import NullSink
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
 from models.errors import EngineFailure
+from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
 from realtime.audio_input import to_mono_float32
 from realtime.clock import MediaClock, MonotonicClock
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
@@ -182,6 +182,8 @@ class Playout:
         self._error: BaseException | None = None
         self._out_pts = 0
         self._interrupt_pending = False
+        self._busy = False  # the generator is working on a command (wait_idle)
+        self._alpha_shown = 0.0  # blend weight of the last speech frame shown (where a fade starts)
         self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
         self._silence = np.zeros(self._spf_out, np.float32)
 
@@ -352,8 +354,6 @@ class Playout:
             raise EngineFailure.wrap("playout", self._error)
 
     # -- generator thread ---------------------------------------------------------------------------
-    _busy = False
-
     def _generate_loop(self) -> None:
         seg: _Segment | None = None
         epoch = self._epoch
@@ -528,11 +528,10 @@ class Playout:
         with self._cv:
             self._cv.notify_all()
 
-    _alpha_shown = 0.0
-
     def _next_item(self):
         """This tick's speech frame (ending finished utterances on the way), else None, or "late"
         when an utterance is playing and its next frame has not come in time."""
+        self._drop_stale()
         while True:
             if self._interrupt_pending:
                 return "interrupted"
@@ -553,6 +552,22 @@ class Playout:
                 self.stats.late += 1
                 return "late"
             return item
+
+    def _drop_stale(self) -> None:
+        """Work made before an interrupt (and the marker that woke us) leaves the queue here, so
+        that it never blocks the start of the next utterance or wait_idle()."""
+        while True:
+            queued = self._ahead.snapshot()
+            if not queued:
+                return
+            head = queued[0]
+            epoch = head.epoch if isinstance(head, _End) else head.video.meta["epoch"]
+            if epoch == self._epoch:
+                return
+            try:
+                self._ahead.get(timeout_s=0)
+            except Closed:
+                return
 
     def _ready_to_start(self) -> bool:
         """Jitter buffer: an utterance starts once start_buffer_ms of it is made, or all of it."""

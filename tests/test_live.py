@@ -224,7 +224,7 @@ def test_unreachable_rtmp_retries_with_status():
         port = s.getsockname()[1]
     lines = []
     sink = StreamSink(f"rtmp://127.0.0.1:{port}/live/test", 25, log=lines.append)
-    sink.send_audio(AudioChunk(np.zeros(640, np.float32), 16000, 0, 0))
+    sink.send_audio(AudioChunk(np.zeros(1920, np.float32), 48000, 0, 0))
     sink.send_video(VideoFrame(np.zeros((64, 64, 3), np.uint8), 0))
     sink.send_video(VideoFrame(np.zeros((64, 64, 3), np.uint8), 1))
     assert sink.status.startswith("reconnecting")

@@ -43,7 +43,11 @@ def test_speech_through_pulseaudio_reaches_the_engine_in_real_time(tmp_path, gen
     # PulseAudio may start delivering only once something plays, so align by cross-correlation.
     import scipy.signal
 
-    got, want = decode_audio(out).pcm[0], speech.pcm[0]
+    rec = decode_audio(out)  # the sinks get the input at 48 kHz, not the model's 16 kHz
+    assert rec.sample_rate_hz == 48_000
+    import soxr
+
+    got, want = soxr.resample(rec.pcm[0], 48_000, speech.sample_rate_hz), speech.pcm[0]
     xc = scipy.signal.correlate(got, want, mode="full", method="fft")
     lag = int(np.argmax(np.abs(xc))) - (len(want) - 1)
     a, b = (got[lag:], want) if lag >= 0 else (got, want[-lag:])

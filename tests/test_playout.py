@@ -345,3 +345,61 @@ def test_capture_engine_keeps_feeding_other_sinks_while_one_is_blocked(photo, sp
     assert [f.pts for f in fine.frames] == list(range(len(fine.frames))) and len(fine.frames) >= 70
     assert len(blocked.pts) < len(fine.frames) and blocked.pts == sorted(blocked.pts)
 
+
+
+class _DrivenStream:
+    """Stands in for PortAudio's stream object only: the test plays the device's part by calling
+    the sink's own callback, block by block, exactly as PortAudio would."""
+
+    active = True
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _pull(sink, blocks, frames=320):
+    out = np.zeros((frames, 1), np.float32)
+    got = []
+    for _ in range(blocks):
+        sink._callback(out, frames, None, None)
+        got.append(out[:, 0].copy())
+    return np.concatenate(got)
+
+
+def test_audio_passthrough_keeps_its_delay_after_an_underrun_and_plays_whole_bursts():
+    from realtime.frames import AudioChunk
+    from realtime.sinks.audio_out import AudioOutSink
+
+    sink = AudioOutSink(delay_ms=200, sample_rate_hz=16_000, buffer_s=1.0)
+    sink._stream = _DrivenStream()
+    first = np.full(1600, 0.5, np.float32)
+    sink.send_audio(AudioChunk(first, 16_000, 0, 0))
+    heard = _pull(sink, 20)  # 400 ms: 200 ms of head start, 100 ms of sound, then the device runs dry
+    assert not heard[:3200].any() and (heard[3200:4800] == 0.5).all() and not heard[4800:].any()
+    assert sink.underruns == 1
+    second = np.full(800, -0.25, np.float32)
+    sink.send_audio(AudioChunk(second, 16_000, 1600, 0))
+    heard = _pull(sink, 15)
+    assert not heard[:3200].any() and (heard[3200:4000] == -0.25).all()  # the 200 ms are back
+
+    # A 3 s burst into a 1 s ring: the writer waits for the device instead of cutting it short.
+    burst = np.linspace(-0.9, 0.9, 48_000).astype(np.float32)
+    played = []
+    writer = threading.Thread(target=sink.send_audio, args=(AudioChunk(burst, 16_000, 2400, 0),))
+    writer.start()
+    while writer.is_alive() or sink._write > sink._read:
+        # A device plays in real time, never faster than the writer fills the ring: pull a block
+        # once one is there (or the writer is done).
+        with sink._room:
+            sink._room.wait_for(lambda: sink._write - sink._read >= 320 or not writer.is_alive(), 0.1)
+        played.append(_pull(sink, 1))
+    writer.join()
+    played = np.concatenate(played)
+    start = int(np.argmax(played != 0))
+    assert sink.overruns == 0 and np.array_equal(played[start:start + len(burst)], burst)

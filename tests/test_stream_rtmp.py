@@ -59,10 +59,10 @@ def test_publish_and_read_back_in_sync(nginx, engine_parts, speech_wav):
     v, a = got["video_pts_s"], got["audio_pts_s"]
     assert all(abs((y - x) - 0.04) < 0.002 for x, y in zip(v, v[1:]))  # 25 fps, no gaps
     assert a, "no audio arrived"
-    # The first AAC packet is the encoder's priming (1024 samples, 64 ms at 16 kHz, stamped
-    # before the first real sample); the muxer shifts both streams so that it lands at 0. Real
-    # audio sample 0 therefore plays at a[0] + 64 ms, which must be video frame 0's time.
-    aac_priming_s = 1024 / 16000
+    # The first AAC packet is the encoder's priming (1024 samples, 21 ms at the sinks' 48 kHz,
+    # stamped before the first real sample); the muxer shifts both streams so that it lands at 0.
+    # Real audio sample 0 therefore plays at a[0] + 21 ms, which must be video frame 0's time.
+    aac_priming_s = 1024 / 48000
     assert abs(a[0] + aac_priming_s - v[0]) <= 0.04
 
 

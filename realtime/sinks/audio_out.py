@@ -17,13 +17,15 @@ from realtime.frames import AudioChunk, VideoFrame
 
 
 class AudioOutSink:
-    def __init__(self, delay_ms: int = 200, device=None, sample_rate_hz: int = 16_000, buffer_s: float = 4.0):
+    def __init__(self, delay_ms: int = 200, device=None, sample_rate_hz: int = 48_000, buffer_s: float = 4.0):
         self.name = f"audio-out:{device or 'default'}"
         self.delay_ms, self.device, self.rate = delay_ms, device, sample_rate_hz
         self._ring = np.zeros(int(buffer_s * sample_rate_hz), np.float32)
         self._write = int(delay_ms * sample_rate_hz / 1000)  # the delay is a head start of silence
         self._read = 0
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # the device callback frees room
+        self._starved = False  # the device ran dry: the next audio gets its head start again
         self.underruns = 0
         self.overruns = 0
         self._stream = None
@@ -55,23 +57,48 @@ class AudioOutSink:
             if n < frames and self._read > 0:
                 if self._closing:
                     self._drained.set()
-                else:
+                elif not self._starved:
                     self.underruns += 1
+                    self._starved = True
+            self._room.notify_all()
 
     def send_audio(self, chunk: AudioChunk) -> None:
+        """Queue `chunk` behind the delay. A burst larger than the ring waits for the device to
+        play (this sink has its own delivery thread) instead of being cut short."""
+        if chunk.sample_rate_hz != self.rate:
+            raise ValueError(f"AudioOutSink made for {self.rate} Hz audio got {chunk.sample_rate_hz} Hz")
         # Playback starts with the first audio, so the head start of silence is the delay
         # between a sample reaching this sink and it being heard.
         start = self._stream is not None and not self._stream.active and self._read == 0
-        with self._lock:
-            room = len(self._ring) - (self._write - self._read)
-            pcm = chunk.pcm[:room]
-            if len(pcm) < len(chunk.pcm):
-                self.overruns += 1
-            idx = np.arange(self._write, self._write + len(pcm)) % len(self._ring)
-            self._ring[idx] = pcm
-            self._write += len(pcm)
+        pcm = chunk.pcm
+        with self._room:
+            if self._starved:
+                # After an underrun the device is at the writer's position: put the delay back,
+                # or the voice would from now on lead the lips by delay_ms.
+                self._starved = False
+                gap = int(self.delay_ms * self.rate / 1000)
+                self._write = max(self._write, self._read)
+                self._ring[np.arange(self._write, self._write + gap) % len(self._ring)] = 0
+                self._write += gap
+            while len(pcm):
+                room = len(self._ring) - (self._write - self._read)
+                if room == 0:
+                    if self._stream is None or not self._stream.active:
+                        if start:
+                            break  # starts below, then the rest is written
+                        self.overruns += 1  # no device is playing: nothing will ever make room
+                        return
+                    self._room.wait(timeout=0.5)
+                    continue
+                part, pcm = pcm[:room], pcm[room:]
+                idx = np.arange(self._write, self._write + len(part)) % len(self._ring)
+                self._ring[idx] = part
+                self._write += len(part)
+                self._room.notify_all()
         if start:
             self._stream.start()
+            if len(pcm):
+                self.send_audio(AudioChunk(pcm, chunk.sample_rate_hz, chunk.pts, chunk.arrival_ns))
 
     def send_video(self, frame: VideoFrame) -> None:
         pass

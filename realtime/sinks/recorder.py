@@ -7,7 +7,7 @@ from realtime.sinks.file import VideoFileWriter
 
 
 class FileSink:
-    def __init__(self, path: str, fps: float, sample_rate_hz: int = 16_000):
+    def __init__(self, path: str, fps: float, sample_rate_hz: int = 48_000):
         self.name = f"file:{path}"
         self._path, self._fps, self._rate = path, fps, sample_rate_hz
         self._writer: VideoFileWriter | None = None

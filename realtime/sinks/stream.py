@@ -30,7 +30,7 @@ def container_format(url: str) -> str:
 
 
 class StreamSink:
-    def __init__(self, url: str, fps: float, sample_rate_hz: int = 16_000, gop_s: float = 2.0,
+    def __init__(self, url: str, fps: float, sample_rate_hz: int = 48_000, gop_s: float = 2.0,
                  log=lambda msg: print(msg, file=sys.stderr)):
         self.name = f"stream:{url}"
         self.url, self._fps, self._rate, self._gop = url, Fraction(fps).limit_denominator(1001), sample_rate_hz, gop_s
