@@ -240,10 +240,9 @@ def main() -> int:
            "random weights in the official format, styles " + ", ".join(STANDINS) + " (not used by the tests)",
            "gate": "PSNR vs fp32 on the rows shown, >= 30 dB mean and >= 27 dB worst frame, "
                    "on a held-out face and voices"}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc, indent=2))
+    from common import write_json
+
+    write_json(doc, args.json)
     return 0
 
 

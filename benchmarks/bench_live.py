@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import standin_checkpoint, write_json  # noqa: E402
+
 
 def moving_avatar(path: Path, seconds: float = 10.0) -> Path:
     """The embedded photo moving along the tracking benchmark's known path, as an H.264 video."""
@@ -107,11 +109,7 @@ def main() -> int:
     if args.engine == "procedural":
         weights = "none (procedural engine)"
     elif ckpt is None:
-        ckpt = os.path.join(tmp.name, "standin.pth")
-        code = ("import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import bench_generator as b; "
-                f"b.make_standin(Path({ckpt!r}), b.STANDINS['standin-smooth-affine-x100'])")
-        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-        weights = "random weights, official format (stand-in smooth-affine-x100, seed 102)"
+        ckpt, weights = standin_checkpoint(tmp.name)
     avatar = str(moving_avatar(Path(tmp.name) / "moving.mp4")) if args.moving_avatar else str(ROOT / "media" / "avatar.jpg")
     ladder = ""
     if args.engine == "wav2lip":
@@ -129,9 +127,7 @@ def main() -> int:
         doc["runs"][name] = one_run(ckpt, name, args.seconds, runtime, Path(tmp.name), args.engine, avatar)
         doc["runs"][name]["torch_imported"] = "torch" in sys.modules
         print(json.dumps(doc["runs"][name]), file=sys.stderr)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc, indent=2))
+    write_json(doc, args.json)
     return 0
 
 

@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from common import standin_checkpoint, write_json  # noqa: E402
+
 AVATAR = ROOT / "media" / "avatar.jpg"
 SPEECH = ROOT / "media" / "speech.mp3"
 
@@ -211,11 +213,7 @@ def main() -> int:
     os.environ.setdefault("LIPSYNC_CACHE_DIR", os.path.join(tmp.name, "cache"))
     ckpt, weights = args.checkpoint, "user checkpoint"
     if ckpt is None:
-        ckpt = os.path.join(tmp.name, "standin.pth")
-        code = ("import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import bench_generator as b; "
-                f"b.make_standin(Path({ckpt!r}), b.STANDINS['standin-smooth-affine-x100'])")
-        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-        weights = "random weights, official format (stand-in smooth-affine-x100, seed 102)"
+        ckpt, weights = standin_checkpoint(tmp.name)
     from bench_live import warm_up
     from realtime import threads
 
@@ -229,10 +227,7 @@ def main() -> int:
         doc[name] = fn()
         print(json.dumps(doc[name]), file=sys.stderr)
     doc["torch_imported"] = "torch" in sys.modules
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc, indent=2))
+    write_json(doc, args.json)
     return 0
 
 

@@ -10,6 +10,13 @@ def to_uint8_faces(pred: np.ndarray) -> np.ndarray:
     return (pred.transpose(0, 2, 3, 1) * np.float32(255.0)).astype(np.uint8)
 
 
+def crossfade(face: np.ndarray, idle: np.ndarray, alpha: float) -> np.ndarray:
+    """`alpha` of the speaking frame over the idle one (uint8 in, uint8 out), for the fades in
+    and out of speech."""
+    a = np.float32(alpha)
+    return (face.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round().astype(np.uint8)
+
+
 def paste_hard(frame: np.ndarray, face96: np.ndarray, box) -> np.ndarray:
     """The reference behaviour: resize the face back to the box and overwrite a hard rectangle.
 

@@ -24,7 +24,7 @@ import numpy as np
 from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
 from realtime.avatar import Avatar
 from realtime.clock import FreeRunClock, MediaClock, MonotonicClock
-from realtime.compositor import full_face, paste_feathered, paste_hard, to_uint8_faces
+from realtime.compositor import crossfade, full_face, paste_feathered, paste_hard, to_uint8_faces
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
@@ -289,8 +289,7 @@ class Engine:
             self.mel.window(s, out=self._mel_buf)
             out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
             if self._alpha < 1.0:
-                a = np.float32(self._alpha)
-                out = (out.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round().astype(np.uint8)
+                out = crossfade(out, idle, self._alpha)
             kind = "generated"
         self._last = out
         self._put(out, pts, ready_ns, capture_ns, kind)

@@ -31,6 +31,7 @@ from models.errors import EngineFailure
 from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
 from realtime.audio_input import to_mono_float32
 from realtime.clock import MediaClock, MonotonicClock
+from realtime.compositor import crossfade
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
@@ -455,8 +456,7 @@ class Playout:
                 seg.mel.window(s, out=self._mel_buf)
             out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
             if self._alpha < 1.0:
-                a = np.float32(self._alpha)
-                out = (out.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round().astype(np.uint8)
+                out = crossfade(out, idle, self._alpha)
             kind = "generated"
         audio = seg.take_out(self._spf_out)
         return PlayoutItem(VideoFrame(out, -1, {"kind": kind, "segment": seg.id, "index": k, "epoch": epoch,
@@ -510,9 +510,7 @@ class Playout:
             if self._fade_from is not None:
                 self._fade_alpha = max(0.0, self._fade_alpha - 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms))
                 if self._fade_alpha > 1e-6:  # thirds do not sum to exactly 1
-                    a = np.float32(self._fade_alpha)
-                    bgr = (self._fade_from.astype(np.float32) * a + idle.astype(np.float32) * (1 - a)).round() \
-                        .astype(np.uint8)
+                    bgr = crossfade(self._fade_from, idle, self._fade_alpha)
                     kind = "crossfade"
                 else:
                     self._fade_from = None

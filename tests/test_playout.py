@@ -208,22 +208,49 @@ class BlockedSink:
         pass
 
 
-def test_a_blocked_sink_does_not_hold_up_the_others(photo, speech10):
-    import media
+class WatchedSink:
+    """Keeps what it gets and lets the test wait until a frame has arrived (the clock here runs
+    as fast as the test steps it, so the test must not outrun a healthy sink either)."""
 
-    blocked, fine = BlockedSink(), media.CollectSink()
+    name = "watched"
+
+    def __init__(self):
+        self.frames = []
+        self._cv = threading.Condition()
+
+    def send_video(self, frame):
+        with self._cv:
+            self.frames.append(frame)
+            self._cv.notify_all()
+
+    def send_audio(self, chunk):
+        pass
+
+    def wait_for(self, n, timeout_s=10):
+        with self._cv:
+            return self._cv.wait_for(lambda: len(self.frames) >= n, timeout_s)
+
+    def close(self):
+        pass
+
+
+def test_a_blocked_sink_does_not_hold_up_the_others(photo, speech10):
+    blocked, fine = BlockedSink(), WatchedSink()
     pl, clock = make_playout(photo, sinks=[blocked, fine])
     t = Ticker(pl, clock)
     try:
         push_all(pl, speech10[:32_000])
-        for _ in range(60):
+        for n in range(60):
             t.step()
+            assert fine.wait_for(n + 1), "the healthy sink stalled behind the blocked one"
     finally:
         blocked.release.set()
         summary = pl.stop()
-    assert [f.pts for f in fine.frames] == list(range(60))
+    # 60 steps: ticks 0..60 are due, the last may or may not be out when stop() comes.
+    n = len(fine.frames)
+    assert n in (60, 61) and [f.pts for f in fine.frames] == list(range(n))
     assert len(blocked.pts) < 60 and summary["sink_frames_dropped"]["blocked"] > 0
-    assert blocked.pts == sorted(blocked.pts) and blocked.pts[-1] == 59  # the newest, in order
+    assert blocked.pts == sorted(blocked.pts) and blocked.pts[-1] == n - 1  # the newest, in order
 
 
 def test_a_failing_renderer_stops_the_playout_and_the_caller_hears_why(photo, speech10):
@@ -324,13 +351,11 @@ def test_capture_engine_stops_its_source_when_a_sink_fails(photo, speech_wav):
 
 
 def test_capture_engine_keeps_feeding_other_sinks_while_one_is_blocked(photo, speech_wav):
-    import media
-
     from models.audio import decode_audio
     from realtime.clock import ManualClock
     from realtime.live import build_engine
 
-    blocked, fine = BlockedSink(), media.CollectSink()
+    blocked, fine = BlockedSink(), WatchedSink()
     clock = ManualClock()
     eng = build_engine(str(photo), [blocked, fine], engine="procedural", clock=clock, log=lambda m: None).start()
     wav = decode_audio(speech_wav).mono_16k()[:48_000]
@@ -338,6 +363,8 @@ def test_capture_engine_keeps_feeding_other_sinks_while_one_is_blocked(photo, sp
         for start in range(0, len(wav), 320):  # 20 ms blocks, arriving when they end
             clock.advance_ns(20_000_000)
             eng.process_audio(wav[start:start + 320], 16_000, clock.now_ns(), None)
+            # Time runs as fast as the test drives it: let the healthy sink have what was decided.
+            assert fine.wait_for(eng._next_pts), "the healthy sink stalled behind the blocked one"
     finally:
         blocked.release.set()
         summary = eng.stop()
