@@ -98,9 +98,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     lines: list[str] = []
     av = load_avatar(AvatarConfig(str(AVATAR)))
     first = first_shown_row(av.boxes, av.keypoints())
-    from export.precision import AvatarSamples
-
-    samples = AvatarSamples("bench-" + label, av.crops)
+    samples = precision.AvatarSamples("bench-" + label, av.crops)
     cfg = RuntimeConfig(runtime="auto", precision="auto", device="auto", intra_op_threads=budget.inference_threads)
     choice = precision.choose(ckpt, cfg, first_row=first, avatar=samples, log=lines.append, remeasure=True,
                               exhaustive=True)
@@ -122,7 +120,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     full = OnnxGenerator(ensure_exported(ckpt, "full", log=lambda m: None)["full"],
                          RuntimeConfig(intra_op_threads=budget.inference_threads))
     h = heldout_set(16)
-    face1 = np.ascontiguousarray(np.repeat(h.faces[:1], 1, axis=0))
+    face1 = h.faces[:1]
     i = [0]
 
     def live_frame():

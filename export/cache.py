@@ -78,15 +78,21 @@ def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path
         log(f"  verified against torch: worst difference {rel:.1e} of the output's magnitude")
 
 
-def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precision: str = "fp32",
-                    log=None, first_row: int = 0) -> dict[str, Path]:
-    """Paths of verified ONNX graphs for `checkpoint`, exporting them first if needed."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
+def checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
+    """The key of a checkpoint's cache entry; a missing file is the user's to fix."""
+    if not Path(checkpoint).is_file():
         raise LipsyncError(f"checkpoint {checkpoint}", "a .pth file", "no such file",
                            "check the path, or put the file in checkpoints/ (see checkpoints/README.md)")
-    sha = sha256_file(checkpoint)
+    return sha256_file(checkpoint)
+
+
+def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precision: str = "fp32",
+                    log=None, first_row: int = 0, sha: str | None = None) -> dict[str, Path]:
+    """Paths of verified ONNX graphs for `checkpoint`, exporting them first if needed. `sha`: the
+    checkpoint's content hash when the caller has it (hashing 145 MB takes half a second)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    checkpoint = Path(checkpoint)
+    sha = sha or checkpoint_sha256(checkpoint)
     paths = entry_paths(sha, layout, precision, first_row)
     missing = [g for g, p in paths.items() if not _valid(p, sha, precision)]
     if missing:
@@ -95,6 +101,6 @@ def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precisi
         else:
             from export.quantize import build_reduced
 
-            fp32 = ensure_exported(checkpoint, layout, "fp32", log, first_row)
+            fp32 = ensure_exported(checkpoint, layout, "fp32", log, first_row, sha)
             build_reduced(fp32, sha, precision, paths, log, checkpoint=checkpoint)
     return paths

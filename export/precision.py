@@ -22,15 +22,15 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from export import machine
-from export.cache import ensure_exported, entry_dir
+from export.cache import checkpoint_sha256, ensure_exported, entry_dir
 from export.metadata import SKIPS, decoder_variant
 from models.errors import LipsyncError
-from models.hashing import sha256_file
 
 log_ = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ def choose(checkpoint, cfg, first_row: int = 0, avatar: AvatarSamples | None = N
     say = log or (lambda m: log_.info(m))
     shown_from_row = max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row) \
         if shown_from_row is None else shown_from_row
-    fp32 = ensure_exported(checkpoint, "split", "fp32", log=say, first_row=first_row)
-    sha = sha256_file(checkpoint)
+    sha = checkpoint_sha256(checkpoint)
+    fp32 = ensure_exported(checkpoint, "split", "fp32", log=say, first_row=first_row, sha=sha)
     record = _record_path(sha, _record_key(cfg, first_row, shown_from_row, avatar))
     if not remeasure and record.is_file():
         got = _read_record(record, sha, first_row, {"face_encoder": fp32["face_encoder"]})
@@ -172,27 +172,40 @@ def choose(checkpoint, cfg, first_row: int = 0, avatar: AvatarSamples | None = N
 
 
 class _Inputs:
-    """Held-out, calibration and validation feeds for one decoder graph, with fp32 references."""
+    """Held-out feeds with fp32 references (every candidate is judged on them), and the
+    calibration and validation feeds, made only when an int8 build actually needs them."""
 
     def __init__(self, fp32: dict, first_row: int, avatar: AvatarSamples | None):
         import onnxruntime as ort
 
-        from export.samples import calibration_set, heldout_set
+        from export.samples import heldout_set
 
-        enc = ort.InferenceSession(str(fp32["face_encoder"]), providers=["CPUExecutionProvider"])
-        dec = ort.InferenceSession(str(fp32[decoder_variant(first_row)]), providers=["CPUExecutionProvider"])
-        crops = avatar.crops if avatar is not None else None
+        self._enc = ort.InferenceSession(str(fp32["face_encoder"]), providers=["CPUExecutionProvider"])
+        self._dec = ort.InferenceSession(str(fp32[decoder_variant(first_row)]), providers=["CPUExecutionProvider"])
+        self._crops = avatar.crops if avatar is not None else None
+        self.heldout = self._feeds(heldout_set(HELDOUT_SAMPLES))
+        self.heldout_ref = [self._dec.run(None, f)[0] for f in self.heldout]
 
-        def feeds(samples):
-            skips = enc.run(None, {"face": samples.faces})
-            return [{"mel": samples.mels[i:i + 1], **{k: s[i:i + 1] for k, s in zip(SKIPS, skips)}}
-                    for i in range(len(samples))]
+    def _feeds(self, samples) -> list[dict]:
+        skips = self._enc.run(None, {"face": samples.faces})
+        return [{"mel": samples.mels[i:i + 1], **{k: s[i:i + 1] for k, s in zip(SKIPS, skips)}}
+                for i in range(len(samples))]
 
-        self.heldout = feeds(heldout_set(HELDOUT_SAMPLES))
-        self.heldout_ref = [dec.run(None, f)[0] for f in self.heldout]
-        self.calibration = feeds(calibration_set(CALIBRATION_SAMPLES, crops, seed=1))
-        self.validation = feeds(calibration_set(VALIDATION_SAMPLES, crops, seed=9))
-        self.validation_ref = [dec.run(None, f)[0] for f in self.validation]
+    @cached_property
+    def calibration(self) -> list[dict]:
+        from export.samples import calibration_set
+
+        return self._feeds(calibration_set(CALIBRATION_SAMPLES, self._crops, seed=1))
+
+    @cached_property
+    def validation(self) -> list[dict]:
+        from export.samples import calibration_set
+
+        return self._feeds(calibration_set(VALIDATION_SAMPLES, self._crops, seed=9))
+
+    @cached_property
+    def validation_ref(self) -> list[np.ndarray]:
+        return [self._dec.run(None, f)[0] for f in self.validation]
 
 
 def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, inputs: _Inputs,
@@ -223,7 +236,7 @@ def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, input
     from realtime.generator import RuntimeConfig, graph_precision
 
     precision = graph_precision(RuntimeConfig(runtime=c.runtime, precision=c.precision))
-    return ensure_exported(checkpoint, "split", precision, log=say, first_row=first_row)[variant]
+    return ensure_exported(checkpoint, "split", precision, log=say, first_row=first_row, sha=sha)[variant]
 
 
 def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int):

@@ -250,9 +250,9 @@ def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict]
 
 @contextlib.contextmanager
 def _quiet_nncf():
-    import nncf
-
     import io
+
+    import nncf
 
     logger = logging.getLogger("nncf")
     level = logger.level

@@ -18,6 +18,29 @@ def _export(args) -> int:
     return 0
 
 
+def _session(args, audio_rate_hz: int = 48_000):
+    """What both live modes set up the same way: the thread budget, engine and runtime settings,
+    and the sinks (audio passthrough included) taking audio at `audio_rate_hz`."""
+    from realtime import threads
+    from realtime.config import EngineConfig
+    from realtime.generator import RuntimeConfig
+    from realtime.live import make_sink
+
+    threads.apply(threads.plan("live"))
+    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend,
+                       output_audio_rate_hz=audio_rate_hz)
+    runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
+                            intra_op_threads=threads.current().inference_threads)
+    sinks = [make_sink(t, args.fps, audio_rate_hz) for t in (args.to or ["vcam"])]
+    if args.audio_out is not None:
+        from realtime.sinks.audio_out import AudioOutSink
+
+        dev = None if args.audio_out == "default" else (int(args.audio_out) if args.audio_out.isdigit()
+                                                        else args.audio_out)
+        sinks.append(AudioOutSink(args.audio_out_delay_ms, dev, sample_rate_hz=audio_rate_hz))
+    return cfg, runtime, sinks
+
+
 def _live(args) -> int:
     if args.audio_pacing == "burst" and args.audio == "mic":
         raise LipsyncError("--audio-pacing burst", "an audio file to push as a TTS engine would", "--audio mic",
@@ -30,23 +53,9 @@ def _live(args) -> int:
         return _live_playout(args)
     import threading
 
-    from realtime.config import EngineConfig
-    from realtime.generator import RuntimeConfig
-    from realtime.live import build_engine, make_sink, make_source
+    from realtime.live import build_engine, make_source
 
-    from realtime import threads
-
-    threads.apply(threads.plan("live"))
-    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend)
-    runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
-                            intra_op_threads=threads.current().inference_threads)
-    sinks = [make_sink(t, args.fps) for t in (args.to or ["vcam"])]
-    if args.audio_out is not None:
-        from realtime.sinks.audio_out import AudioOutSink
-
-        dev = None if args.audio_out == "default" else (int(args.audio_out) if args.audio_out.isdigit()
-                                                        else args.audio_out)
-        sinks.append(AudioOutSink(args.audio_out_delay_ms, dev))
+    cfg, runtime, sinks = _session(args)
     source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device)
     engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop,
                           engine=args.engine)
@@ -106,26 +115,13 @@ def _live_playout(args) -> int:
     import time
 
     from models.audio import decode_audio
-    from realtime import threads
-    from realtime.config import EngineConfig
-    from realtime.generator import RuntimeConfig
-    from realtime.live import build_playout, make_sink
+    from realtime.live import build_playout
     from realtime.playout import PlayoutConfig
 
-    threads.apply(threads.plan("live"))
-    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend)
     pcfg = PlayoutConfig()
-    runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
-                            intra_op_threads=threads.current().inference_threads)
+    cfg, runtime, sinks = _session(args, pcfg.output_rate_hz)
     audio = decode_audio(args.audio)
     pcm, rate = audio.pcm.mean(axis=0).astype("float32"), audio.sample_rate_hz
-    sinks = [make_sink(t, args.fps, pcfg.output_rate_hz) for t in (args.to or ["vcam"])]
-    if args.audio_out is not None:
-        from realtime.sinks.audio_out import AudioOutSink
-
-        dev = None if args.audio_out == "default" else (int(args.audio_out) if args.audio_out.isdigit()
-                                                        else args.audio_out)
-        sinks.append(AudioOutSink(args.audio_out_delay_ms, dev, sample_rate_hz=pcfg.output_rate_hz))
     pl = build_playout(args.avatar, sinks, args.checkpoint, runtime, cfg, pcfg, loop=args.avatar_loop,
                        engine=args.engine, reader=False)
     print(f"live (playout, {args.audio_pacing} pushes): file:{args.audio} -> {', '.join(s.name for s in sinks)} "

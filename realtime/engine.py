@@ -21,15 +21,15 @@ import threading
 
 import numpy as np
 
+from models.errors import EngineFailure
 from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
+from realtime.audio_input import to_mono_float32
 from realtime.avatar import Avatar
 from realtime.clock import FreeRunClock, MediaClock, MonotonicClock
 from realtime.compositor import crossfade, full_face, paste_feathered, paste_hard, to_uint8_faces
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
-from models.errors import EngineFailure
-from realtime.audio_input import to_mono_float32
 from realtime.queues import BoundedQueue, Closed, Policy
 from realtime.sinks.delivery import SinkRunner
 from realtime.stats import Stats
@@ -110,10 +110,11 @@ class Engine:
     def start(self) -> "Engine":
         # Sinks that must connect or open a device do it now, not on the first frame, where
         # the wait would make the first frames late.
-        for sink in self.sinks:
-            if hasattr(sink, "prepare"):
-                sink.prepare(*self.avatar.size)
-        if not self.offline:
+        if self.offline:
+            for sink in self.sinks:
+                if hasattr(sink, "prepare"):
+                    sink.prepare(*self.avatar.size)
+        else:  # each runner prepares its sink before its thread starts
             self._runners = [SinkRunner(s, self.cfg.fps, on_error=self._fail).start(*self.avatar.size)
                              for s in self.sinks]
         for target, name in ((self._work, "lipsync-worker"), (self._deliver, "lipsync-sinks")):
@@ -139,10 +140,6 @@ class Engine:
         if self._source is not None:  # the input stops at once instead of feeding a dead engine
             self._source.stop()
 
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
     def stop(self, flush: bool = True) -> dict:
         """End of input: process what is queued (with `flush`, also the audio's last frames),
         close every sink (files are finalised) and return the stats summary."""
@@ -152,8 +149,8 @@ class Engine:
             t.join()
         for r in self._runners:
             r.close()  # delivers what is queued, then closes the sink
-        for sink in self.sinks:
-            if not any(r.sink is sink for r in self._runners):
+        if not self._runners:
+            for sink in self.sinks:
                 sink.close()
         if hasattr(self.avatar, "close"):  # a live camera releases its device
             self.avatar.close()

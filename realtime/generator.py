@@ -245,6 +245,4 @@ def load_live_generator(checkpoint: str | Path, cfg: RuntimeConfig, first_row: i
     run_cfg = RuntimeConfig(runtime=choice.runtime, precision=choice.precision, device=choice.device,
                             intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
                             graph_optimization=cfg.graph_optimization, warmup_runs=cfg.warmup_runs)
-    gen = SplitGenerator(choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)
-    gen.choice = choice
-    return gen
+    return SplitGenerator(choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)

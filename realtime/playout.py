@@ -252,11 +252,6 @@ class Playout:
 
     clear_buffer = interrupt
 
-    @property
-    def speaking(self) -> bool:
-        with self._cv:
-            return self._speaking_seg is not None or bool(self._pending) or self._seg_open
-
     # -- output stream (for transports that take frames themselves) -------------------------------
     def frames(self, timeout_s: float | None = None):
         """Yields PlayoutItem and SegmentEnd in output order until the playout is stopped."""
@@ -459,7 +454,7 @@ class Playout:
                 out = crossfade(out, idle, self._alpha)
             kind = "generated"
         audio = seg.take_out(self._spf_out)
-        return PlayoutItem(VideoFrame(out, -1, {"kind": kind, "segment": seg.id, "index": k, "epoch": epoch,
+        return PlayoutItem(VideoFrame(out, -1, {"kind": kind, "segment": seg.id, "epoch": epoch,
                                                    "alpha": self._alpha}),
                            AudioChunk(audio, self.pcfg.output_rate_hz, -1, 0))
 
