@@ -17,6 +17,7 @@ as dropped, so a slow moment never turns into permanent delay.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 
 import numpy as np
@@ -31,10 +32,11 @@ from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
 from realtime.queues import BoundedQueue, Closed, Policy
-from realtime.sinks.delivery import SinkRunner
+from realtime.sinks.delivery import SinkRunner, close_all
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
+log = logging.getLogger(__name__)
 
 
 class Wav2LipRenderer:
@@ -89,6 +91,8 @@ class Engine:
         self._flush = True
         self._error: BaseException | None = None
         self._source = None
+        self._stopped: tuple[dict | None, BaseException | None] | None = None  # what stop() gave
+        self.stats.add_section("sinks", lambda: {r.sink.name: r.counters() for r in self._runners})
 
     # -- input ----------------------------------------------------------------------------------
     def push_audio(self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None,
@@ -142,21 +146,31 @@ class Engine:
 
     def stop(self, flush: bool = True) -> dict:
         """End of input: process what is queued (with `flush`, also the audio's last frames),
-        close every sink (files are finalised) and return the stats summary."""
+        close every sink (files are finalised) and return the stats summary. Every sink is closed
+        even if another one's close() raises; calling stop() again gives the same outcome."""
+        if self._stopped is None:
+            self._stopped = self._stop_once(flush)
+        summary, error = self._stopped
+        if error is not None:
+            raise error
+        return summary
+
+    def _stop_once(self, flush: bool) -> tuple[dict | None, BaseException | None]:
         self._flush = flush
         self.audio_q.close()
         for t in self._threads:
             t.join()
-        for r in self._runners:
-            r.close()  # delivers what is queued, then closes the sink
-        if not self._runners:
-            for sink in self.sinks:
-                sink.close()
+        # Runners deliver what is queued, then close their sink; offline, sinks are closed directly.
+        closing = close_all(self._runners or self.sinks)
         if hasattr(self.avatar, "close"):  # a live camera releases its device
             self.avatar.close()
         if self._error is not None:
-            raise self._error
-        return self.stats.summary()
+            if closing is not None:  # the run's own failure is the one to report
+                log.warning("%s", closing)
+            return None, self._error
+        if closing is not None:
+            return None, closing
+        return self.stats.summary(), None
 
     def run(self, source, duration_s: float | None = None, on_started=None) -> dict:
         self._source = source

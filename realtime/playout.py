@@ -36,7 +36,7 @@ from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
 from realtime.queues import BoundedQueue, Closed, Policy
-from realtime.sinks.delivery import SinkRunner
+from realtime.sinks.delivery import SinkRunner, close_all
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
@@ -161,6 +161,8 @@ class Playout:
                              f"at {cfg.fps} fps")
         self._spf_out = round(out_per_frame)
         self._runners = [SinkRunner(s, cfg.fps, on_error=self._fail) for s in sinks]
+        self.stats.add_section("sinks", lambda: {r.sink.name: r.counters() for r in self._runners})
+        self._stopped: tuple[dict | None, EngineFailure | None] | None = None  # what stop() gave
         self._reader = BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out") \
             if deliver_to_reader else None
         self._cv = threading.Condition()
@@ -305,6 +307,19 @@ class Playout:
                                      timeout_s)
 
     def stop(self) -> dict:
+        """Stop the threads, close every sink (even if one's close() raises) and return the stats
+        summary, or raise why the playout failed; calling it again gives the same outcome."""
+        if self._stopped is None:
+            try:
+                self._stopped = (self._stop_once(), None)
+            except EngineFailure as e:
+                self._stopped = (None, e)
+        summary, error = self._stopped
+        if error is not None:
+            raise error
+        return summary
+
+    def _stop_once(self) -> dict:
         with self._cv:
             self._closing = True
             self._cv.notify_all()
@@ -312,13 +327,14 @@ class Playout:
         self._ahead.close()
         for t in self._threads:
             t.join()
-        for r in self._runners:
-            r.close()
+        closing = close_all(self._runners)
         if self._reader is not None:
             self._reader.close()
         self._raise_if_failed()
         for r in self._runners:
             r.raise_if_failed()
+        if closing is not None:
+            raise closing
         out = self.stats.summary()
         out["sink_frames_dropped"] = {r.sink.name: r.video_dropped for r in self._runners}
         return out

@@ -57,6 +57,11 @@ class Stats:
         self._first_ns = self._last_ns = None
         self._cpu0 = time.process_time()
         self._wall0 = time.monotonic()
+        self._sections: dict = {}  # name -> callable returning a dict (e.g. per-sink counters)
+
+    def add_section(self, name: str, fn) -> None:
+        """Report `fn()` under `name` in every summary; `fn` takes its own locks, not this one's."""
+        self._sections[name] = fn
 
     def record(self, accepted_ns: int, ready_ns: int | None, capture_ns: int | None, kind: str) -> None:
         with self._lock:
@@ -81,6 +86,12 @@ class Stats:
             self._last_ns = accepted_ns
 
     def summary(self) -> dict:
+        out = self._summary()
+        for name, fn in list(self._sections.items()):
+            out[name] = fn()
+        return out
+
+    def _summary(self) -> dict:
         with self._lock:
             span_s = ((self._last_ns - self._first_ns) / 1e9) if self.frames > 1 else 0.0
             wall = max(1e-9, time.monotonic() - self._wall0)

@@ -4,22 +4,32 @@ One thread serving every sink lets the slowest one set the pace of all: an RTMP 
 (seconds) would freeze the virtual webcam too. A SinkRunner gives each sink its own delivery:
   video  DROP_OLDEST within `video_queue_ms`: a frame that waited that long is stale for this
          sink; the others are not affected
-  audio  kept in order within `audio_queue_ms`, then the oldest goes (counted)
-Sinks stamp what they write by the media's own timestamps, so a dropped frame or chunk leaves a
-gap where it was instead of moving everything after it earlier.
+  audio  kept in order within `audio_queue_ms` (10 s: a sink stuck for seconds still gets all
+         of its sound once it moves again), then the oldest goes (counted) so memory stays bounded
+A sink too slow for the frame rate thus loses video frames, counted here, never its audio and
+never another sink's frames. Sinks stamp what they write by the media's own timestamps, so a
+dropped frame or chunk leaves a gap where it was instead of moving everything after it earlier.
+
+Each runner also keeps its thread's CPU time (time.thread_time around every send), so the stats
+show what each sink costs: encoders run on the sink's own thread (see realtime.threads).
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
+import time
 
 from models.errors import EngineFailure
 from realtime.frames import AudioChunk, VideoFrame
 
 
+log = logging.getLogger(__name__)
+
+
 class SinkRunner:
-    def __init__(self, sink, fps: float, video_queue_ms: int = 200, audio_queue_ms: int = 5_000, on_error=None):
+    def __init__(self, sink, fps: float, video_queue_ms: int = 200, audio_queue_ms: int = 10_000, on_error=None):
         self.sink = sink
         self._video_cap = max(1, round(video_queue_ms * fps / 1000))
         self._audio_ms_cap = audio_queue_ms
@@ -34,11 +44,16 @@ class SinkRunner:
         self.video_dropped = 0
         self.audio_dropped = 0
         self.delivered = 0
+        self.cpu_s = 0.0  # this sink's thread CPU time spent in send_video / send_audio
+        self._started_s: float | None = None
+        self._ended_s: float | None = None
+        self._close_called = False
 
     def start(self, width: int, height: int) -> "SinkRunner":
         # Sinks that connect or open a device do it now, not on the first frame, which would be late.
         if hasattr(self.sink, "prepare"):
             self.sink.prepare(width, height)
+        self._started_s = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"sink:{self.sink.name}", daemon=True)
         self._thread.start()
         return self
@@ -69,6 +84,9 @@ class SinkRunner:
                     self.video_dropped += 1
                 else:
                     self._audio_ms -= 1000 * item.samples / item.sample_rate_hz
+                    if not self.audio_dropped:
+                        log.warning("sink %s: stuck for over %d s; its oldest audio is being dropped",
+                                    self.sink.name, self._audio_ms_cap // 1000)
                     self.audio_dropped += 1
                 return
 
@@ -83,6 +101,7 @@ class SinkRunner:
                     self._videos -= 1
                 else:
                     self._audio_ms -= 1000 * item.samples / item.sample_rate_hz
+            cpu0 = time.thread_time()
             try:
                 if isinstance(item, VideoFrame):
                     self.sink.send_video(item)
@@ -96,16 +115,49 @@ class SinkRunner:
                 if self._on_error is not None:
                     self._on_error(EngineFailure.wrap(f"sink {self.sink.name}", e))
                 return
+            finally:
+                self.cpu_s += time.thread_time() - cpu0
+
+    def counters(self) -> dict:
+        """What this sink got, lost and cost: for the stats (cpu_percent is of one core)."""
+        end_s = self._ended_s if self._ended_s is not None else time.monotonic()
+        wall_s = end_s - self._started_s if self._started_s is not None else 0.0
+        return {"delivered": self.delivered, "video_dropped": self.video_dropped,
+                "audio_dropped": self.audio_dropped,
+                "cpu_ms_per_frame": round(1000 * self.cpu_s / self.delivered, 2) if self.delivered else None,
+                "cpu_percent": round(100 * self.cpu_s / wall_s, 1) if wall_s > 0 else None}
 
     def close(self) -> None:
-        """Deliver what is queued, then close the sink (files are finalised)."""
+        """Deliver what is queued, then close the sink (files are finalised). Only the first call
+        does anything; an error from the sink's close() is raised to that caller."""
         with self._cv:
+            if self._close_called:
+                return
+            self._close_called = True
             self._closed = True
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join()
+        self._ended_s = time.monotonic()
         self.sink.close()
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
             raise EngineFailure.wrap(f"sink {self.sink.name}", self.error)
+
+
+def close_all(sinks_or_runners) -> EngineFailure | None:
+    """Close every one of them whatever the others do (a sink that fails to close must not keep
+    a file after it from being finalised). Returns the first failure, wrapped, and logs the rest."""
+    first = None
+    for item in sinks_or_runners:
+        name = getattr(getattr(item, "sink", item), "name", type(item).__name__)
+        try:
+            item.close()
+        except Exception as e:  # reported once all are closed
+            err = EngineFailure.wrap(f"closing sink {name}", e)
+            if first is None:
+                first = err
+            else:
+                log.warning("%s", err)
+    return first
