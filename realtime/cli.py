@@ -31,7 +31,15 @@ def _session(args, audio_rate_hz: int = 48_000):
                        output_audio_rate_hz=audio_rate_hz)
     runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
                             intra_op_threads=threads.current().inference_threads)
-    sinks = [make_sink(t, args.fps, audio_rate_hz) for t in (args.to or ["vcam"])]
+    from realtime.sinks.encoding import LiveVideoEncoding
+
+    try:
+        encoding = LiveVideoEncoding(preset=args.x264_preset, bitrate_kbps=args.video_bitrate_kbps,
+                                     keyframe_interval_s=args.keyframe_interval_s)
+    except ValueError as e:
+        raise LipsyncError("--video-bitrate-kbps / --keyframe-interval-s", "positive numbers", str(e),
+                           "give values above zero") from None
+    sinks = [make_sink(t, args.fps, audio_rate_hz, encoding) for t in (args.to or ["vcam"])]
     if args.audio_out is not None:
         from realtime.sinks.audio_out import AudioOutSink
 
@@ -206,6 +214,16 @@ def main(argv=None) -> int:
     lv.add_argument("--blend", default="feather", choices=["feather", "hard"],
                     help="feather: keypoint mask + colour match; hard: the reference rectangle")
     lv.add_argument("--stats-json", default=None)
+    from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
+
+    enc = LiveVideoEncoding()
+    lv.add_argument("--video-bitrate-kbps", type=int, default=enc.bitrate_kbps,
+                    help="H.264 target bitrate of streams and recordings (capped at this rate)")
+    lv.add_argument("--keyframe-interval-s", type=float, default=enc.keyframe_interval_s,
+                    help="a keyframe every this many seconds (what a viewer joining late waits)")
+    lv.add_argument("--x264-preset", default=enc.preset, choices=X264_PRESETS,
+                    help="ultrafast: least CPU (the default, for 2-4 core machines); veryfast or slower: "
+                         "a better picture per bit where cores are free")
     lv.add_argument("--audio-pacing", default="realtime", choices=["realtime", "burst"],
                     help="burst: push the file as a TTS engine would (1 s pieces, as fast as accepted); "
                          "implies --mode playout")

@@ -30,7 +30,12 @@ def default_runtime() -> RuntimeConfig:
                          intra_op_threads=threads.current().inference_threads)
 
 
-def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000):
+def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000, encoding=None):
+    """`encoding`: the live H.264 settings (realtime.sinks.encoding.LiveVideoEncoding) for streams
+    and recordings; None: the defaults."""
+    from realtime.sinks.encoding import LiveVideoEncoding
+
+    encoding = encoding or LiveVideoEncoding()
     if target == "null":
         from realtime.sinks.base import NullSink
 
@@ -47,7 +52,7 @@ def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000):
         from realtime.sinks.stream import StreamSink
 
         try:
-            return StreamSink(target, fps, sample_rate_hz)
+            return StreamSink(target, fps, sample_rate_hz, encoding)
         except ValueError:
             raise LipsyncError("--to", "vcam, preview, null, a file, or an rtmp:// udp:// srt:// URL",
                                repr(target), "check the URL scheme") from None
@@ -57,7 +62,7 @@ def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000):
     if Path(target).suffix.lower() not in FORMATS:
         raise LipsyncError("--to", "vcam, preview, null, an rtmp/udp/srt URL, or a file ending in "
                            + ", ".join(FORMATS), repr(target), "pick one of those")
-    return FileSink(target, fps, sample_rate_hz)
+    return FileSink(target, fps, sample_rate_hz, encoding)
 
 
 def make_source(audio: str, loop: bool = False, mic_device=None):

@@ -7,7 +7,7 @@ import av
 
 
 def main(url: str, max_video_frames: int, open_timeout_s: float) -> None:
-    report = {"video_frames": 0, "video_pts_s": [], "audio_pts_s": [], "size": None, "error": None}
+    report = {"video_frames": 0, "video_pts_s": [], "audio_pts_s": [], "key_pts_s": [], "size": None, "error": None}
     try:
         with av.open(url, options={"rtmp_live": "live"}, timeout=(open_timeout_s, 5.0)) as c:
             streams = [s for s in c.streams if s.type in ("video", "audio")]
@@ -18,6 +18,8 @@ def main(url: str, max_video_frames: int, open_timeout_s: float) -> None:
                 if packet.stream.type == "audio":
                     report["audio_pts_s"].append(t)
                     continue
+                if packet.is_keyframe:
+                    report["key_pts_s"].append(t)
                 for frame in packet.decode():
                     report["video_frames"] += 1
                     report["video_pts_s"].append(float(frame.pts * frame.time_base))

@@ -90,3 +90,80 @@ def test_stop_twice_returns_the_same_summary(photo, speech_wav):
     first = eng.stop()
     assert eng.stop() == first and first["frames"] == len(sink.frames) > 0
     assert first["sinks"]["collect"]["delivered"] == len(sink.frames)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs) to fill up."""
+    import subprocess
+
+    d = tmp_path / "disk"
+    d.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {done.stderr.strip()}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=True)
+
+
+def test_disk_full_under_the_file_sink_finalises_what_was_recorded(small_disk):
+    import av
+
+    from realtime.frames import AudioChunk, VideoFrame
+    from realtime.sinks.diskspace import DiskFull
+    from realtime.sinks.encoding import LiveVideoEncoding
+    from realtime.sinks.recorder import FileSink
+
+    out = small_disk / "rec.mp4"
+    sink = FileSink(str(out), FPS, 48_000, LiveVideoEncoding(bitrate_kbps=2_000, keyframe_interval_s=0.5))
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (256, 256, 3), np.uint8)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(2_000 * 1920) / 48_000)).astype(np.float32)
+    sent = 0
+    with pytest.raises(DiskFull) as full:
+        for pts in range(2_000):  # ~2 MB at 2 Mbit/s is ~8 s: far fewer frames than this
+            sink.send_audio(AudioChunk(tone[pts * 1920:(pts + 1) * 1920], 48_000, pts * 1920, 0))
+            img = np.roll(base, 7 * pts, axis=1)  # moving detail: the encoder spends its bitrate
+            sink.send_video(VideoFrame(img, pts))
+            sent += 1
+        raise AssertionError("the 2 MiB disk never filled")
+    sent += 1  # the frame whose write found the disk full made it into the file too
+    msg = str(full.value)
+    assert "\n" not in msg and "is full after" in msg and f"finalised in {out}" in msg, msg
+    sink.close()  # nothing left to do, and no error
+    assert sorted(p.name for p in small_disk.iterdir()) == ["rec.mp4"]  # no partial, no reserve
+    with av.open(str(out)) as c:
+        frames = [f.pts * f.time_base for f in c.decode(video=0)]
+    with av.open(str(out)) as c:
+        audio = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    assert len(frames) == sent > 25
+    # 25 fps throughout. (The muxer moves frames 1.. later by the AAC encoder's 1024-sample
+    # priming so that sound and picture stay paired; frame 0 stays at 0, shown that much longer.)
+    assert all(b - a == pytest.approx(1 / FPS) for a, b in zip(frames[1:], frames[2:]))
+    # The sound up to the end of the video is there, and is the tone.
+    assert len(audio) >= (sent - 1) * 1920
+    mid = audio[len(audio) // 2:len(audio) // 2 + 4800]  # 0.1 s: 44 cycles of 440 Hz
+    spectrum = np.abs(np.fft.rfft(mid))
+    assert np.argmax(spectrum) * 48_000 / len(mid) == pytest.approx(440, abs=10)
+    assert np.sqrt(np.mean(mid ** 2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.1)
+
+
+def test_disk_full_under_a_live_recording_is_one_line_and_exit_1(small_disk, photo, speech_wav):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = small_disk / "live.mp4"
+    # Keyframes 5 times a second at 4 Mbit/s fill the 2 MiB in about 2 s of real time.
+    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+                           str(speech_wav), "--loop", "--to", str(out), "--engine", "procedural",
+                           "--video-bitrate-kbps", "4000", "--keyframe-interval-s", "0.2", "--duration", "60"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: sink file:{out} failed: DiskFull: the disk holding {small_disk} is full after")
+    assert last.endswith(f"finalised in {out}; free space or record elsewhere")
+    assert decoded_video_frames(out) >= 25
+    assert sorted(p.name for p in small_disk.iterdir()) == ["live.mp4"]

@@ -97,3 +97,54 @@ def test_engine_survives_a_server_restart(nginx, engine_parts, speech_wav):
     assert sink.frames_sent > events["sent_before"] > 0
     assert got["video_frames"] >= 20, got["error"]  # a viewer after the restart sees the stream
     assert summary["frames"] >= 170  # the engine itself never stopped making frames
+
+
+def test_an_error_that_is_not_the_networks_fails_at_once_instead_of_reconnecting(nginx):
+    """Timestamps going backwards are a bug upstream: reconnecting cannot cure it, so the sink
+    raises (and its runner fails the engine) instead of looping through reconnects."""
+    import numpy as np
+
+    from realtime.frames import VideoFrame
+    from realtime.sinks.stream import StreamSink
+
+    lines = []
+    sink = StreamSink(nginx.url(), 25, log=lines.append)
+    sink.prepare(64, 64)
+    assert sink.status == "live"
+    img = np.zeros((64, 64, 3), np.uint8)
+    for pts in (0, 1, 2, 5):
+        sink.send_video(VideoFrame(img, pts))
+    with pytest.raises(ValueError, match="Invalid argument"):  # PyAV's ArgumentError (EINVAL) from the muxer
+        sink.send_video(VideoFrame(img, 3))
+    assert sink.reconnects == 0 and sink.frames_lost == 0 and lines == []
+    assert sink.status == "live"  # it never went into "reconnecting"
+    sink.close()
+
+
+def test_live_encoding_settings_reach_the_stream(nginx):
+    """The viewer sees the configured keyframe interval (a late viewer's wait) and no B-frames."""
+    import numpy as np
+
+    from realtime.frames import AudioChunk, VideoFrame
+    from realtime.sinks.encoding import LiveVideoEncoding
+    from realtime.sinks.stream import StreamSink
+
+    viewer = reader(nginx.url(), 40)
+    sink = StreamSink(nginx.url(), 25, encoding=LiveVideoEncoding(keyframe_interval_s=0.4, bitrate_kbps=300),
+                      log=lambda m: None)
+    sink.prepare(64, 64)
+    clock, rng = MonotonicClock(), np.random.default_rng(0)
+    t0, pts = clock.now_ns(), 0
+    while viewer.poll() is None and pts < 25 * 30:  # at the media's own pace until the viewer has its frames
+        # With its audio (a viewer waits for both tracks); noise: every frame a "scene cut".
+        sink.send_audio(AudioChunk(np.zeros(1920, np.float32), 48_000, pts * 1920, 0))
+        sink.send_video(VideoFrame(rng.integers(0, 255, (64, 64, 3), np.uint8), pts))
+        pts += 1
+        clock.sleep_until_ns(t0 + pts * 40_000_000)
+    sink.close()
+    got = json.loads(viewer.communicate(timeout=60)[0])
+    assert got["video_frames"] >= 40, got["error"]
+    keys = [round(t * 25) for t in got["key_pts_s"]]
+    assert len(keys) >= 3 and all(b - a == 10 for a, b in zip(keys, keys[1:])), keys  # every 0.4 s, no more
+    v = got["video_pts_s"]
+    assert v == sorted(v)  # decode order is presentation order: zerolatency has no B-frames

@@ -2,6 +2,12 @@
 
 Output goes to a hidden temp file beside the target and is renamed into place only when
 `close()` succeeds, so a failed or interrupted run never leaves a half-written file behind.
+
+A live recording (`live=` encoder settings) differs in three ways: H.264 with real-time settings
+(see realtime.sinks.encoding); `.mp4`/`.mov` fragmented at each keyframe, so the muxer keeps one
+fragment in memory instead of an index growing with the run (hours of it), and whatever reached
+the disk stays playable if the process dies; and space held in reserve (`reserve_bytes`, see
+realtime.sinks.diskspace), so a disk that fills up ends the recording with a finalised file.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.threads import encoder_options
-
 from models.errors import LipsyncError
+from realtime.sinks.diskspace import ReservedFile
+from realtime.sinks.encoding import LiveVideoEncoding
+from realtime.threads import encoder_options
 
 # (video codec, pixel format, codec options, audio codec)
 FORMATS = {
@@ -22,6 +29,9 @@ FORMATS = {
     ".mov": ("libx264", "yuv420p", {"crf": "18", "preset": "medium"}, "aac"),
     ".mkv": ("ffv1", "bgr0", {}, "flac"),
 }
+CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
+# Each fragment starts at a keyframe; `default_base_moof` makes fragments self-contained.
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
 
 
 def fps_fraction(fps: float) -> Fraction:
@@ -32,7 +42,8 @@ class VideoFileWriter:
     """Append BGR frames at a fixed rate; optionally mux a planar float audio track alongside."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
-                 audio: np.ndarray | None = None, audio_rate_hz: int | None = None):
+                 audio: np.ndarray | None = None, audio_rate_hz: int | None = None,
+                 live: LiveVideoEncoding | None = None, reserve_bytes: int = 0):
         import av
 
         self.path = Path(path)
@@ -48,11 +59,17 @@ class VideoFileWriter:
         self._even = pix_fmt == "yuv420p"
         enc_w, enc_h = (width + width % 2, height + height % 2) if self._even else (width, height)
         self._rate = fps_fraction(fps)
-        self._container = av.open(str(self._tmp), "w")
+        container_options = FRAGMENTED_MP4 if live is not None and suffix in (".mp4", ".mov") else {}
+        # Through a file object that holds space back, or straight to the file.
+        self._io = ReservedFile(self._tmp, reserve_bytes) if reserve_bytes > 0 else None
+        target = self._io if self._io is not None else str(self._tmp)
+        self._container = av.open(target, "w", format=CONTAINERS[suffix], options=container_options)
         try:
             self._video = self._container.add_stream(vcodec, rate=self._rate)
             self._video.width, self._video.height, self._video.pix_fmt = enc_w, enc_h, pix_fmt
-            self._video.options = {**options, **(encoder_options() if "libx264" == vcodec else {})}
+            if vcodec == "libx264":
+                options = live.x264_options(self._rate) if live is not None else {**options, **encoder_options()}
+            self._video.options = options
             self._video.codec_context.time_base = 1 / self._rate
             self._audio_stream = None
             if audio is not None:
@@ -129,6 +146,16 @@ class VideoFileWriter:
         if self._audio_stream is not None:
             self._mux_audio_until(int(self._next_pts / self._rate * self._audio_rate) + self._frame_size)
 
+    @property
+    def duration_s(self) -> float:
+        """Video time written so far (gaps for frames not written included)."""
+        return float(self._next_pts / self._rate)
+
+    @property
+    def disk_full(self) -> bool:
+        """The disk filled up and the reserve was used: stop writing and close()."""
+        return self._io is not None and self._io.full
+
     def close(self) -> Path:
         """Flush encoders, finalise the container and move it into place."""
         try:
@@ -138,8 +165,16 @@ class VideoFileWriter:
                 self._container.mux(self._audio_stream.encode(None))
             self._container.close()
         except Exception:
-            self.abort()
+            if not self.disk_full:
+                self.abort()
+                raise
+            # Even the reserve ran out: keep what is on disk (a fragmented file plays up to its
+            # last whole fragment) rather than deleting hours of recording.
+            self._io.close()
+            os.replace(self._tmp, self.path)
             raise
+        if self._io is not None:
+            self._io.close()
         os.replace(self._tmp, self.path)
         return self.path
 
@@ -149,6 +184,8 @@ class VideoFileWriter:
             self._container.close()
         except Exception:  # the container may be half-initialised; removing the file is what matters
             pass
+        if self._io is not None:
+            self._io.close()
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self):

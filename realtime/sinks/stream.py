@@ -1,9 +1,12 @@
 """Network streams through PyAV: RTMP (FLV) to a server, MPEG-TS over UDP or SRT for OBS.
 
-H.264 (ultrafast, zerolatency, a keyframe every 2 s) plus AAC of the input audio, both stamped
+H.264 (live settings: see realtime.sinks.encoding) plus AAC of the input audio, both stamped
 from the same media clock (video in frames, audio in samples from the stream start), so they
 stay in sync however late the stream runs. When the server goes away the engine keeps running:
 frames are dropped while the sink reconnects with exponential backoff, and `status` says so.
+Only failures a reconnect can cure are retried (the connection's, see `is_network_error`); any
+other error (bad settings, a bug such as timestamps going backwards) fails the sink at once
+instead of turning into an endless reconnect loop.
 """
 
 from __future__ import annotations
@@ -14,11 +17,27 @@ from fractions import Fraction
 
 import numpy as np
 
-from realtime.threads import encoder_options
-
 from realtime.frames import AudioChunk, AudioTimeline, VideoFrame
+from realtime.sinks.encoding import LiveVideoEncoding
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def is_network_error(e: BaseException, connecting: bool = False) -> bool:
+    """True for failures of the connection or the server, which a reconnect may cure: OSErrors
+    that are not about local files (refused, reset, broken pipe, timeouts, unreachable hosts;
+    PyAV's own errors for these are OSError subclasses), PyAV's ExitError (its I/O timeout
+    interrupts FFmpeg) and EOFError (the server closed mid-exchange); while connecting, also
+    InvalidDataError (a server that answered the handshake with garbage, e.g. while starting)."""
+    import av
+
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return False
+    if isinstance(e, OSError):
+        return True
+    if isinstance(e, (av.error.ExitError, av.error.EOFError)):
+        return True
+    return connecting and isinstance(e, av.error.InvalidDataError)
 
 
 def container_format(url: str) -> str:
@@ -30,10 +49,10 @@ def container_format(url: str) -> str:
 
 
 class StreamSink:
-    def __init__(self, url: str, fps: float, sample_rate_hz: int = 48_000, gop_s: float = 2.0,
-                 log=lambda msg: print(msg, file=sys.stderr)):
+    def __init__(self, url: str, fps: float, sample_rate_hz: int = 48_000,
+                 encoding: LiveVideoEncoding = LiveVideoEncoding(), log=lambda msg: print(msg, file=sys.stderr)):
         self.name = f"stream:{url}"
-        self.url, self._fps, self._rate, self._gop = url, Fraction(fps).limit_denominator(1001), sample_rate_hz, gop_s
+        self.url, self._fps, self._rate, self._enc = url, Fraction(fps).limit_denominator(1001), sample_rate_hz, encoding
         self._fmt = container_format(url)
         self._log = log
         self._out = None
@@ -51,12 +70,12 @@ class StreamSink:
         import av
 
         w, h = self._size
+        out = None
         try:
             out = av.open(self.url, "w", format=self._fmt, timeout=(5.0, 5.0))
             v = out.add_stream("libx264", rate=self._fps)
             v.width, v.height, v.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
-            v.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(max(1, round(float(self._fps) * self._gop))),
-                         **encoder_options()}
+            v.options = self._enc.x264_options(self._fps)
             v.codec_context.time_base = 1 / self._fps
             a = out.add_stream("aac", rate=self._rate, layout="mono")
             a.format = "fltp"
@@ -66,8 +85,15 @@ class StreamSink:
             self._out, self._v, self._a = out, v, a
             self._afs = a.codec_context.frame_size or 1024
             return True
-        except Exception as e:  # any failure to open is a reason to retry later, not to stop
-            self._down(e)
+        except Exception as e:
+            if out is not None:
+                try:
+                    out.close()
+                except Exception:  # half-open: the connection is dropped either way
+                    pass
+            if not is_network_error(e, connecting=True):
+                raise
+            self._down(e)  # retried later
             return False
 
     def _down(self, err: Exception) -> None:
@@ -119,7 +145,9 @@ class StreamSink:
             self._out.mux(self._v.encode(vf))
             self.frames_sent += 1
             self._failures = 0
-        except Exception as e:  # a broken connection shows up here first (e.g. ConnectionRefused)
+        except Exception as e:  # a broken connection shows up here first (e.g. BrokenPipeError)
+            if not is_network_error(e):
+                raise
             self.frames_lost += 1
             self._down(e)
 
@@ -141,6 +169,8 @@ class StreamSink:
             try:
                 self._out.mux(self._a.encode(af))
             except Exception as e:  # as for video: drop, reconnect later
+                if not is_network_error(e):
+                    raise
                 self._down(e)
                 break
         if self._out is None and self._size is not None:
