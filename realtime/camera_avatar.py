@@ -43,7 +43,10 @@ class CameraAvatar:
         return self.features
 
     def advance(self, pts: int) -> None:
-        """Take the newest camera frame and prepare everything the renderers read for it."""
+        """Take the newest camera frame and prepare everything the renderers read for it; raises
+        CameraLost once the camera has stopped delivering."""
+        if hasattr(self.capture, "raise_if_ended"):
+            self.capture.raise_if_ended()
         frame = self.capture.latest()
         self.frames[0] = frame
         track = self.tracker.update(frame)

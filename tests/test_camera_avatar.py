@@ -56,3 +56,32 @@ def test_missing_camera_is_one_line(tmp_path, generator_ckpt, speech_wav):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "VIDEOIO" not in ln and "WARN" not in ln]
     assert proc.returncode != 0
     assert len(lines) == 1 and lines[0].startswith("error: --avatar camera:7"), proc.stderr
+
+
+def test_camera_ending_stops_the_session_in_one_line_with_the_recording_finalised(tmp_path, photo, speech_wav):
+    """A camera that stops delivering (here its stand-in video, not looped, ends after 0.8 s) stops
+    the session at once with one line; it does not freeze on the last picture for the whole run."""
+    import av
+    import pytest
+
+    from models.errors import EngineFailure
+    from realtime.camera_avatar import CameraAvatar
+    from realtime.engine import Engine
+    from realtime.procedural import ProceduralRenderer
+    from realtime.sinks.recorder import FileSink
+    from realtime.sources.camera import CameraCapture
+    from realtime.sources.file import FileSource
+
+    img = cv2.imread(str(photo))
+    cam = media.video_only(tmp_path / "cam.mp4", [np.roll(img, k, axis=1) for k in range(0, 40, 2)])
+    avatar = CameraAvatar(CameraCapture(str(cam), loop=False), fps=25)
+    out = tmp_path / "rec.mkv"
+    engine = Engine(avatar, ProceduralRenderer(avatar.keypoints()), [FileSink(str(out), 25)], EngineConfig(),
+                    MonotonicClock())
+    with pytest.raises(EngineFailure) as ended:
+        engine.run(FileSource(str(speech_wav), loop=True), duration_s=30)
+    msg = str(ended.value)
+    assert msg.startswith(f"camera:{cam}: the video ended after 20 frames; the session stops") and "\n" not in msg
+    assert engine.stats.frames < 3 * 25  # stopped within moments of the end, not after 30 s
+    with av.open(str(out)) as c:  # the recording up to there is finalised
+        assert sum(1 for _ in c.decode(video=0)) >= 15
