@@ -50,6 +50,11 @@ def _session(args, audio_rate_hz: int = 48_000):
 
 
 def _live(args) -> int:
+    import logging
+
+    # Warnings from the library during a run (a stream reconnecting, the microphone gone and
+    # back) each on a line of their own, not appended to the status line (which ends in none).
+    logging.basicConfig(level=logging.WARNING, format="\n%(message)s")
     if args.audio_pacing == "burst" and args.audio == "mic":
         raise LipsyncError("--audio-pacing burst", "an audio file to push as a TTS engine would", "--audio mic",
                            "give --audio FILE, or drop --audio-pacing for the microphone")
@@ -64,7 +69,8 @@ def _live(args) -> int:
     from realtime.live import build_engine, make_source
 
     cfg, runtime, sinks = _session(args)
-    source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device)
+    source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device,
+                         mic_give_up_after_s=args.mic_give_up_s)
     engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop,
                           engine=args.engine)
     done = threading.Event()
@@ -206,6 +212,9 @@ def main(argv=None) -> int:
     lv.add_argument("--loop", action="store_true", help="loop the audio file")
     lv.add_argument("--avatar-loop", default="forward", choices=["forward", "pingpong"])
     lv.add_argument("--mic-device", default=None, help="input device index or name (see `lipsync devices`)")
+    lv.add_argument("--mic-give-up-s", type=float, default=60.0,
+                    help="a microphone that goes away mid-run is reopened for this long (idle frames go on "
+                         "meanwhile), then the session stops")
     lv.add_argument("--mel-offset", type=int, default=-1, help="-1: training alignment; 0: reference tool's")
     lv.add_argument("--audio-out", default=None, metavar="DEVICE",
                     help="play the input audio, delayed to match the video, to this output ('default', index or name)")

@@ -181,8 +181,18 @@ class Engine:
             source.run(self.push_audio, self.clock, duration_s)
         except KeyboardInterrupt:
             source.stop()
-        except EngineFailure:
-            pass  # the engine failed while the source pushed: stop() reports it
+        except EngineFailure as e:
+            if self._error is None:  # the source's own failure (e.g. a microphone gone for good)
+                self._fail(e)
+            # else the engine failed while the source pushed: stop() reports it
+        except BaseException:
+            # The source could not start (e.g. no such device): still close the sinks, so files
+            # are finalised and devices released, then report the source's error.
+            try:
+                self.stop()
+            except Exception as e:  # secondary to the source's error
+                log.warning("%s", e)
+            raise
         return self.stop()
 
     # -- worker -----------------------------------------------------------------------------------

@@ -65,11 +65,11 @@ def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000, encoding=No
     return FileSink(target, fps, sample_rate_hz, encoding)
 
 
-def make_source(audio: str, loop: bool = False, mic_device=None):
+def make_source(audio: str, loop: bool = False, mic_device=None, mic_give_up_after_s: float = 60.0):
     if audio == "mic":
         from realtime.sources.mic import MicSource
 
-        return MicSource(mic_device)
+        return MicSource(mic_device, give_up_after_s=mic_give_up_after_s)
     from realtime.sources.file import FileSource
 
     return FileSource(audio, loop=loop)

@@ -87,3 +87,96 @@ def test_audio_passthrough_plays_the_input_to_an_output_device(tmp_path, generat
     seg = heard[lag:lag + len(want)]
     assert len(seg) > 0.9 * len(want)
     assert np.corrcoef(seg, want[:len(seg)])[0, 1] > 0.95
+
+
+class StderrWatch:
+    """Collects a child's stderr as it comes, so the test can wait for a message (with a timeout)."""
+
+    def __init__(self, proc):
+        import threading
+
+        self.text, self._cv = "", threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, f):
+        while chunk := f.read(1):
+            with self._cv:
+                self.text += chunk
+                self._cv.notify_all()
+
+    def wait_for(self, needle: str, timeout_s: float) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: needle in self.text, timeout_s)
+
+    def done(self) -> str:
+        self._thread.join(timeout=10)
+        return self.text
+
+
+def test_audio_server_gone_mid_run_one_line_then_recovery_when_it_returns(tmp_path, photo):
+    """The PulseAudio server behind the microphone is killed mid-run and started again: one line
+    says the input is gone, idle frames go on at 25 fps (silence stands in for the input), one
+    line says it is back, capture resumes, and the run ends normally when its duration is over."""
+    try:
+        pulse = PulseAudio(tmp_path / "pulse").start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    out, stats = tmp_path / "mic.mkv", tmp_path / "stats.json"
+    seconds = 8
+    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio", "mic",
+                             "--engine", "procedural", "--to", str(out), "--duration", str(seconds), "--stats-json",
+                             str(stats)], cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
+    watch = StderrWatch(proc)
+    try:
+        assert watch.wait_for("fps", 60), watch.text  # frames are flowing
+        pulse.stop()
+        assert watch.wait_for("stopped delivering audio", 10), watch.text
+        pulse.start()
+        assert watch.wait_for("is back after", 10), watch.text
+        assert proc.wait(timeout=60) == 0, watch.done()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pulse.stop()
+    err = watch.done()
+    lines = err.splitlines()
+    assert "Traceback" not in err and not any(ln.startswith(("Expression '", "ALSA lib")) for ln in lines), err
+    gone = [ln for ln in lines if "stopped delivering audio" in ln]
+    back = [ln for ln in lines if "is back after" in ln]
+    assert len(gone) == 1 and gone[0].startswith("mic:") and "reopening every 1 s" in gone[0]
+    assert len(back) == 1 and back[0].startswith("mic:") and back[0].endswith("capturing again")
+    s = json.loads(stats.read_text())
+    # The timeline never stopped: frames for the whole duration, no long gap at the loss or return.
+    assert s["frames"] >= (seconds - 0.5) * 25 and s["dropped"] == 0, s
+    assert s["interframe_gap_ms"]["max"] < 500, s
+    from models.audio import decode_audio
+
+    rec = decode_audio(out)
+    assert abs(rec.duration_s - seconds) < 0.5
+
+
+def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, photo):
+    try:
+        pulse = PulseAudio(tmp_path / "pulse").start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    out = tmp_path / "mic.mkv"
+    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio", "mic",
+                             "--engine", "procedural", "--to", str(out), "--mic-give-up-s", "2"],
+                            cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
+    watch = StderrWatch(proc)
+    try:
+        assert watch.wait_for("fps", 60), watch.text
+        pulse.stop()  # and it never comes back
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = watch.done()
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("error: mic:default: no audio input for 2 s (the device or the audio "
+                                            "server went away and did not come back); the session stops")
+    from models.audio import decode_audio
+
+    assert decode_audio(out).duration_s > 2  # the recording, idle frames while it waited included, is finalised
