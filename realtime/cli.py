@@ -80,15 +80,19 @@ def _live(args) -> int:
             extra = "  ".join(getattr(s, "status", "") for s in sinks if getattr(s, "status", ""))
             print(f"\r{engine.stats.status_line()}  {extra}", end="", file=sys.stderr, flush=True)
 
+    status_thread = threading.Thread(target=status, daemon=True)
+
     def started():
         print(f"live: {source.name} -> {', '.join(s.name for s in sinks)} with {engine.renderer.name} "
               "(Ctrl-C stops)", file=sys.stderr)
-        threading.Thread(target=status, daemon=True).start()
+        status_thread.start()
 
     try:
         summary = engine.run(source, args.duration, on_started=started)
     finally:
         done.set()
+        if status_thread.is_alive():  # its last status line must come before the summary or error
+            status_thread.join(timeout=5)
         print(file=sys.stderr)
     if getattr(source, "overflows", 0):
         summary["input_overflows"] = source.overflows
@@ -147,7 +151,8 @@ def _live_playout(args) -> int:
         while not done.wait(1.0):
             print(f"\r{pl.stats.status_line()}", end="", file=sys.stderr, flush=True)
 
-    threading.Thread(target=status, daemon=True).start()
+    status_thread = threading.Thread(target=status, daemon=True)
+    status_thread.start()
     piece = rate if args.audio_pacing == "burst" else rate // 50
     limit = None if args.duration is None else int(args.duration * rate)
     t0, sent = time.monotonic(), 0
@@ -172,6 +177,7 @@ def _live_playout(args) -> int:
         pass  # the playout failed; stop() reports why
     finally:
         done.set()
+        status_thread.join(timeout=5)
         print(file=sys.stderr)
     summary = pl.stop()  # raises EngineFailure if a thread or sink failed
     if args.stats_json:

@@ -59,7 +59,7 @@ def test_missing_camera_is_one_line(tmp_path, generator_ckpt, speech_wav):
 
 
 def test_camera_ending_stops_the_session_in_one_line_with_the_recording_finalised(tmp_path, photo, speech_wav):
-    """A camera that stops delivering (here its stand-in video, not looped, ends after 0.8 s) stops
+    """A camera that stops delivering (here its stand-in video, not looped, ends after 4 s) stops
     the session at once with one line; it does not freeze on the last picture for the whole run."""
     import av
     import pytest
@@ -73,7 +73,8 @@ def test_camera_ending_stops_the_session_in_one_line_with_the_recording_finalise
     from realtime.sources.file import FileSource
 
     img = cv2.imread(str(photo))
-    cam = media.video_only(tmp_path / "cam.mp4", [np.roll(img, k, axis=1) for k in range(0, 40, 2)])
+    # The camera runs from the moment it is opened, before the session starts: 4 s leaves room.
+    cam = media.video_only(tmp_path / "cam.mp4", [np.roll(img, k % 40, axis=1) for k in range(0, 200, 2)])
     avatar = CameraAvatar(CameraCapture(str(cam), loop=False), fps=25)
     out = tmp_path / "rec.mkv"
     engine = Engine(avatar, ProceduralRenderer(avatar.keypoints()), [FileSink(str(out), 25)], EngineConfig(),
@@ -81,7 +82,8 @@ def test_camera_ending_stops_the_session_in_one_line_with_the_recording_finalise
     with pytest.raises(EngineFailure) as ended:
         engine.run(FileSource(str(speech_wav), loop=True), duration_s=30)
     msg = str(ended.value)
-    assert msg.startswith(f"camera:{cam}: the video ended after 20 frames; the session stops") and "\n" not in msg
-    assert engine.stats.frames < 3 * 25  # stopped within moments of the end, not after 30 s
+    assert msg.startswith(f"camera:{cam}: the video ended after 100 frames; the session stops") and "\n" not in msg
+    assert engine.stats.frames < 100 + 2 * 25  # stopped within moments of the end, not after 30 s
+    delivered = engine.stats.summary()["sinks"][f"file:{out}"]["delivered"]
     with av.open(str(out)) as c:  # the recording up to there is finalised
-        assert sum(1 for _ in c.decode(video=0)) >= 15
+        assert sum(1 for _ in c.decode(video=0)) == delivered > 0

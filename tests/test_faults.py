@@ -162,7 +162,9 @@ def test_disk_full_under_a_live_recording_is_one_line_and_exit_1(small_disk, pho
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    last = errors[0]
     assert last.startswith(f"error: sink file:{out} failed: DiskFull: the disk holding {small_disk} is full after")
     assert last.endswith(f"finalised in {out}; free space or record elsewhere")
     assert decoded_video_frames(out) >= 25
