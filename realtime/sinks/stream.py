@@ -52,7 +52,8 @@ class StreamSink:
     def __init__(self, url: str, fps: float, sample_rate_hz: int = 48_000,
                  encoding: LiveVideoEncoding = LiveVideoEncoding(), log=lambda msg: print(msg, file=sys.stderr)):
         self.name = f"stream:{url}"
-        self.url, self._fps, self._rate, self._enc = url, Fraction(fps).limit_denominator(1001), sample_rate_hz, encoding
+        self.url, self._fps, self._rate = url, Fraction(fps).limit_denominator(1001), sample_rate_hz
+        self._enc = encoding
         self._fmt = container_format(url)
         self._log = log
         self._out = None
