@@ -166,6 +166,27 @@ def _live_playout(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import logging
+
+    from realtime import threads
+    from realtime.config import EngineConfig
+    from realtime.generator import RuntimeConfig
+    from realtime.live import build_renderer
+    from realtime.web.server import StudioConfig, run_studio
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    threads.apply(threads.plan("live"))
+    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend, output_audio_rate_hz=48_000)
+    runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
+                            intra_op_threads=threads.current().inference_threads)
+
+    def build(path: str):
+        return build_renderer(path, args.checkpoint, runtime, cfg, engine=args.engine)
+
+    return run_studio(args.avatar, build, cfg, StudioConfig(host=args.host, port=args.port, token=args.token))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["render"]:
@@ -212,10 +233,23 @@ def main(argv=None) -> int:
     lv.add_argument("--mode", default="auto", choices=["auto", "capture", "playout"],
                     help="capture: audio is the clock, late frames skipped (microphone); playout: everything "
                          "pushed is played at the output clock's pace (TTS); auto: playout for burst pacing")
+    sv = sub.add_parser("serve", help="the browser studio: talk to the avatar over WebRTC")
+    sv.add_argument("--avatar", required=True, help="photo or video (switchable from the page)")
+    sv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
+    sv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"])
+    sv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
+    sv.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "int8-mixed", "bf16", "fp16"])
+    sv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    sv.add_argument("--fps", type=float, default=25.0)
+    sv.add_argument("--mel-offset", type=int, default=-1)
+    sv.add_argument("--blend", default="feather", choices=["feather", "hard"])
+    sv.add_argument("--host", default="127.0.0.1", help="a non-loopback host requires a token (printed at start)")
+    sv.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    sv.add_argument("--token", default=None, help="default: random when --host is not loopback")
     sub.add_parser("devices", help="list audio devices and virtual camera backends")
     args = ap.parse_args(argv)
     try:
-        return {"export": _export, "live": _live, "devices": _devices}[args.command](args)
+        return {"export": _export, "live": _live, "serve": _serve, "devices": _devices}[args.command](args)
     except (LipsyncError, EngineFailure) as e:
         # A run-time failure ends a status line that has no newline yet.
         print(f"{chr(10) if isinstance(e, EngineFailure) else ''}error: {e}", file=sys.stderr)
