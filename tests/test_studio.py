@@ -186,3 +186,53 @@ def test_studio_in_a_real_browser(tmp_path, speech_wav):
     assert doc["session_freed_after_close_s"] is not None and doc["session_freed_after_close_s"] < 5
     assert doc["server_exit"] == 0
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_python_peer_without_microphone_gets_25fps_video_and_the_spoken_file(speech_wav):
+    """An aiortc peer in this process plays the browser without a microphone: idle video paced
+    at 25 fps by its RTP timestamps, then the uploaded speech in the audio track, then an
+    interrupt that cuts it."""
+    from aiohttp import FormData
+    from aiohttp.test_utils import TestClient, TestServer
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from realtime.web.ice import offer_candidates_for
+
+    offer_candidates_for("127.0.0.1")  # both peers offer loopback only: nothing leaves the machine
+
+    async def level(track, n):
+        pcm = [(await track.recv()).to_ndarray().astype(np.float64) / 32768 for _ in range(n)]
+        return 20 * np.log10(np.sqrt(np.mean(np.concatenate(pcm, axis=1) ** 2)) + 1e-9)
+
+    async def go():
+        studio, app = _studio_app()
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.addTransceiver("video", direction="recvonly")
+            pc.addTransceiver("audio", direction="recvonly")
+            tracks = {}
+            pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
+            await pc.setLocalDescription(await pc.createOffer())
+            r = await client.post("/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+            assert r.status == 200, await r.text()
+            await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
+            video, audio = tracks["video"], tracks["audio"]
+            pts = [(await asyncio.wait_for(video.recv(), 20)).pts for _ in range(30)]
+            assert set(np.diff(pts)) == {3600}, np.diff(pts)  # 90 kHz / 25 fps, not aiortc's 30 fps
+            silent_db = await level(audio, 25)
+            form = FormData()
+            form.add_field("file", Path(speech_wav).read_bytes(), filename="speech.wav")
+            r = await client.post("/api/speak", data=form)
+            assert r.status == 200 and (await r.json())["seconds"] > 2
+            stats = await (await client.get("/api/stats")).json()
+            assert stats["session"]["mode"] == "speech"
+            speech_db = max([await level(audio, 25) for _ in range(6)])  # within ~3 s of the upload
+            r = await client.post("/api/interrupt")
+            assert (await r.json())["interrupted"] is True
+            assert silent_db < -60 and speech_db > -40, (silent_db, speech_db)
+            # After the cut the track is silent again (the crossfade and the sender's queue pass).
+            after = [await level(audio, 10) for _ in range(8)]
+            assert after[-1] < -60, after
+            await pc.close()
+
+    asyncio.run(go())
