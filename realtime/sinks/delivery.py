@@ -97,6 +97,13 @@ class SinkRunner:
                     self._on_error(EngineFailure.wrap(f"sink {self.sink.name}", e))
                 return
 
+    def counts(self) -> dict:
+        """Queue depth now and cumulative counts, for the per-interval stats."""
+        with self._cv:
+            return {"queued_video": self._videos, "queued_audio_ms": round(self._audio_ms, 1),
+                    "delivered": self.delivered, "video_dropped": self.video_dropped,
+                    "audio_dropped": self.audio_dropped}
+
     def close(self) -> None:
         """Deliver what is queued, then close the sink (files are finalised)."""
         with self._cv:
