@@ -181,8 +181,7 @@ class Engine:
         a, v = self._sent_audio_s, self._sent_video_s
         return {"queues": {q.name: len(q) for q in (self.audio_q, self.frames_q, self.sink_audio_q)},
                 "av_offset_ms": round(1000 * (a - v), 1) if a is not None and v is not None else None,
-                "sinks": {r.sink.name: {**r.counts(), **({"status": r.sink.status} if hasattr(r.sink, "status") else {})}
-                          for r in self._runners}}
+                "sinks": {r.sink.name: r.counts() for r in self._runners}}
 
     # -- worker -----------------------------------------------------------------------------------
     def _to_16k(self, pcm: np.ndarray, rate: int) -> np.ndarray:

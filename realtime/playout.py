@@ -333,8 +333,7 @@ class Playout:
         return {"queues": {"pending_audio_s": round(pending_s, 2), self._ahead.name: len(self._ahead),
                            **({self._reader.name: len(self._reader)} if self._reader is not None else {})},
                 "av_offset_ms": self._av_offset_ms,
-                "sinks": {r.sink.name: {**r.counts(), **({"status": r.sink.status} if hasattr(r.sink, "status") else {})}
-                          for r in self._runners}}
+                "sinks": {r.sink.name: r.counts() for r in self._runners}}
 
     def _guard(self, fn):
         def run():

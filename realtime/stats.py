@@ -167,6 +167,7 @@ class Stats:
             "interframe_gap_ms": _gap_percentiles(w.hists["gap"]),
             "cpu_percent": round(100 * (cpu - cpu0) / span / (os.cpu_count() or 1), 1),
             "rss_mb": round(rss_mb(), 1),
+            "threads": threading.active_count(),  # a leak shows as a count that keeps rising
         }
 
     @property

@@ -136,7 +136,7 @@ def test_intervals_hold_only_their_own_frames():
     assert second["processing_ms"]["p50"] == pytest.approx(50.0, rel=0.01)
     assert second["processing_ms"]["max"] == pytest.approx(50.0)
     assert set(first) >= {"t_s", "interval_s", "fps", "audio_to_frame_ms", "interframe_gap_ms", "cpu_percent",
-                          "rss_mb"}
+                          "rss_mb", "threads"}
     whole = stats.summary()  # the run as a whole still has both
     assert whole["frames"] == 81 and whole["processing_latency_ms"]["p50"] == pytest.approx(10.0, rel=0.01)
     assert stats.take_interval()["frames"] == 0
