@@ -44,8 +44,7 @@ def test_packaged_model_is_the_pinned_file():
 
 
 def test_pyproject_ships_the_model_as_package_data():
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert any(p.endswith(".tflite") or p == "data/*" for p in data.get("models", []))
 
