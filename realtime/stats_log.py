@@ -59,11 +59,21 @@ class StatsLog:
             self._write()
 
     def _write(self) -> None:
+        if self._f.closed:
+            return
         line = {"time_unix_s": round(time.time(), 3), **self._stats.take_interval()}
         if self._probe is not None:
             line.update(self._probe())
-        self._f.write(json.dumps(line) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(line) + "\n")
+            self._f.flush()
+        except OSError as e:  # a full disk ends the log, never the live session
+            log.warning("stats: writing %s failed (%s); no more interval lines", self.path, e.strerror)
+            try:
+                self._f.close()
+            except OSError:  # the close flushes the same failed buffer again
+                pass
+            return
         self.lines += 1
 
     def abandon(self) -> None:

@@ -260,3 +260,16 @@ def test_playout_mode_writes_interval_lines(tmp_path, photo, speech_wav):
         assert set(row["queues"]) == {"pending_audio_s", "playout_ahead"}
         assert row["av_offset_ms"] == 0.0  # each frame leaves with exactly its own audio
         assert 15 <= row["fps"] <= 35 and row["generated"] + row["idle"] + row.get("crossfade", 0) > 0
+
+
+def test_a_failing_disk_ends_the_log_not_the_session(caplog):
+    """/dev/full: every write fails with ENOSPC, as a full disk would."""
+    from realtime.stats_log import StatsLog, StatsLogConfig
+
+    stats = Stats()
+    log = StatsLog("/dev/full", StatsLogConfig(interval_s=3600))
+    log.start(stats, lambda: {"queues": {}})
+    _feed(stats, 10)
+    with caplog.at_level("WARNING", logger="realtime.stats_log"):
+        log.close()
+    assert log.lines == 0 and "No space left" in caplog.text
