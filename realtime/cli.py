@@ -7,6 +7,7 @@ import json
 import sys
 
 from models.errors import EngineFailure, LipsyncError
+from realtime.stats_log import StatsLogConfig
 
 
 def _export(args) -> int:
@@ -55,10 +56,16 @@ def _live(args) -> int:
 
     from realtime.live import build_engine, make_source
 
-    cfg, runtime, sinks = _session(args)
-    source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device)
-    engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop,
-                          engine=args.engine)
+    stats_log = _stats_log(args)  # a bad path fails now, not after the models have loaded
+    try:
+        cfg, runtime, sinks = _session(args)
+        source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device)
+        engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop,
+                              engine=args.engine)
+    except BaseException:
+        if stats_log is not None:
+            stats_log.abandon()  # no empty file left behind by a session that never started
+        raise
     done = threading.Event()
 
     def status():
@@ -70,17 +77,37 @@ def _live(args) -> int:
         print(f"live: {source.name} -> {', '.join(s.name for s in sinks)} with {engine.renderer.name} "
               "(Ctrl-C stops)", file=sys.stderr)
         threading.Thread(target=status, daemon=True).start()
+        if stats_log is not None:
+            stats_log.start(engine.stats, engine.gauges)
 
     try:
         summary = engine.run(source, args.duration, on_started=started)
     finally:
         done.set()
+        if stats_log is not None:
+            stats_log.close()
         print(file=sys.stderr)
     if getattr(source, "overflows", 0):
         summary["input_overflows"] = source.overflows
     if args.stats_json:
         engine.stats.write_json(args.stats_json)
     print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _stats_log(args):
+    if not args.stats_jsonl:
+        return None
+    from realtime.stats_log import StatsLog
+
+    return StatsLog(args.stats_jsonl, StatsLogConfig(interval_s=args.stats_interval))
+
+
+def _plot(args) -> int:
+    from realtime.stats_plot import plot_stats
+
+    plot_stats(args.jsonl, args.output)
+    print(f"plot: {args.output}", file=sys.stderr)
     return 0
 
 
@@ -119,11 +146,17 @@ def _live_playout(args) -> int:
     from realtime.playout import PlayoutConfig
 
     pcfg = PlayoutConfig()
-    cfg, runtime, sinks = _session(args, pcfg.output_rate_hz)
-    audio = decode_audio(args.audio)
-    pcm, rate = audio.pcm.mean(axis=0).astype("float32"), audio.sample_rate_hz
-    pl = build_playout(args.avatar, sinks, args.checkpoint, runtime, cfg, pcfg, loop=args.avatar_loop,
-                       engine=args.engine, reader=False)
+    stats_log = _stats_log(args)
+    try:
+        cfg, runtime, sinks = _session(args, pcfg.output_rate_hz)
+        audio = decode_audio(args.audio)
+        pcm, rate = audio.pcm.mean(axis=0).astype("float32"), audio.sample_rate_hz
+        pl = build_playout(args.avatar, sinks, args.checkpoint, runtime, cfg, pcfg, loop=args.avatar_loop,
+                           engine=args.engine, reader=False)
+    except BaseException:
+        if stats_log is not None:
+            stats_log.abandon()
+        raise
     print(f"live (playout, {args.audio_pacing} pushes): file:{args.audio} -> {', '.join(s.name for s in sinks)} "
           f"with {pl.renderer.name} (Ctrl-C stops)", file=sys.stderr)
     pl.start()
@@ -134,6 +167,8 @@ def _live_playout(args) -> int:
             print(f"\r{pl.stats.status_line()}", end="", file=sys.stderr, flush=True)
 
     threading.Thread(target=status, daemon=True).start()
+    if stats_log is not None:
+        stats_log.start(pl.stats, pl.gauges)
     piece = rate if args.audio_pacing == "burst" else rate // 50
     limit = None if args.duration is None else int(args.duration * rate)
     t0, sent = time.monotonic(), 0
@@ -158,6 +193,8 @@ def _live_playout(args) -> int:
         pass  # the playout failed; stop() reports why
     finally:
         done.set()
+        if stats_log is not None:
+            stats_log.close()
         print(file=sys.stderr)
     summary = pl.stop()  # raises EngineFailure if a thread or sink failed
     if args.stats_json:
@@ -226,7 +263,12 @@ def main(argv=None) -> int:
                     help="passthrough delay; ~ the measured audio-to-frame latency")
     lv.add_argument("--blend", default="feather", choices=["feather", "hard"],
                     help="feather: keypoint mask + colour match; hard: the reference rectangle")
-    lv.add_argument("--stats-json", default=None)
+    lv.add_argument("--stats-json", default=None, help="write the whole run's figures to this JSON file at the end")
+    lv.add_argument("--stats-jsonl", default=None, metavar="PATH",
+                    help="append one JSON line per interval while running (fps, drops, latency p50/p95/max, CPU, "
+                         "RSS, queues, A/V offset); draw it with `lipsync plot`")
+    lv.add_argument("--stats-interval", type=float, default=StatsLogConfig.interval_s, metavar="SECONDS",
+                    help="interval of --stats-jsonl lines")
     lv.add_argument("--audio-pacing", default="realtime", choices=["realtime", "burst"],
                     help="burst: push the file as a TTS engine would (1 s pieces, as fast as accepted); "
                          "implies --mode playout")
@@ -247,9 +289,12 @@ def main(argv=None) -> int:
     sv.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
     sv.add_argument("--token", default=None, help="default: random when --host is not loopback")
     sub.add_parser("devices", help="list audio devices and virtual camera backends")
+    pl = sub.add_parser("plot", help="draw a --stats-jsonl file (needs matplotlib: the bench extra)")
+    pl.add_argument("jsonl", help="the file `lipsync live --stats-jsonl` wrote")
+    pl.add_argument("-o", "--output", required=True, help="image to write (.png, .svg, .pdf)")
     args = ap.parse_args(argv)
     try:
-        return {"export": _export, "live": _live, "serve": _serve, "devices": _devices}[args.command](args)
+        return {"export": _export, "live": _live, "serve": _serve, "devices": _devices, "plot": _plot}[args.command](args)
     except (LipsyncError, EngineFailure) as e:
         # A run-time failure ends a status line that has no newline yet.
         print(f"{chr(10) if isinstance(e, EngineFailure) else ''}error: {e}", file=sys.stderr)

@@ -97,6 +97,18 @@ class SinkRunner:
                     self._on_error(EngineFailure.wrap(f"sink {self.sink.name}", e))
                 return
 
+    def counts(self) -> dict:
+        """Queue depth now and cumulative counts (with what the sink itself reports, e.g. a
+        stream's status and reconnects), for the per-interval stats."""
+        with self._cv:
+            out = {"queued_video": self._videos, "queued_audio_ms": round(self._audio_ms, 1),
+                   "delivered": self.delivered, "video_dropped": self.video_dropped,
+                   "audio_dropped": self.audio_dropped}
+        for key in ("status", "frames_lost", "reconnects"):
+            if hasattr(self.sink, key):
+                out[key] = getattr(self.sink, key)
+        return out
+
     def close(self) -> None:
         """Deliver what is queued, then close the sink (files are finalised)."""
         with self._cv:
