@@ -59,6 +59,8 @@ class Session:
         self.mic_frames = 0
         self.engine_errors: list[str] = []
         self.closed = asyncio.Event()
+        self.last_second: dict | None = None  # the engine's figures over the latest second
+        self._ticker = asyncio.ensure_future(self._take_seconds())
 
     # -- inputs -------------------------------------------------------------------------------------
     def attach_mic(self, track) -> None:
@@ -140,6 +142,15 @@ class Session:
             log.error("session: %s", msg)
         await self.close()
 
+    async def _take_seconds(self) -> None:
+        # The page charts per-second figures: one interval per second, taken here so that
+        # however many clients poll /api/stats, each second is counted once.
+        while not self.closed.is_set():
+            await asyncio.sleep(1.0)
+            engine = self.engine
+            if engine is not None:
+                self.last_second = await asyncio.to_thread(engine.stats.take_interval)
+
     # -- controls -----------------------------------------------------------------------------------
     async def speak(self, pcm: np.ndarray, rate: int) -> float:
         """Play decoded speech through the avatar; returns its duration in seconds."""
@@ -208,12 +219,14 @@ class Session:
         self.out.close()
         if self._mic_task is not None:
             self._mic_task.cancel()
+        self._ticker.cancel()
         await self.pc.close()
         log.info("session: closed")
 
     def stats(self) -> dict:
         engine = self.engine
         return {"mode": self.mode, "engine": engine.stats.summary() if engine is not None else None,
+                "last_second": self.last_second,
                 "webrtc": {**self.out.counters(), "mic_frames_in": self.mic_frames,
                            "connection": self.pc.connectionState},
                 "errors": list(self.engine_errors)}

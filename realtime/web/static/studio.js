@@ -229,9 +229,9 @@ async function tick() {
     if (pc) metrics.decodedFps.push([now, fps]);
   }
   lastSent = sent; lastDecoded = decoded; lastT = now; metrics.framesDecoded = decoded;
-  const eng = sess && sess.engine;
-  push("proc", eng ? eng.processing_latency_ms.p95 : null);
-  push("a2f", eng ? eng.audio_to_frame_ms.p95 : null);
+  const eng = sess && sess.engine, sec = sess && sess.last_second;
+  push("proc", sec ? sec.processing_ms.p95 : null);
+  push("a2f", sec ? sec.audio_to_frame_ms.p95 : null);
   const rt = metrics.rtts.map((r) => r.ms);
   push("rtt", rt.length ? rt[rt.length - 1] : null);
   push("rttP95", percentile(rt, 95));
