@@ -93,7 +93,7 @@ def one_case(sink_kind: str, size: tuple[int, int], encoding, seconds: float, wo
         runner.offer(VideoFrame(frames[k], i), AudioChunk(audio[k * 1920:(k + 1) * 1920], 48_000, i * 1920, 0))
     runner.close()
     process_cpu_s = time.process_time() - cpu0
-    c = runner.counters()
+    c = runner.counts()
     return {"sink": sink_kind, "size": f"{size[0]}x{size[1]}", "preset": encoding.preset,
             "sink_cpu_ms_per_frame": c["cpu_ms_per_frame"], "sink_cpu_percent_of_one_core": c["cpu_percent"],
             "process_cpu_ms_per_frame": round(1000 * process_cpu_s / n, 2), "frames": n,

@@ -7,6 +7,7 @@ import json
 import sys
 
 from models.errors import EngineFailure, LipsyncError
+from realtime.stats_log import StatsLogConfig
 
 
 def _export(args) -> int:
@@ -68,11 +69,17 @@ def _live(args) -> int:
 
     from realtime.live import build_engine, make_source
 
-    cfg, runtime, sinks = _session(args)
-    source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device,
-                         mic_give_up_after_s=args.mic_give_up_s)
-    engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop,
-                          engine=args.engine)
+    stats_log = _stats_log(args)  # a bad path fails now, not after the models have loaded
+    try:
+        cfg, runtime, sinks = _session(args)
+        source = make_source(args.audio, loop=args.loop, mic_device=args.mic_device,
+                             mic_give_up_after_s=args.mic_give_up_s)
+        engine = build_engine(args.avatar, sinks, args.checkpoint, runtime, cfg, loop=args.avatar_loop,
+                              engine=args.engine)
+    except BaseException:
+        if stats_log is not None:
+            stats_log.abandon()  # no empty file left behind by a session that never started
+        raise
     done = threading.Event()
 
     def status():
@@ -86,6 +93,8 @@ def _live(args) -> int:
         print(f"live: {source.name} -> {', '.join(s.name for s in sinks)} with {engine.renderer.name} "
               "(Ctrl-C stops)", file=sys.stderr)
         status_thread.start()
+        if stats_log is not None:
+            stats_log.start(engine.stats, engine.gauges)
 
     try:
         summary = engine.run(source, args.duration, on_started=started)
@@ -93,12 +102,30 @@ def _live(args) -> int:
         done.set()
         if status_thread.is_alive():  # its last status line must come before the summary or error
             status_thread.join(timeout=5)
+        if stats_log is not None:
+            stats_log.close()
         print(file=sys.stderr)
     if getattr(source, "overflows", 0):
         summary["input_overflows"] = source.overflows
     if args.stats_json:
         engine.stats.write_json(args.stats_json)
     print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _stats_log(args):
+    if not args.stats_jsonl:
+        return None
+    from realtime.stats_log import StatsLog
+
+    return StatsLog(args.stats_jsonl, StatsLogConfig(interval_s=args.stats_interval))
+
+
+def _plot(args) -> int:
+    from realtime.stats_plot import plot_stats
+
+    plot_stats(args.jsonl, args.output)
+    print(f"plot: {args.output}", file=sys.stderr)
     return 0
 
 
@@ -137,11 +164,17 @@ def _live_playout(args) -> int:
     from realtime.playout import PlayoutConfig
 
     pcfg = PlayoutConfig()
-    cfg, runtime, sinks = _session(args, pcfg.output_rate_hz)
-    audio = decode_audio(args.audio)
-    pcm, rate = audio.pcm.mean(axis=0).astype("float32"), audio.sample_rate_hz
-    pl = build_playout(args.avatar, sinks, args.checkpoint, runtime, cfg, pcfg, loop=args.avatar_loop,
-                       engine=args.engine, reader=False)
+    stats_log = _stats_log(args)
+    try:
+        cfg, runtime, sinks = _session(args, pcfg.output_rate_hz)
+        audio = decode_audio(args.audio)
+        pcm, rate = audio.pcm.mean(axis=0).astype("float32"), audio.sample_rate_hz
+        pl = build_playout(args.avatar, sinks, args.checkpoint, runtime, cfg, pcfg, loop=args.avatar_loop,
+                           engine=args.engine, reader=False)
+    except BaseException:
+        if stats_log is not None:
+            stats_log.abandon()
+        raise
     print(f"live (playout, {args.audio_pacing} pushes): file:{args.audio} -> {', '.join(s.name for s in sinks)} "
           f"with {pl.renderer.name} (Ctrl-C stops)", file=sys.stderr)
     pl.start()
@@ -153,6 +186,8 @@ def _live_playout(args) -> int:
 
     status_thread = threading.Thread(target=status, daemon=True)
     status_thread.start()
+    if stats_log is not None:
+        stats_log.start(pl.stats, pl.gauges)
     piece = rate if args.audio_pacing == "burst" else rate // 50
     limit = None if args.duration is None else int(args.duration * rate)
     t0, sent = time.monotonic(), 0
@@ -178,12 +213,35 @@ def _live_playout(args) -> int:
     finally:
         done.set()
         status_thread.join(timeout=5)
+        if stats_log is not None:
+            stats_log.close()
         print(file=sys.stderr)
     summary = pl.stop()  # raises EngineFailure if a thread or sink failed
     if args.stats_json:
         pl.stats.write_json(args.stats_json)
     print(json.dumps(summary), file=sys.stderr)
     return 0
+
+
+def _serve(args) -> int:
+    import logging
+
+    from realtime import threads
+    from realtime.config import EngineConfig
+    from realtime.generator import RuntimeConfig
+    from realtime.live import build_renderer
+    from realtime.web.server import StudioConfig, run_studio
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    threads.apply(threads.plan("live"))
+    cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend, output_audio_rate_hz=48_000)
+    runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
+                            intra_op_threads=threads.current().inference_threads)
+
+    def build(path: str):
+        return build_renderer(path, args.checkpoint, runtime, cfg, engine=args.engine)
+
+    return run_studio(args.avatar, build, cfg, StudioConfig(host=args.host, port=args.port, token=args.token))
 
 
 def main(argv=None) -> int:
@@ -228,7 +286,12 @@ def main(argv=None) -> int:
                     help="passthrough delay; ~ the measured audio-to-frame latency")
     lv.add_argument("--blend", default="feather", choices=["feather", "hard"],
                     help="feather: keypoint mask + colour match; hard: the reference rectangle")
-    lv.add_argument("--stats-json", default=None)
+    lv.add_argument("--stats-json", default=None, help="write the whole run's figures to this JSON file at the end")
+    lv.add_argument("--stats-jsonl", default=None, metavar="PATH",
+                    help="append one JSON line per interval while running (fps, drops, latency p50/p95/max, CPU, "
+                         "RSS, queues, A/V offset); draw it with `lipsync plot`")
+    lv.add_argument("--stats-interval", type=float, default=StatsLogConfig.interval_s, metavar="SECONDS",
+                    help="interval of --stats-jsonl lines")
     from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
 
     enc = LiveVideoEncoding()
@@ -245,10 +308,26 @@ def main(argv=None) -> int:
     lv.add_argument("--mode", default="auto", choices=["auto", "capture", "playout"],
                     help="capture: audio is the clock, late frames skipped (microphone); playout: everything "
                          "pushed is played at the output clock's pace (TTS); auto: playout for burst pacing")
+    sv = sub.add_parser("serve", help="the browser studio: talk to the avatar over WebRTC")
+    sv.add_argument("--avatar", required=True, help="photo or video (switchable from the page)")
+    sv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
+    sv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"])
+    sv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
+    sv.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "int8-mixed", "bf16", "fp16"])
+    sv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    sv.add_argument("--fps", type=float, default=25.0)
+    sv.add_argument("--mel-offset", type=int, default=-1)
+    sv.add_argument("--blend", default="feather", choices=["feather", "hard"])
+    sv.add_argument("--host", default="127.0.0.1", help="a non-loopback host requires a token (printed at start)")
+    sv.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
+    sv.add_argument("--token", default=None, help="default: random when --host is not loopback")
     sub.add_parser("devices", help="list audio devices and virtual camera backends")
+    pl = sub.add_parser("plot", help="draw a --stats-jsonl file (needs matplotlib: the bench extra)")
+    pl.add_argument("jsonl", help="the file `lipsync live --stats-jsonl` wrote")
+    pl.add_argument("-o", "--output", required=True, help="image to write (.png, .svg, .pdf)")
     args = ap.parse_args(argv)
     try:
-        return {"export": _export, "live": _live, "devices": _devices}[args.command](args)
+        return {"export": _export, "live": _live, "serve": _serve, "devices": _devices, "plot": _plot}[args.command](args)
     except (LipsyncError, EngineFailure) as e:
         # A run-time failure ends a status line that has no newline yet.
         print(f"{chr(10) if isinstance(e, EngineFailure) else ''}error: {e}", file=sys.stderr)

@@ -92,7 +92,9 @@ class Engine:
         self._error: BaseException | None = None
         self._source = None
         self._stopped: tuple[dict | None, BaseException | None] | None = None  # what stop() gave
-        self.stats.add_section("sinks", lambda: {r.sink.name: r.counters() for r in self._runners})
+        self.stats.add_section("sinks", lambda: {r.sink.name: r.counts() for r in self._runners})
+        # Media time (s) of the end of the last frame and of the last audio handed to the sinks.
+        self._sent_video_s = self._sent_audio_s = None
 
     # -- input ----------------------------------------------------------------------------------
     def push_audio(self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None,
@@ -194,6 +196,16 @@ class Engine:
                 log.warning("%s", e)
             raise
         return self.stop()
+
+    def gauges(self) -> dict:
+        """What the per-interval stats add from the engine: queue depths now, the A/V offset at
+        the hand-off to the sinks (media time of the audio sent minus that of the video sent:
+        how far the sound runs ahead of the pictures; both are stamped from one clock, so this
+        is buffering a muxer must absorb, not lip-sync error) and each sink's counts."""
+        a, v = self._sent_audio_s, self._sent_video_s
+        return {"queues": {q.name: len(q) for q in (self.audio_q, self.frames_q, self.sink_audio_q)},
+                "av_offset_ms": round(1000 * (a - v), 1) if a is not None and v is not None else None,
+                "sinks": {r.sink.name: r.counts() for r in self._runners}}
 
     # -- worker -----------------------------------------------------------------------------------
     def _to_16k(self, pcm: np.ndarray, rate: int) -> np.ndarray:
@@ -351,6 +363,10 @@ class Engine:
         self._drain_audio()
 
     def _to_sinks(self, frame: VideoFrame | None, chunk: AudioChunk | None) -> None:
+        if frame is not None:
+            self._sent_video_s = (frame.pts + 1) / self.cfg.fps
+        if chunk is not None:
+            self._sent_audio_s = (chunk.pts + chunk.samples) / chunk.sample_rate_hz
         if self._runners:
             for r in self._runners:
                 r.offer(frame, chunk)

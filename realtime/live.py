@@ -113,6 +113,12 @@ def build_playout(avatar: str, sinks: list, checkpoint: str | None = None, runti
     return Playout(av, renderer, sinks, cfg, pcfg or PlayoutConfig(), clock, deliver_to_reader=reader)
 
 
+def build_renderer(avatar: str, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
+                   cfg: EngineConfig = EngineConfig(), loop: str = "forward", log=None, engine: str = "auto"):
+    """(avatar, renderer) for `avatar` with no sinks: for hosts that build engines themselves."""
+    return _avatar_and_renderer(avatar, [], checkpoint, runtime, cfg, loop, log, engine)
+
+
 def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine):
     log = log or (lambda m: print(m, file=sys.stderr))
     kind, checkpoint = choose_engine(engine, checkpoint)

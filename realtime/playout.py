@@ -161,7 +161,7 @@ class Playout:
                              f"at {cfg.fps} fps")
         self._spf_out = round(out_per_frame)
         self._runners = [SinkRunner(s, cfg.fps, on_error=self._fail) for s in sinks]
-        self.stats.add_section("sinks", lambda: {r.sink.name: r.counters() for r in self._runners})
+        self.stats.add_section("sinks", lambda: {r.sink.name: r.counts() for r in self._runners})
         self._stopped: tuple[dict | None, EngineFailure | None] | None = None  # what stop() gave
         self._reader = BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out") \
             if deliver_to_reader else None
@@ -189,6 +189,7 @@ class Playout:
         self._alpha_shown = 0.0  # blend weight of the last speech frame shown (where a fade starts)
         self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
         self._silence = np.zeros(self._spf_out, np.float32)
+        self._av_offset_ms = None  # media time of the audio sent minus that of the video, at _emit
 
     # -- API ----------------------------------------------------------------------------------------
     def on_event(self, callback) -> None:
@@ -338,6 +339,17 @@ class Playout:
         out = self.stats.summary()
         out["sink_frames_dropped"] = {r.sink.name: r.video_dropped for r in self._runners}
         return out
+
+    def gauges(self) -> dict:
+        """Queue depths now (pushed audio waiting, frames made ahead, the reader's queue), the A/V
+        offset at the hand-off to the sinks (0: every frame leaves with exactly its own audio)
+        and each sink's counts; for the per-interval stats."""
+        with self._cv:
+            pending_s = self._pending_s
+        return {"queues": {"pending_audio_s": round(pending_s, 2), self._ahead.name: len(self._ahead),
+                           **({self._reader.name: len(self._reader)} if self._reader is not None else {})},
+                "av_offset_ms": self._av_offset_ms,
+                "sinks": {r.sink.name: r.counts() for r in self._runners}}
 
     def _guard(self, fn):
         def run():
@@ -606,6 +618,7 @@ class Playout:
             cb(kind, payload)
 
     def _emit(self, video: VideoFrame, audio: AudioChunk) -> None:
+        self._av_offset_ms = round(1000 * (audio.pts / audio.sample_rate_hz - video.pts / self.cfg.fps), 1)
         for r in self._runners:
             r.offer(video, audio)
         if self._reader is not None:

@@ -1,4 +1,10 @@
-"""Per-frame latency records -> percentiles, JSON and a one-line status."""
+"""Per-frame latency records -> percentiles, JSON, a one-line status and per-interval figures.
+
+Latencies go into fixed-memory histograms (realtime.histogram: percentiles within 1%), two of
+each: one for the whole run (`summary`, the status line) and one for the current interval
+(`take_interval`, the --stats-jsonl time series), so memory and the cost of a status line stay
+the same after a minute or after a week.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +15,28 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+from realtime.histogram import LogHistogram
+
+_METRICS = ("processing", "audio_to_frame", "gap")
+_KINDS = ("generated", "idle", "dropped", "no_face")
 
 
-def _percentiles(values) -> dict:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    a = np.asarray(values, dtype=np.float64)
-    return {k: round(float(np.percentile(a, q)), 2) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))}
+def _round(v):
+    return None if v is None else round(float(v), 2)
 
 
-def _gap_percentiles(values) -> dict:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    a = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p99": round(float(np.percentile(a, 99)), 2),
-            "max": round(float(a.max()), 2)}
+def _percentiles(h: LogHistogram) -> dict:
+    return dict(zip(("p50", "p95", "p99"), map(_round, h.quantiles((0.50, 0.95, 0.99)))))
+
+
+def _gap_percentiles(h: LogHistogram) -> dict:
+    p50, p99 = h.quantiles((0.50, 0.99))
+    return {"p50": _round(p50), "p99": _round(p99), "max": _round(h.max if h.count else None)}
+
+
+def _p50_p95_max(h: LogHistogram) -> dict:
+    p50, p95 = h.quantiles((0.50, 0.95))
+    return {"p50": _round(p50), "p95": _round(p95), "max": _round(h.max if h.count else None)}
 
 
 def rss_mb() -> float:
@@ -36,6 +48,21 @@ def rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Window:
+    """What one interval (or the whole run) accumulates: frame counts by kind and latencies."""
+
+    def __init__(self):
+        self.hists = {m: LogHistogram() for m in _METRICS}
+        self.kinds: dict[str, int] = {}
+        self.frames = 0
+
+    def reset(self) -> None:
+        for h in self.hists.values():
+            h.reset()
+        self.kinds.clear()
+        self.frames = 0
 
 
 class Stats:
@@ -51,13 +78,15 @@ class Stats:
         self.audio_overruns = 0
         self.late = 0  # playout: ticks whose speech frame was not made in time (previous frame held)
         self.other: dict[str, int] = {}  # further frame kinds (playout: crossfade, held)
-        self._gaps_ms: list[float] = []
-        self._processing_ms: list[float] = []
-        self._audio_to_frame_ms: list[float] = []
+        self._all, self._win = _Window(), _Window()
         self._first_ns = self._last_ns = None
         self._cpu0 = time.process_time()
         self._wall0 = time.monotonic()
-        self._sections: dict = {}  # name -> callable returning a dict (e.g. per-sink counters)
+        # Where the current interval started, and the counters that are bumped from outside
+        # (audio_overruns, late) as they stood then.
+        self._win_cpu0, self._win_wall0 = self._cpu0, self._wall0
+        self._win_overruns0 = self._win_late0 = 0
+        self._sections: dict = {}  # name -> callable returning a dict (e.g. per-sink counts)
 
     def add_section(self, name: str, fn) -> None:
         """Report `fn()` under `name` in every summary; `fn` takes its own locks, not this one's."""
@@ -76,37 +105,92 @@ class Stats:
                 self.no_face += 1
             else:
                 self.other[kind] = self.other.get(kind, 0) + 1
+            w = self._win
+            w.frames += 1
+            w.kinds[kind] = w.kinds.get(kind, 0) + 1
+            values = []
             if self._last_ns is not None:
-                self._gaps_ms.append((accepted_ns - self._last_ns) / 1e6)
+                values.append(("gap", (accepted_ns - self._last_ns) / 1e6))
             if ready_ns is not None and kind != "dropped":
-                self._processing_ms.append((accepted_ns - ready_ns) / 1e6)
+                values.append(("processing", (accepted_ns - ready_ns) / 1e6))
             if capture_ns is not None and kind != "dropped":
-                self._audio_to_frame_ms.append((accepted_ns - capture_ns) / 1e6)
+                values.append(("audio_to_frame", (accepted_ns - capture_ns) / 1e6))
+            for metric, ms in values:
+                h = self._all.hists[metric]
+                b = h.bucket(ms)
+                h.add(ms, b)
+                w.hists[metric].add(ms, b)
             self._first_ns = accepted_ns if self._first_ns is None else self._first_ns
             self._last_ns = accepted_ns
 
     def summary(self) -> dict:
+        """The whole run, with the sections added by `add_section`."""
         out = self._summary()
         for name, fn in list(self._sections.items()):
             out[name] = fn()
         return out
 
     def _summary(self) -> dict:
+        """The histograms are copied under the lock (a few KB) and read outside it, so the sink
+        thread never waits on a percentile."""
         with self._lock:
-            span_s = ((self._last_ns - self._first_ns) / 1e9) if self.frames > 1 else 0.0
-            wall = max(1e-9, time.monotonic() - self._wall0)
-            return {
-                "fps_sustained": round((self.frames - 1) / span_s, 2) if span_s > 0 else None,
-                "frames": self.frames, "generated": self.generated, "idle": self.idle,
-                "dropped": self.dropped, "no_face": self.no_face, "audio_overruns": self.audio_overruns,
-                "processing_latency_ms": _percentiles(self._processing_ms),
-                "audio_to_frame_ms": _percentiles(self._audio_to_frame_ms),
-                "interframe_gap_ms": _gap_percentiles(self._gaps_ms),
-                **({"late": self.late} if self.late else {}),
-                **{k: v for k, v in self.other.items()},
-                "cpu_percent": round(100 * (time.process_time() - self._cpu0) / wall / (os.cpu_count() or 1), 1),
-                "rss_mb": round(rss_mb(), 1),
-            }
+            hists = {m: h.copy() for m, h in self._all.hists.items()}
+            frames, span_ns = self.frames, (self._last_ns - self._first_ns) if self.frames > 1 else 0
+            counts = {"frames": self.frames, "generated": self.generated, "idle": self.idle,
+                      "dropped": self.dropped, "no_face": self.no_face, "audio_overruns": self.audio_overruns}
+            late, other = self.late, dict(self.other)
+        span_s = span_ns / 1e9
+        wall = max(1e-9, time.monotonic() - self._wall0)
+        return {
+            "fps_sustained": round((frames - 1) / span_s, 2) if span_s > 0 else None,
+            **counts,
+            "processing_latency_ms": _percentiles(hists["processing"]),
+            "audio_to_frame_ms": _percentiles(hists["audio_to_frame"]),
+            "interframe_gap_ms": _gap_percentiles(hists["gap"]),
+            **({"late": late} if late else {}),
+            **other,
+            "cpu_percent": round(100 * (time.process_time() - self._cpu0) / wall / (os.cpu_count() or 1), 1),
+            "rss_mb": round(rss_mb(), 1),
+        }
+
+    def take_interval(self) -> dict:
+        """Figures for the time since the previous call (or since start), then a fresh interval:
+        fps, frames by kind, processing / audio-to-frame latency and inter-frame gap
+        percentiles, CPU (% of all cores) and RSS. Counts are those of the interval only."""
+        with self._lock:
+            w, self._win = self._win, _Window()
+            now, cpu = time.monotonic(), time.process_time()
+            overruns, late = self.audio_overruns - self._win_overruns0, self.late - self._win_late0
+            self._win_overruns0, self._win_late0 = self.audio_overruns, self.late
+            wall0, cpu0 = self._win_wall0, self._win_cpu0
+            self._win_wall0, self._win_cpu0 = now, cpu
+        span = max(1e-9, now - wall0)
+        return {
+            "t_s": round(now - self._wall0, 3),
+            "interval_s": round(span, 3),
+            "fps": round(w.frames / span, 2),
+            "frames": w.frames,
+            **{k: w.kinds.get(k, 0) for k in _KINDS},
+            **{k: n for k, n in w.kinds.items() if k not in _KINDS},
+            "late": late,
+            "audio_overruns": overruns,
+            "processing_ms": _p50_p95_max(w.hists["processing"]),
+            "audio_to_frame_ms": _p50_p95_max(w.hists["audio_to_frame"]),
+            "interframe_gap_ms": _gap_percentiles(w.hists["gap"]),
+            "cpu_percent": round(100 * (cpu - cpu0) / span / (os.cpu_count() or 1), 1),
+            "rss_mb": round(rss_mb(), 1),
+            "threads": threading.active_count(),  # a leak shows as a count that keeps rising
+        }
+
+    @property
+    def interval_frames(self) -> int:
+        """Frames recorded since the current interval began."""
+        return self._win.frames
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the latency summaries: fixed, whatever the run length."""
+        return sum(h.nbytes for w in (self._all, self._win) for h in w.hists.values())
 
     def status_line(self) -> str:
         s = self.summary()

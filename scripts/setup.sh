@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng sox libportaudio2 libgl1 libglib2.0-0 pulseaudio pulseaudio-utils libasound2-plugins nginx libnginx-mod-rtmp)
+APT_PACKAGES=(espeak-ng sox libportaudio2 libgl1 libglib2.0-0 pulseaudio pulseaudio-utils libasound2-plugins nginx libnginx-mod-rtmp chromium iproute2)
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     missing=()
     for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -27,5 +27,5 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" "$TORCH" 2>/dev/null \
         || "${PIP[@]}" "$TORCH" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
-"${PIP[@]}" -e ".[cpu,openvino,torch,test,bench,livekit,pipecat]"
+"${PIP[@]}" -e ".[cpu,openvino,torch,web,test,bench,livekit,pipecat]"
 echo "setup done: .venv is ready" >&2

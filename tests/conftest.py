@@ -49,7 +49,7 @@ def generator_ckpt(assets, photo, speech_wav):
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
-    """Every test session gets its own lipsync cache (face model, detections, exports)."""
+    """Every test session gets its own lipsync cache (detections, exports, avatars)."""
     return tmp_path_factory.mktemp("lipsync-cache")
 
 

@@ -118,14 +118,23 @@ class SinkRunner:
             finally:
                 self.cpu_s += time.thread_time() - cpu0
 
-    def counters(self) -> dict:
-        """What this sink got, lost and cost: for the stats (cpu_percent is of one core)."""
+    def counts(self) -> dict:
+        """Queue depth now, cumulative counts (with what the sink itself reports, e.g. a stream's
+        status and reconnects) and what the sink costs: its thread's CPU seconds so far, per
+        frame delivered, and as % of one core; for the stats and the per-interval lines."""
+        with self._cv:
+            out = {"queued_video": self._videos, "queued_audio_ms": round(self._audio_ms, 1),
+                   "delivered": self.delivered, "video_dropped": self.video_dropped,
+                   "audio_dropped": self.audio_dropped}
         end_s = self._ended_s if self._ended_s is not None else time.monotonic()
         wall_s = end_s - self._started_s if self._started_s is not None else 0.0
-        return {"delivered": self.delivered, "video_dropped": self.video_dropped,
-                "audio_dropped": self.audio_dropped,
-                "cpu_ms_per_frame": round(1000 * self.cpu_s / self.delivered, 2) if self.delivered else None,
-                "cpu_percent": round(100 * self.cpu_s / wall_s, 1) if wall_s > 0 else None}
+        out.update(cpu_s=round(self.cpu_s, 3),
+                   cpu_ms_per_frame=round(1000 * self.cpu_s / self.delivered, 2) if self.delivered else None,
+                   cpu_percent=round(100 * self.cpu_s / wall_s, 1) if wall_s > 0 else None)
+        for key in ("status", "frames_lost", "reconnects"):
+            if hasattr(self.sink, key):
+                out[key] = getattr(self.sink, key)
+        return out
 
     def close(self) -> None:
         """Deliver what is queued, then close the sink (files are finalised). Only the first call

@@ -1,0 +1,1 @@
+"""The browser studio (`lipsync serve`): aiohttp + aiortc. Imported only by that command."""
