@@ -242,3 +242,13 @@ def test_a_static_batch_one_openvino_decoder_runs_batches(parts, generator_ckpt,
     for i in range(3):
         one = run({"mel": mels[i:i + 1], **dict(zip(SKIP_NAMES, both[i]))})[0]
         np.testing.assert_allclose(batched[i:i + 1], one, atol=1e-5)
+
+
+def test_warm_up_runs_each_batch_size_once_before_sessions(parts):
+    gen, (a, _) = parts
+    rec = Recording(gen)
+    svc = GeneratorService(rec, ServiceConfig(max_batch=3))
+    svc.register_avatar("a", a)
+    svc.warm_up(range(2, 6))  # sizes past max_batch are not warmed: never run
+    assert [len(b) for b in rec.batches] == [2, 3]
+    assert svc.summary()["batches"] == 0  # warm-up is not counted as served work

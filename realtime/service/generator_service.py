@@ -106,6 +106,7 @@ class GeneratorService:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._batchable = True
+        self._decoding = threading.Lock()  # runtimes' requests are not safe to run from two threads
         self.stats = ServiceStats(cfg.stats_window)
 
     # -- registry ---------------------------------------------------------------------------------
@@ -162,6 +163,26 @@ class GeneratorService:
             self._thread = threading.Thread(target=self._serve, name="lipsync-generator-service", daemon=True)
             self._thread.start()
         return self
+
+    def warm_up(self, batch_sizes) -> None:
+        """Run each batch size once now, on the first registered avatar: a runtime that compiles
+        per batch size (the OpenVINO int8 IR) would otherwise stall every session on the first
+        batch of a new size. Call before sessions start (it runs on the caller's thread)."""
+        with self._cv:
+            avatar = next(iter(self._avatars.values()), None)
+        if avatar is None:
+            return
+        feats = avatar.features_at(0)
+        for b in batch_sizes:
+            if b < 2 or b > self.cfg.max_batch or not self._batchable:
+                continue
+            mels = np.zeros((b, 1, 80, 16), np.float32)
+            try:
+                with self._decoding:
+                    self.gen.decode(mels, [np.concatenate([f] * b) for f in feats])
+            except Exception as e:
+                log.warning("generator service: the decoder refused a batch of %d (%s); decoding one by one", b, e)
+                self._batchable = False
 
     def close(self) -> None:
         """Stop the thread; whatever is still queued resolves to DROPPED."""
@@ -234,7 +255,8 @@ class GeneratorService:
 
         t0 = time.perf_counter()
         try:
-            outs = self._decode(batch)
+            with self._decoding:
+                outs = self._decode(batch)
         except BaseException as e:  # the sessions waiting on these get the error, the service lives on
             log.exception("generator service: a batch of %d failed", len(batch))
             for r in batch:

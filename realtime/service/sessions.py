@@ -168,6 +168,8 @@ class SessionHost:
         return session.start()
 
     def start_all(self) -> None:
+        waiting = [s for s in self.sessions.values() if s.state == "created"]
+        self.service.warm_up(range(2, len(waiting) + 1))
         for sid, s in list(self.sessions.items()):
             if s.state == "created":
                 self.start(sid)
