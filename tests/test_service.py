@@ -252,3 +252,97 @@ def test_warm_up_runs_each_batch_size_once_before_sessions(parts):
     svc.warm_up(range(2, 6))  # sizes past max_batch are not warmed: never run
     assert [len(b) for b in rec.batches] == [2, 3]
     assert svc.summary()["batches"] == 0  # warm-up is not counted as served work
+
+
+def test_a_dead_service_thread_fails_every_waiting_and_later_request(parts):
+    """Not a decode error (those go to their batch): the thread itself breaks. Queued requests
+    and later submits fail at once with GeneratorServiceDown instead of never resolving."""
+    from realtime.service import GeneratorServiceDown
+
+    gen, (a, _) = parts
+    svc = GeneratorService(gen)
+    svc.register_avatar("a", a)
+
+    def broken_scheduler(now_ns):
+        raise RuntimeError("scheduler bug on purpose")
+
+    svc._take = broken_scheduler  # the decoder thread's own code fails, outside any decode
+    queued = [svc.submit("a", 0, mel(1), None), svc.submit("a", 0, mel(2), None)]
+    svc.start()
+    for f in queued:
+        with pytest.raises(GeneratorServiceDown, match="scheduler bug on purpose"):
+            f.result(timeout=10)
+    later = svc.submit("a", 0, mel(3), None)
+    with pytest.raises(GeneratorServiceDown, match="decoder thread died of RuntimeError"):
+        later.result(timeout=0)  # already resolved: no thread is needed to fail it
+    assert isinstance(svc.down, GeneratorServiceDown)
+    svc.close()
+
+
+def test_sessions_end_cleanly_when_the_service_thread_dies(parts, speech_wav):
+    from realtime.service import GeneratorServiceDown
+    from realtime.sources.file import FileSource
+
+    gen, (a, b) = parts
+    svc = GeneratorService(gen, ServiceConfig(max_batch=4))
+    host = SessionHost(svc, EngineConfig(blend="hard"))
+    sinks = [CountingSink(), CountingSink()]
+    host.add("s1", a, [sinks[0]], FileSource(str(speech_wav), loop=True))
+    host.add("s2", b, [sinks[1]], FileSource(str(speech_wav), loop=True))
+    host.start_all()
+    for s in sinks:
+        assert s.wait_for(10, 30), "sessions did not stream before the break"
+
+    def broken_scheduler(now_ns):
+        raise RuntimeError("scheduler bug on purpose")
+
+    svc._take = broken_scheduler
+    with svc._cv:  # wake the thread so it meets the bug now
+        svc._cv.notify_all()
+    for sid in ("s1", "s2"):
+        session = host.sessions[sid]
+        assert session.wait(30), f"session {sid} hung on a dead service"
+        assert session.state == "failed"
+        assert isinstance(session.error, GeneratorServiceDown), repr(session.error)
+    host.close()
+
+
+class Stuck:
+    """The real decoder until `hold` is set: then each call blocks until `release` is set."""
+
+    def __init__(self, gen):
+        self.gen, self.hold, self.release, self.entered = gen, threading.Event(), threading.Event(), threading.Event()
+
+    def decode(self, mels, feats):
+        if self.hold.is_set():
+            self.entered.set()
+            self.release.wait(60)
+        return self.gen.decode(mels, feats)
+
+
+def test_a_stuck_decoder_costs_sessions_dropped_frames_not_a_hang(parts, speech_wav):
+    """The thread lives but answers nothing: each session waits no longer than the frame's
+    deadline plus grace, shows the previous frame, counts a drop, and streams on."""
+    from realtime.service import HostConfig, WaitConfig
+    from realtime.sources.file import FileSource
+
+    gen, (a, _) = parts
+    stuck = Stuck(gen)
+    svc = GeneratorService(stuck, ServiceConfig(max_batch=4))
+    host = SessionHost(svc, EngineConfig(blend="hard"), HostConfig(wait=WaitConfig(grace_ms=50)))
+    sink = CountingSink()
+    host.add("s1", a, [sink], FileSource(str(speech_wav), loop=True))
+    host.start_all()
+    assert sink.wait_for(10, 30)
+    stuck.hold.set()
+    assert stuck.entered.wait(30), "the decoder was never called after the hold"
+    seen = sink.frames
+    assert sink.wait_for(seen + 25, 30), "the session stopped delivering frames while the decoder was stuck"
+    session = host.sessions["s1"]
+    assert not session.done
+    renderer = session.engine.renderer
+    assert renderer.timeouts >= 1
+    stuck.release.set()
+    summary = host.close()["s1"]
+    assert session.state == "stopped"
+    assert summary["dropped"] >= 1

@@ -11,6 +11,10 @@ deadline on the sessions' clock. One thread runs the decoder:
     capture engine would have dropped the frame itself (see realtime.engine, max_lateness_ms);
   * fair across sessions: a batch takes each session's earliest request before anyone's second,
     so a session that floods the queue cannot push the others out of a batch.
+
+If the thread itself dies (a bug, not a decode error: those go to the requests of that batch),
+every queued and later request fails with GeneratorServiceDown, so no session waits on a future
+nobody will resolve; ServiceRenderer also bounds its wait by the frame's deadline.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.errors import EngineFailure
 from realtime.clock import MediaClock, MonotonicClock
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,10 @@ class _Dropped:
 
 
 DROPPED = _Dropped()  # what a dropped request's future resolves to
+
+
+class GeneratorServiceDown(EngineFailure):
+    """The service's decoder thread died: no request will be served again by this service."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ class GeneratorService:
         self._cv = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._down: GeneratorServiceDown | None = None  # set once, when the thread dies
+        self._inflight: list[_Request] = []  # taken off the queue, not yet resolved
         self._batchable = True
         self._decoding = threading.Lock()  # runtimes' requests are not safe to run from two threads
         self.stats = ServiceStats(cfg.stats_window)
@@ -145,6 +156,9 @@ class GeneratorService:
         with self._cv:
             if avatar_id not in self._avatars:
                 raise KeyError(f"avatar {avatar_id!r} is not registered with this generator service")
+            if self._down is not None:
+                req.future.set_exception(self._down)
+                return req.future
             if self._closed:
                 req.future.set_result(DROPPED)
                 return req.future
@@ -156,6 +170,24 @@ class GeneratorService:
             self._pending.append(req)
             self._cv.notify_all()
         return req.future
+
+    def withdraw(self, future: Future) -> bool:
+        """A waiter that gave up (ServiceRenderer past its deadline): the request leaves the
+        queue unserved, counted as a drop. False when it was already taken into a batch."""
+        with self._cv:
+            mine = [r for r in self._pending if r.future is future]
+            if not mine:
+                return False
+            self._pending.remove(mine[0])
+            self.stats.dropped_late += 1
+            self.stats.session(mine[0].session)["dropped"] += 1
+        future.set_result(DROPPED)
+        return True
+
+    @property
+    def down(self) -> GeneratorServiceDown | None:
+        """Why the decoder thread died, or None while it lives (or was never started)."""
+        return self._down
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> "GeneratorService":
@@ -184,13 +216,16 @@ class GeneratorService:
                 log.warning("generator service: the decoder refused a batch of %d (%s); decoding one by one", b, e)
                 self._batchable = False
 
-    def close(self) -> None:
-        """Stop the thread; whatever is still queued resolves to DROPPED."""
+    def close(self, timeout_s: float | None = 30.0) -> None:
+        """Stop the thread; whatever is still queued resolves to DROPPED. A decoder stuck in a
+        call is not waited on past `timeout_s` (the thread is a daemon)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("generator service: the decoder thread did not stop within %s s", timeout_s)
         with self._cv:
             gone, self._pending = self._pending, []
         for r in gone:
@@ -208,6 +243,24 @@ class GeneratorService:
 
     # -- the decoder thread -----------------------------------------------------------------------
     def _serve(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a bug in the thread itself: fail everyone now, not never
+            self._die(e)
+
+    def _die(self, e: BaseException) -> None:
+        log.error("generator service: the decoder thread died", exc_info=e)
+        down = GeneratorServiceDown(f"generator service stopped: its decoder thread died of {type(e).__name__}: {e}")
+        down.__cause__ = e
+        with self._cv:
+            self._down = down
+            gone = self._pending + self._inflight
+            self._pending, self._inflight = [], []
+        for r in gone:
+            if not r.future.done():  # only this thread resolves taken requests: no race here
+                r.future.set_exception(down)
+
+    def _loop(self) -> None:
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._pending or self._closed)
@@ -217,10 +270,13 @@ class GeneratorService:
                     self._cv.wait_for(lambda: len(self._pending) >= self.cfg.max_batch or self._closed,
                                       self.cfg.batch_wait_ms / 1000)
                 batch, late = self._take(self.clock.now_ns())
+                self._inflight = batch + late
             for r in late:
                 r.future.set_result(DROPPED)
             if batch:
                 self._run(batch)
+            with self._cv:
+                self._inflight = []
 
     def _take(self, now_ns: int) -> tuple[list[_Request], list[_Request]]:
         """(batch, expired) out of the queue; called with the lock held."""

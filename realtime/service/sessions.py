@@ -17,11 +17,12 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
 
-from models.errors import LipsyncError
+from models.errors import EngineFailure, LipsyncError
 from realtime.clock import MonotonicClock
 from realtime.config import EngineConfig
 from realtime.engine import Engine, FrameDropped, Wav2LipRenderer
@@ -30,20 +31,47 @@ from realtime.service.generator_service import DROPPED, GeneratorService
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class WaitConfig:
+    """How long a session waits on the service for one face. Past the frame's deadline the
+    service would drop the request itself; the grace covers a batch that started just before
+    the deadline (one batch decode). Without a deadline (offline) the wait is still bounded: a
+    service that answers nothing for that long is broken, and the session fails."""
+
+    grace_ms: float = 100.0
+    no_deadline_wait_s: float = 60.0
+
+
 class ServiceRenderer(Wav2LipRenderer):
     """Wav2LipRenderer whose faces come from a GeneratorService; compositing stays in the
-    session's own worker thread."""
+    session's own worker thread. The wait for a face is bounded (WaitConfig): a late or stuck
+    service costs this session dropped frames, a dead one ends it with GeneratorServiceDown."""
 
     wants_deadline = True  # the engine sets deadline_ns before each render
 
     def __init__(self, service: GeneratorService, avatar_id: str, avatar, blend: str = "feather",
-                 session: str | None = None):
+                 session: str | None = None, wait: WaitConfig = WaitConfig()):
         super().__init__(service, avatar, blend)
         self.service, self.avatar_id, self.session = service, avatar_id, session or avatar_id
+        self.wait = wait
         self.deadline_ns: int | None = None
+        self.timeouts = 0  # faces given up on past deadline + grace (also counted as drops)
 
     def face(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
-        out = self.service.submit(self.avatar_id, idx, mel_window, self.deadline_ns, self.session).result()
+        fut = self.service.submit(self.avatar_id, idx, mel_window, self.deadline_ns, self.session)
+        if self.deadline_ns is None:
+            timeout_s = self.wait.no_deadline_wait_s
+        else:
+            timeout_s = max(0, self.deadline_ns - self.service.clock.now_ns()) / 1e9 + self.wait.grace_ms / 1000
+        try:
+            out = fut.result(timeout_s)
+        except FutureTimeout:
+            self.service.withdraw(fut)  # still queued: nobody will want it now
+            if self.deadline_ns is None:
+                raise EngineFailure(f"generator service: no answer for avatar frame {idx} "
+                                    f"within {timeout_s:g} s (no deadline given)") from None
+            self.timeouts += 1
+            raise FrameDropped(f"no face for avatar frame {idx} by its deadline + {self.wait.grace_ms:g} ms") from None
         if out is DROPPED:
             raise FrameDropped(f"frame of avatar frame {idx} dropped past its deadline")
         return out
@@ -132,6 +160,7 @@ def van_der_corput(k: int) -> float:
 @dataclass(frozen=True)
 class HostConfig:
     stagger: bool = True  # False: every session starts at once (aligned clocks; for comparison)
+    wait: WaitConfig = WaitConfig()
 
 
 class SessionHost:
@@ -155,7 +184,8 @@ class SessionHost:
                 raise ValueError(f"session {session_id!r} is already running")
         avatar_id = avatar_id or session_id
         self.service.register_avatar(avatar_id, avatar)
-        renderer = ServiceRenderer(self.service, avatar_id, avatar, self.cfg.blend, session=session_id)
+        renderer = ServiceRenderer(self.service, avatar_id, avatar, self.cfg.blend, session=session_id,
+                                   wait=self.host.wait)
         engine = Engine(avatar, renderer, sinks, self.cfg, self.clock)
         session = LiveSession(session_id, engine, source, duration_s, on_end=self._ended)
         with self._lock:
