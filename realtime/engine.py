@@ -47,12 +47,17 @@ class Wav2LipRenderer:
             avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float):
-        face = to_uint8_faces(self.face(idx, mel_window))[0]
+        face = self.face_u8(idx, mel_window)
         if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
             face = full_face(face, self.avatar.crops[idx])
         if self.blend == "feather":
             return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.keypoints()[idx])
         return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
+
+    def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
+        """The face for avatar frame `idx` as (rows, 96, 3) uint8; a renderer whose faces come
+        from another process overrides this to ship a quarter of the bytes."""
+        return to_uint8_faces(self.face(idx, mel_window))[0]
 
     def face(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
         """The decoder's output for avatar frame `idx`: (1, 3, rows, 96) in [0, 1]. A shared

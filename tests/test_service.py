@@ -346,3 +346,20 @@ def test_a_stuck_decoder_costs_sessions_dropped_frames_not_a_hang(parts, speech_
     summary = host.close()["s1"]
     assert session.state == "stopped"
     assert summary["dropped"] >= 1
+
+
+def test_a_waiter_that_cancels_its_future_neither_kills_the_service_nor_gets_decoded(parts):
+    """asyncio.wrap_future cancels the service's future when the awaiting task is cancelled
+    (the Ray backend's service actor): the decoder thread must live on."""
+    gen, (a, _) = parts
+    rec = Recording(gen)
+    svc = GeneratorService(rec)
+    svc.register_avatar("a", a)
+    gone = svc.submit("a", 0, mel(1), None)
+    assert gone.cancel()
+    kept = svc.submit("a", 0, mel(2), None)
+    with svc:
+        assert kept.result(timeout=30) is not DROPPED
+        assert svc.down is None
+    assert rec.batches == [[2]]
+    assert svc.summary()["cancelled"] == 1

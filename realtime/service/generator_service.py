@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +39,22 @@ class _Dropped:
 
 
 DROPPED = _Dropped()  # what a dropped request's future resolves to
+
+
+def _resolve(future: Future, value) -> None:
+    """A waiter may cancel its future (asyncio.wrap_future does when the awaiting task is
+    cancelled): then nobody wants the answer, and the service must not die of giving it."""
+    try:
+        future.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+def _fail(future: Future, error: BaseException) -> None:
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
+        pass
 
 
 class GeneratorServiceDown(EngineFailure):
@@ -135,7 +151,7 @@ class GeneratorService:
             self._pending = [r for r in self._pending if r.avatar_id != avatar_id]
             self.stats.cancelled += len(gone)
         for r in gone:
-            r.future.set_result(DROPPED)
+            _resolve(r.future, DROPPED)
 
     def cancel_session(self, session: str) -> None:
         """A session that stops: whatever it still has queued resolves to DROPPED."""
@@ -144,7 +160,7 @@ class GeneratorService:
             self._pending = [r for r in self._pending if r.session != session]
             self.stats.cancelled += len(gone)
         for r in gone:
-            r.future.set_result(DROPPED)
+            _resolve(r.future, DROPPED)
 
     # -- requests ---------------------------------------------------------------------------------
     def submit(self, avatar_id: str, frame_index: int, mel_window: np.ndarray, deadline_ns: int | None,
@@ -157,15 +173,15 @@ class GeneratorService:
             if avatar_id not in self._avatars:
                 raise KeyError(f"avatar {avatar_id!r} is not registered with this generator service")
             if self._down is not None:
-                req.future.set_exception(self._down)
+                _fail(req.future, self._down)
                 return req.future
             if self._closed:
-                req.future.set_result(DROPPED)
+                _resolve(req.future, DROPPED)
                 return req.future
             if len(self._pending) >= self.cfg.queue_limit:
                 self.stats.dropped_full += 1
                 self.stats.session(req.session)["dropped"] += 1
-                req.future.set_result(DROPPED)
+                _resolve(req.future, DROPPED)
                 return req.future
             self._pending.append(req)
             self._cv.notify_all()
@@ -181,7 +197,7 @@ class GeneratorService:
             self._pending.remove(mine[0])
             self.stats.dropped_late += 1
             self.stats.session(mine[0].session)["dropped"] += 1
-        future.set_result(DROPPED)
+        _resolve(future, DROPPED)
         return True
 
     @property
@@ -229,7 +245,7 @@ class GeneratorService:
         with self._cv:
             gone, self._pending = self._pending, []
         for r in gone:
-            r.future.set_result(DROPPED)
+            _resolve(r.future, DROPPED)
 
     def __enter__(self) -> "GeneratorService":
         return self.start()
@@ -257,8 +273,7 @@ class GeneratorService:
             gone = self._pending + self._inflight
             self._pending, self._inflight = [], []
         for r in gone:
-            if not r.future.done():  # only this thread resolves taken requests: no race here
-                r.future.set_exception(down)
+            _fail(r.future, down)
 
     def _loop(self) -> None:
         while True:
@@ -272,7 +287,7 @@ class GeneratorService:
                 batch, late = self._take(self.clock.now_ns())
                 self._inflight = batch + late
             for r in late:
-                r.future.set_result(DROPPED)
+                _resolve(r.future, DROPPED)
             if batch:
                 self._run(batch)
             with self._cv:
@@ -280,6 +295,10 @@ class GeneratorService:
 
     def _take(self, now_ns: int) -> tuple[list[_Request], list[_Request]]:
         """(batch, expired) out of the queue; called with the lock held."""
+        cancelled = [r for r in self._pending if r.future.cancelled()]  # its waiter gave up: not decoded
+        if cancelled:
+            self.stats.cancelled += len(cancelled)
+            self._pending = [r for r in self._pending if not r.future.cancelled()]
         late = [r for r in self._pending if r.deadline_ns is not None and r.deadline_ns < now_ns]
         for r in late:
             self.stats.dropped_late += 1
@@ -316,7 +335,7 @@ class GeneratorService:
         except BaseException as e:  # the sessions waiting on these get the error, the service lives on
             log.exception("generator service: a batch of %d failed", len(batch))
             for r in batch:
-                r.future.set_exception(e)
+                _fail(r.future, e)
             return
         ms = (time.perf_counter() - t0) * 1000
         with self._cv:
@@ -327,7 +346,7 @@ class GeneratorService:
             for r in batch:
                 self.stats.session(r.session)["served"] += 1
         for r, out in zip(batch, outs):
-            r.future.set_result(out)
+            _resolve(r.future, out)
 
     def _decode(self, batch: list[_Request]) -> list[np.ndarray]:
         with self._cv:
