@@ -3,7 +3,7 @@
 one process per stream (today's way), in the same run.
 
     python benchmarks/bench_multistream.py --streams 1 2 4 6 --seconds 15 --json bench-out/multi.json \
-        [--backend inprocess|processes] [--checkpoint PTH] [--avatar IMG] [--audio FILE] [--aligned]
+        [--backend inprocess|processes|ray] [--checkpoint PTH] [--avatar IMG] [--audio FILE] [--aligned]
 
 Each stream: its own avatar made from the photo (mirrors and crops, so features differ), the
 speech looped from a different starting point, paced in real time as a microphone delivers it,
@@ -11,6 +11,9 @@ to a null sink. With --backend inprocess (default) every N runs twice: inprocess
 processes baseline. Per N, JSON {"streams", "backend", "per_stream": [{"fps_sustained",
 "dropped", "processing_latency_ms": {p50, p95, p99}}], "cpu_percent" (of all cores, the whole
 backend), "batch_size_mean", "baseline": the same for processes}; one summary line per N on stdout.
+With --backend ray the sessions are Ray actors over one generator-service actor (a local Ray,
+only inside a loopback-only network namespace), each stream also reports "actor_hop_ms" (its
+round trip to the service actor minus the time spent inside it), then the processes baseline.
 
 Both backends run the same decoder: the precision ladder's choice for the first avatar, cropped
 to the first row any avatar shows; choosing it and computing avatar features happen first in a
@@ -151,6 +154,75 @@ def run_inprocess(spec: dict, avatars: list[str], audio: str, seconds: float, st
             **({"failed": failed} if failed else {})}
 
 
+# -- backend: sessions as Ray actors over the node's generator-service actor --------------------------
+class TreeCpu:
+    """CPU of this process and every descendant (Ray's GCS, raylet, workers), as % of all cores."""
+
+    def __init__(self):
+        import psutil
+
+        self.me = psutil.Process()
+        self.cpu0, self.wall0 = self._cpu(), time.monotonic()
+
+    def _cpu(self) -> dict:
+        import psutil
+
+        out = {}
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+    def percent(self) -> float:
+        cpu1, wall = self._cpu(), max(1e-9, time.monotonic() - self.wall0)
+        used = sum(v - self.cpu0.get(pid, 0.0) for pid, v in cpu1.items())  # new processes count from 0
+        return 100 * used / wall / (os.cpu_count() or 1)
+
+
+def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger: bool) -> dict:
+    import functools
+
+    import ray
+
+    from models.errors import LipsyncError
+    from realtime.config import EngineConfig
+    from realtime.service.ray_backend import GeneratorSpec, RaySessionHost, SessionPlacement, SessionSpec, init_local_ray
+
+    n = len(avatars)
+    if not ray.is_initialized():
+        try:
+            init_local_ray(num_cpus=2, log_to_driver=False)
+        except LipsyncError as e:
+            raise SystemExit(f"--backend ray: {e}")
+    gen = GeneratorSpec(functools.partial(load_spec, spec), spec["checkpoint"], num_cpus=1.0)
+    # The service actor reserves one of Ray's 2 CPUs; the sessions share the other.
+    host = RaySessionHost(gen, EngineConfig(), SessionPlacement(num_cpus=1.0 / n), stagger=stagger)
+    actors = [host.add(SessionSpec(f"s{k}", path, functools.partial(rotated_source, audio, k, n),
+                                   duration_s=seconds)) for k, path in enumerate(avatars)]
+    ray.get([a.wait_frames.remote(1, 120) for a in actors], timeout=180)  # every actor up and streaming
+    meter = TreeCpu()
+    states = ray.get([a.wait.remote(seconds + 60) for a in actors], timeout=seconds + 120)
+    cpu = meter.percent()
+    out = host.close()
+    svc = out["services"][0] if out["services"] else {}
+    streams = []
+    for k in range(n):
+        s = out[f"s{k}"]
+        streams.append({**per_stream(s), "actor_hop_ms": s.get("hop_ms"), "face_timeouts": s.get("face_timeouts")})
+    hop_p95 = [s["actor_hop_ms"]["p95"] for s in streams if s.get("actor_hop_ms") and s["actor_hop_ms"]["p95"] is not None]
+    failed = {f"s{k}": out[f"s{k}"].get("error") for k in range(n) if out[f"s{k}"].get("error")}
+    return {"streams": n, "backend": "ray", "stagger": stagger, "per_stream": streams,
+            "cpu_percent": round(cpu, 1), "batch_size_mean": svc.get("batch_size_mean"),
+            # round trip seen by a session minus the time spent inside the service actor
+            "actor_hop_ms": {"p95_max_over_streams": max(hop_p95) if hop_p95 else None},
+            "service": {k: svc.get(k) for k in ("batches", "batch_size_histogram", "decode_ms", "queue_wait_ms",
+                                                "dropped_late", "dropped_queue_full")},
+            "session_states": states, **({"failed": failed} if failed else {})}
+
+
 # -- backend: one process per stream (the baseline) --------------------------------------------------
 def stream_child(spec_path: str, avatar: str, audio: str, k: int, n: int, seconds: float) -> None:
     """One stream in this process with its own generator: 'ready' once loaded, then waits for a
@@ -207,8 +279,10 @@ def line(r: dict) -> str:
     ps = r["per_stream"]
     fps = min(s["fps_sustained"] or 0 for s in ps)
     p99 = max(s["processing_latency_ms"]["p99"] or 0 for s in ps)
+    hop = r.get("actor_hop_ms", {}).get("p95_max_over_streams")
+    extra = f"  hop p95 {hop:5.1f} ms" if hop is not None else ""
     return (f"{r['backend']:>9}: fps min {fps:5.1f}  dropped {sum(s['dropped'] for s in ps):4d}  "
-            f"p99 max {p99:6.1f} ms  cpu {r['cpu_percent']:5.1f}%  batch {r['batch_size_mean'] or 0:.2f}")
+            f"p99 max {p99:6.1f} ms  cpu {r['cpu_percent']:5.1f}%  batch {r['batch_size_mean'] or 0:.2f}{extra}")
 
 
 def main() -> int:
@@ -222,7 +296,9 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--backend", default="inprocess", choices=["inprocess", "processes"])
+    ap.add_argument("--backend", default="inprocess", choices=["inprocess", "processes", "ray"],
+                    help="ray: a local Ray, which refuses to start outside a loopback-only network namespace "
+                         "(unshare -n bash -c 'ip link set lo up; exec python benchmarks/bench_multistream.py ...')")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--avatar", default=str(ROOT / "media" / "avatar.jpg"))
     ap.add_argument("--audio", default=str(ROOT / "media" / "speech.mp3"))
@@ -257,8 +333,9 @@ def main() -> int:
     runs = []
     for n in args.streams:
         print(f"[{n} streams] {args.seconds:g} s ...", file=sys.stderr)
-        if args.backend == "inprocess":
-            r = run_inprocess(spec, avatars[:n], args.audio, args.seconds, stagger)
+        if args.backend in ("inprocess", "ray"):
+            run = run_inprocess if args.backend == "inprocess" else run_ray
+            r = run(spec, avatars[:n], args.audio, args.seconds, stagger)
             r["baseline"] = run_processes(str(spec_path), avatars[:n], args.audio, args.seconds, stagger)
             print(f"N={n}  {line(r)}  |  {line(r['baseline'])}", flush=True)
         else:
