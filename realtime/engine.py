@@ -49,12 +49,27 @@ class Wav2LipRenderer:
             avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float):
-        face = to_uint8_faces(self.gen.decode(mel_window[None, None], self.avatar.features_at(idx)))[0]
+        face = self.face_u8(idx, mel_window)
         if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
             face = full_face(face, self.avatar.crops[idx])
         if self.blend == "feather":
             return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.keypoints()[idx])
         return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
+
+    def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
+        """The face for avatar frame `idx` as (rows, 96, 3) uint8; a renderer whose faces come
+        from another process overrides this to ship a quarter of the bytes."""
+        return to_uint8_faces(self.face(idx, mel_window))[0]
+
+    def face(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
+        """The decoder's output for avatar frame `idx`: (1, 3, rows, 96) in [0, 1]. A shared
+        generator service overrides this (realtime.service) and may raise FrameDropped."""
+        return self.gen.decode(mel_window[None, None], self.avatar.features_at(idx))
+
+
+class FrameDropped(Exception):
+    """A renderer gave up on a frame that would be too late anyway (a shared generator dropped
+    it past its deadline); the engine shows the previous frame and counts a drop."""
 
 
 class Engine:
@@ -320,7 +335,13 @@ class Engine:
             out, kind = idle, "idle"
         else:
             self.mel.window(s, out=self._mel_buf)
-            out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
+            if getattr(self.renderer, "wants_deadline", False):  # a shared generator schedules by it
+                self.renderer.deadline_ns = None if self.offline else ready_ns + int(self.cfg.max_lateness_ms * 1e6)
+            try:
+                out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
+            except FrameDropped:
+                self._put(self._last if self._last is not None else idle, pts, ready_ns, capture_ns, "dropped")
+                return
             if self._alpha < 1.0:
                 out = crossfade(out, idle, self._alpha)
             kind = "generated"

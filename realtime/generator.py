@@ -161,17 +161,34 @@ class _OpenVinoRunner:
         except ImportError:
             raise LipsyncError("--runtime openvino", "the openvino package", "it is not installed",
                                "pip install 'lipsync-rt[openvino]' or use --runtime onnxruntime") from None
-        core = ov.Core()
-        cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        self._core, self._path = ov.Core(), str(path)
+        self._cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
-            cfg["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", cfg)
+            self._cfg["INFERENCE_NUM_THREADS"] = threads
+        self._compiled = self._core.compile_model(self._core.read_model(self._path), "CPU", self._cfg)
         self._request = self._compiled.create_infer_request()
         self.output_names = [o.get_any_name() for o in self._compiled.outputs]
+        self._batched: dict[int, tuple] = {}  # batch size -> (compiled, request), made on first use
 
     def __call__(self, feeds: dict) -> list[np.ndarray]:
-        res = self._request.infer(feeds)
-        return [res[o] for o in self._compiled.outputs]
+        compiled, request = self._for_batch(len(next(iter(feeds.values()))))
+        res = request.infer(feeds)
+        return [res[o] for o in compiled.outputs]
+
+    def _for_batch(self, batch: int):
+        """The int8 decoder IR is saved at static batch-1 shapes (see export.quantize); a shared
+        generator service runs batches, so the graph is reshaped and compiled once per batch size
+        (checked: outputs equal the batch-1 graph's exactly)."""
+        shape = self._compiled.inputs[0].get_partial_shape()
+        if shape.is_dynamic or batch == shape[0].get_length():
+            return self._compiled, self._request
+        if batch not in self._batched:
+            model = self._core.read_model(self._path)
+            model.reshape({i.get_any_name(): [batch] + list(i.get_partial_shape().to_shape())[1:]
+                           for i in model.inputs})
+            compiled = self._core.compile_model(model, "CPU", self._cfg)
+            self._batched[batch] = (compiled, compiled.create_infer_request())
+        return self._batched[batch]
 
 
 class OnnxGenerator:

@@ -1,0 +1,74 @@
+"""Sessions as Ray actors (realtime.service.ray_backend), on a real local Ray started inside a
+network namespace that has only loopback (platform.md: outside one, a local Ray binds and
+advertises the machine's public address)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _namespace_missing() -> str | None:
+    if importlib.util.find_spec("ray") is None:
+        return "ray is not installed (pip install -e '.[ray]')"
+    if os.geteuid() != 0:
+        return "a loopback-only network namespace needs root (unshare -n)"
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (util-linux / iproute2)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_namespace_missing() is not None, reason=str(_namespace_missing()))
+
+
+def in_namespace(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    cmd = " ".join(["ip link set lo up; exec", *[f"'{a}'" for a in args]])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(["unshare", "-n", "bash", "-c", cmd], capture_output=True, text=True, timeout=timeout_s,
+                          env=env, cwd=ROOT)
+
+
+def test_local_ray_is_refused_outside_a_loopback_only_namespace():
+    from realtime.service.ray_backend import loopback_only
+
+    if loopback_only():
+        pytest.skip("this test process already runs in a loopback-only namespace")
+    from models.errors import LipsyncError
+    from realtime.service.ray_backend import init_local_ray
+
+    with pytest.raises(LipsyncError, match="only loopback"):
+        init_local_ray()
+
+
+def test_a_killed_session_actor_streams_again_within_2_s(generator_ckpt, photo, speech_wav, tmp_path):
+    # Export and avatar caches warmed here, as a deployment would have them: the actors load.
+    from realtime.avatar import AvatarConfig, load_avatar
+    from realtime.generator import RuntimeConfig, load_generator
+
+    gen = load_generator(generator_ckpt, RuntimeConfig(), split=True)
+    load_avatar(AvatarConfig(str(photo))).attach_features(gen, f"{gen.name}:test")
+    out = tmp_path / "ray.json"
+    run = in_namespace([sys.executable, str(ROOT / "tests" / "ray_restart.py"), str(generator_ckpt), str(photo),
+                        str(speech_wav), str(out)], timeout_s=150)
+    assert run.returncode == 0 and out.is_file(), run.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["node"] == "127.0.0.1"
+    assert all(s["frames"] >= 25 for s in doc["before"])
+    assert doc["after"] is not None, "the killed session actor never came back"
+    assert doc["a_info"]["incarnation"] == "restarted" and doc["after"]["pid"] != doc["before"][0]["pid"]
+    assert doc["restart_to_first_frame_s"] < 2.0, doc["restart_to_first_frame_s"]
+    assert doc["a_streams_on"]["frames"] >= doc["after"]["frames"] + 25
+    assert doc["b_during"]["state"] == "running"  # the other session streamed on through the kill
+    s = doc["summaries"]
+    assert s["a"]["hop_samples"] > 0 and s["b"]["hop_samples"] > 0
+    assert s["services"][0]["frames"] > 0
