@@ -27,5 +27,5 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" "$TORCH" 2>/dev/null \
         || "${PIP[@]}" "$TORCH" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
-"${PIP[@]}" -e ".[cpu,openvino,torch,web,test,bench,livekit,pipecat]"
+"${PIP[@]}" -e ".[cpu,openvino,torch,web,test,bench,livekit,pipecat,ray]"
 echo "setup done: .venv is ready" >&2
