@@ -45,6 +45,9 @@ def rss_mb() -> dict:
     return {"rss_mb": got["VmRSS"], "peak_rss_mb": got["VmHWM"]}
 
 
+RUNS = {"wav2lip_cold": "wav2lip", "wav2lip_warm": "wav2lip", "procedural": "procedural"}
+
+
 def child(args) -> int:
     """One measurement in this (fresh) process; prints one JSON line."""
     sys.path.insert(0, args.code_root)
@@ -66,7 +69,8 @@ def child(args) -> int:
     out["after_load"] = rss_mb()
     summary = eng.run(FileSource(str(ROOT / "media" / "speech.mp3"), loop=True), args.live_s)
     out["after_live"] = rss_mb()
-    out["live"] = {k: summary.get(k) for k in ("fps_sustained", "frames", "generated", "dropped")}
+    out["live"] = {k: summary.get(k) for k in ("fps_sustained", "frames", "generated", "dropped", "cpu_percent",
+                                               "processing_latency_ms")}
     av, n = eng.avatar, len(eng.avatar.frames)
     t = time.perf_counter()
     if args.engine == "procedural":
@@ -150,6 +154,7 @@ def main() -> int:
     ap.add_argument("--live-s", type=float, default=5.0, help="live run per measurement")
     ap.add_argument("--code-root", default=str(ROOT), help="the checkout to measure (default: this one)")
     ap.add_argument("--label", default="", help="what the checkout is (written to the JSON)")
+    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="which measurements")
     ap.add_argument("--json", default="bench-out/avatar_memory.json")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--avatar", help=argparse.SUPPRESS)
@@ -175,8 +180,8 @@ def main() -> int:
             avatar = moving_avatar(tmp / f"moving-{seconds:g}s.mp4", seconds)
             warm_up(args.code_root, avatar, ckpt, env)
             runs = {}
-            for label, engine in (("wav2lip_cold", "wav2lip"), ("wav2lip_warm", "wav2lip"),
-                                  ("procedural", "procedural")):
+            for label in args.runs:
+                engine = RUNS[label]
                 print(f"[{seconds:g} s avatar] {label} ...", file=sys.stderr)
                 if label == "wav2lip_cold":  # only the exports stay: the avatar is prepared from scratch
                     for sub in ("avatars", "detections"):
