@@ -280,3 +280,47 @@ def test_cache_cli_lists_and_clears(tmp_path):
     assert (base / "models" / "face.tflite").is_file()
     bad = cli("frobnicate")
     assert bad.returncode != 0 and "invalid choice" in bad.stderr
+
+
+def test_playout_on_a_pingpong_video_shows_the_decoded_frames(tmp_path, img, speech_wav):
+    """Two threads read the frames (the generator ahead, the pacer on time), the loop turns
+    back, an interrupt rewinds the lookahead: every idle frame shown is still the exact frame."""
+    from models.audio import decode_audio
+    from realtime.clock import ManualClock
+    from realtime.live import build_playout
+    from realtime.playout import PlayoutConfig, PlayoutItem
+
+    path = moving_video(tmp_path / "v.mp4", img, 60, "keyint=12:min-keyint=12", size=512)
+    ref, _ = read_video(path)
+    clock = ManualClock()
+    pl = build_playout(str(path), [], engine="procedural", clock=clock, loop="pingpong", log=lambda m: None,
+                       pcfg=PlayoutConfig(late_frame_wait_ms=20_000)).start()
+    assert isinstance(pl.avatar.frames, VideoFrames) and pl.avatar.frames._capacity < 60
+    pcm = decode_audio(speech_wav).mono_16k()[:32_000]
+    it = pl.frames(timeout_s=20)
+    shown = []
+
+    def step(n):
+        for _ in range(n):
+            clock.advance_ns(40_000_000)
+            item = next(it)
+            while not isinstance(item, PlayoutItem):
+                item = next(it)
+            shown.append(item)
+
+    try:
+        step(30)
+        for off in range(0, len(pcm), 1600):
+            pl.push_audio(pcm[off:off + 1600], 16_000, timeout_s=10)
+        pl.end_segment()
+        assert pl.wait_ready(timeout_s=20)
+        step(25)
+        pl.interrupt()
+        step(140)  # past the pingpong's turn at both ends
+    finally:
+        pl.stop()
+    idle = [i for i in shown if i.video.meta["kind"] == "idle"]
+    assert len(idle) > 100
+    for i in idle:
+        assert np.array_equal(i.video.bgr, ref[pl.avatar.index(i.video.pts)]), i.video.pts
+    assert len(pl.avatar.frames._cache) <= pl.avatar.frames._capacity
