@@ -48,7 +48,8 @@ _MEMORY_ONLY = ("frame_cache_mb", "feature_cache_frames")
 
 
 class Avatar:
-    def __init__(self, cfg: AvatarConfig, frames: list[np.ndarray], boxes, crops: np.ndarray, keypoints=None):
+    def __init__(self, cfg: AvatarConfig, frames, boxes, crops: np.ndarray, keypoints=None):
+        """`frames`: a list (a photo) or a VideoFrames (a video, decoded when shown)."""
         self.cfg, self.frames, self.boxes, self.crops = cfg, frames, boxes, crops
         self._keypoints = keypoints
         self.features: FeatureStore | None = None
