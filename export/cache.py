@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from models import cache_limit
 from models.errors import LipsyncError
 from models.hashing import sha256_file
 
@@ -103,4 +104,7 @@ def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precisi
 
             fp32 = ensure_exported(checkpoint, layout, "fp32", log, first_row, sha)
             build_reduced(fp32, sha, precision, paths, log, checkpoint=checkpoint)
+        cache_limit.added(entry_dir(sha))  # the entry grew: make room (never by removing this one)
+    else:
+        cache_limit.touch(entry_dir(sha))
     return paths

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import cache_limit
 from models.errors import LipsyncError
 from models.quiet import native_stderr_silenced
 
@@ -118,6 +119,7 @@ def detect_all(frames: list[np.ndarray], source: str | Path | None = None, setti
         if cache_file.is_file():
             boxes = np.load(cache_file)
             if len(boxes) >= len(frames):
+                cache_limit.touch(cache_file)
                 return boxes[:len(frames)]
     boxes = np.full((len(frames), 4), -1, dtype=np.int64)
     with FaceDetector(str(model)) as det:
@@ -131,4 +133,5 @@ def detect_all(frames: list[np.ndarray], source: str | Path | None = None, setti
         with open(tmp, "wb") as f:
             np.save(f, boxes)
         os.replace(tmp, cache_file)
+        cache_limit.added(cache_file)
     return boxes

@@ -1,25 +1,31 @@
 """The face being animated: a still photo or a looping video, prepared once.
 
-At load: frames, one face box per frame (detected, padded and smoothed as the reference does),
-the 96x96 crops, and the face encoder's features for every frame. Features are the expensive
-part, so they are cached on disk keyed by the avatar file's hash, the framing settings and the
-encoder graph; a restart with the same avatar starts at once.
+At load, in one pass over the video: one face box per frame (tracked, or detected, padded and
+smoothed as the reference does) and the 96x96 crops; then the face encoder's features for every
+frame. Features are the expensive part, so they are cached on disk keyed by the avatar file's
+hash, the framing settings and the encoder graph; a restart with the same avatar starts at once.
+
+Memory does not grow with the video's length beyond boxes and crops (27 KB a frame): a video's
+frames stay compressed and are decoded when shown (realtime.avatar_frames), and features are
+read from the cache a frame at a time (realtime.avatar_features); each keeps a bounded cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from models import face_media
 from models.errors import LipsyncError
 from models.hashing import sha256_file
-from realtime.face_input import crop_face, model_faces
+from realtime.avatar_features import FORMAT_VERSION, FeatureStore
+from realtime.face_input import crop_face
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,15 +37,22 @@ class AvatarConfig:
     box: tuple[int, int, int, int] = (-1, -1, -1, -1)
     nosmooth: bool = False
     face_model: str | None = None
-    max_frames: int = 1500  # a minute at 25 fps; longer idle loops rarely help and cost memory
+    max_frames: int = 1500  # a minute at 25 fps; longer idle loops rarely help and cost load time and disk
     tracking: bool = True  # video avatars: track between keyframe detections (see realtime.tracking)
+    frame_cache_mb: float = 32.0  # decoded video frames kept (at least 16); others are decoded again when shown
+    feature_cache_frames: int = 16  # frames whose fp32 features stay in memory; others are read from disk
+
+
+# Settings that change only memory use, not any frame: left out of the feature cache's key.
+_MEMORY_ONLY = ("frame_cache_mb", "feature_cache_frames")
 
 
 class Avatar:
-    def __init__(self, cfg: AvatarConfig, frames: list[np.ndarray], boxes, crops: np.ndarray, keypoints=None):
+    def __init__(self, cfg: AvatarConfig, frames, boxes, crops: np.ndarray, keypoints=None):
+        """`frames`: a list (a photo) or a VideoFrames (a video, decoded when shown)."""
         self.cfg, self.frames, self.boxes, self.crops = cfg, frames, boxes, crops
         self._keypoints = keypoints
-        self.features: list[np.ndarray] | None = None
+        self.features: FeatureStore | None = None
         order = list(range(len(frames)))
         if cfg.loop == "pingpong" and len(frames) > 2:
             order += order[-2:0:-1]
@@ -77,27 +90,32 @@ class Avatar:
         return out
 
     def features_at(self, i: int) -> list[np.ndarray]:
-        return [f[i:i + 1] for f in self.features]
+        """The seven (1, C, H, W) fp32 face-encoder features of avatar frame `i`."""
+        return self.features.get(i)
 
     def attach_features(self, encoder, encoder_id: str) -> None:
         """Face-encoder features for every frame: from the disk cache, or computed once now."""
-        key = hashlib.sha256(json.dumps({"avatar": sha256_file(self.cfg.path), "cfg": asdict(self.cfg),
-                                         "boxes": [list(b) for b in self.boxes], "encoder": encoder_id},
-                                        sort_keys=True).encode()).hexdigest()[:32]
+        from models import cache_limit
         from models.face_model import cache_dir
 
-        path = cache_dir() / "avatars" / f"{key}.npz"
-        if path.is_file():
-            with np.load(path) as z:
-                self.features = [z[f"skip{k}"] for k in range(7)]
-            return
-        faces = model_faces(self.crops)
-        parts = [encoder.encode(faces[i:i + 16]) for i in range(0, len(faces), 16)]
-        self.features = [np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(7)]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **{f"skip{k}": f for k, f in enumerate(self.features)})
-        os.replace(tmp, path)
+        cfg = {k: v for k, v in asdict(self.cfg).items() if k not in _MEMORY_ONLY}
+        key = hashlib.sha256(json.dumps({"avatar": sha256_file(self.cfg.path), "cfg": cfg, "store": FORMAT_VERSION,
+                                         "boxes": [list(b) for b in self.boxes], "encoder": encoder_id},
+                                        sort_keys=True).encode()).hexdigest()[:32]
+        path = cache_dir() / "avatars" / key
+        if self.features is not None:
+            self.features.close()
+        try:
+            self.features = FeatureStore(path, self.cfg.feature_cache_frames)
+            if self.features.frames == len(self.crops):
+                cache_limit.touch(self.features.meta_path)
+                return
+            self.features.close()
+        except (OSError, ValueError) as e:  # absent, or damaged: made again
+            if path.with_suffix(".json").exists():
+                log.warning("avatar feature cache %s unreadable (%s); computing it again", path, e)
+        self.features = FeatureStore.build(path, self.crops, encoder, cache_frames=self.cfg.feature_cache_frames)
+        cache_limit.added(self.features.meta_path)
 
 
 def load_avatar(cfg: AvatarConfig, progress: bool = False) -> Avatar:
@@ -108,26 +126,33 @@ def load_avatar(cfg: AvatarConfig, progress: bool = False) -> Avatar:
     if face_media.is_image(cfg.path):
         frames = [face_media.read_image(cfg.path)]
     else:
-        frames, _ = face_media.read_video(cfg.path, cfg.max_frames)
+        from realtime.avatar_frames import VideoFrames
+
+        frames = VideoFrames(cfg.path, cfg.max_frames, cache_mb=cfg.frame_cache_mb)
     keypoints = None
-    if cfg.tracking and len(frames) > 1 and cfg.box[0] == -1:
-        boxes, keypoints = tracked_boxes(frames, cfg)
-    else:
-        opts = RenderOptions(pads=cfg.pads, box=cfg.box, nosmooth=cfg.nosmooth, face_model=cfg.face_model,
-                             progress=progress)
-        boxes = face_boxes(frames, cfg.path, opts)
+    if cfg.tracking and not isinstance(frames, list) and cfg.box[0] == -1:
+        boxes, keypoints, crops = track_faces(frames.scan(), cfg)
+        if len(boxes) > 1:
+            return Avatar(cfg, frames, boxes, crops, keypoints)
+        keypoints = None  # a one-frame video: framed like a photo
+    elif not isinstance(frames, list):
+        for _ in frames.scan():  # counts the frames and indexes them, decoding each once
+            pass
+    opts = RenderOptions(pads=cfg.pads, box=cfg.box, nosmooth=cfg.nosmooth, face_model=cfg.face_model,
+                         progress=progress)
+    boxes = face_boxes(frames, cfg.path, opts)
     crops = np.stack([crop_face(f, b) for f, b in zip(frames, boxes)])
     return Avatar(cfg, frames, boxes, crops, keypoints)
 
 
-def tracked_boxes(frames: list[np.ndarray], cfg: AvatarConfig):
-    """Boxes (y1, y2, x1, x2, padded like the reference) and keypoints for a moving avatar."""
+def track_faces(frames, cfg: AvatarConfig):
+    """Boxes (y1, y2, x1, x2, padded like the reference), keypoints and 96x96 crops for a moving
+    avatar, in one pass over `frames` (an iterable: each frame is seen once, then let go)."""
     from models.face_boxes import pad_and_clip
     from models.face_detector import FaceDetector
     from realtime.tracking import FaceTracker
 
-    h, w = frames[0].shape[:2]
-    boxes, kps = [], []
+    boxes, kps, crops = [], [], []
     with FaceDetector(cfg.face_model) as det:
         tracker = FaceTracker(det.detect, fps=cfg.fps)
         for i, frame in enumerate(frames):
@@ -135,7 +160,9 @@ def tracked_boxes(frames: list[np.ndarray], cfg: AvatarConfig):
             if t.box is None:
                 raise LipsyncError(f"avatar {cfg.path}", "a face in every frame", f"none in frame {i}",
                                    "use a video where the face stays in view")
+            h, w = frame.shape[:2]
             x1, y1, x2, y2 = pad_and_clip([int(round(v)) for v in t.box], cfg.pads, h, w)
             boxes.append((y1, y2, x1, x2))
             kps.append(t.keypoints)
-    return boxes, kps
+            crops.append(crop_face(frame, boxes[-1]))
+    return boxes, kps, np.stack(crops)

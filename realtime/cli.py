@@ -1,4 +1,5 @@
-"""`lipsync` command line: `render` (the classic pipeline) and `export` (checkpoint -> ONNX cache)."""
+"""`lipsync` command line: `render` (the classic pipeline), `export` (checkpoint -> ONNX cache),
+`live`, `devices` and `cache` (list or clear the cache folder)."""
 
 from __future__ import annotations
 
@@ -150,6 +151,39 @@ def _devices(args) -> int:
         print("virtual camera backends:", ", ".join(sorted(pyvirtualcam.camera.BACKENDS)) or "none")
     except ImportError:
         print("virtual camera: pyvirtualcam not installed")
+    return 0
+
+
+def _cache(args) -> int:
+    """`lipsync cache list|clear`: what the cache folder holds, least recently used first."""
+    import time
+
+    from models import cache_limit
+
+    root, limit = cache_limit.root(), cache_limit.limit_bytes()
+    entries = [e for e in cache_limit.entries() if args.kind in (None, e.kind)]
+    if args.action == "clear":
+        for e in entries:
+            cache_limit.remove(e)
+        temps = cache_limit.stale_temps(age_s=0) if args.kind is None else []
+        for p in temps:
+            p.unlink(missing_ok=True)
+        freed = sum(e.size_bytes for e in entries)
+        print(f"removed {len(entries)} entries ({freed / 1e6:.1f} MB) from {root}"
+              + (f" and {len(temps)} temp files" if temps else ""))
+        return 0
+    total = sum(e.size_bytes for e in entries)
+    if args.json:
+        print(json.dumps({"root": str(root), "limit_mb": limit / 1e6, "total_mb": round(total / 1e6, 3),
+                          "entries": [{"kind": e.kind, "name": e.name, "size_mb": round(e.size_bytes / 1e6, 3),
+                                       "last_used": round(e.last_used_s, 3)} for e in entries]}))
+        return 0
+    print(f"{root}  (limit {'none' if limit <= 0 else f'{limit / 1e6:.0f} MB'}, "
+          f"${cache_limit.ENV_LIMIT}; least recently used first)")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used_s))
+        print(f"  {e.kind:<11} {e.size_bytes / 1e6:9.1f} MB  {when}  {e.name}")
+    print(f"total {total / 1e6:.1f} MB in {len(entries)} entries")
     return 0
 
 
@@ -325,9 +359,15 @@ def main(argv=None) -> int:
     pl = sub.add_parser("plot", help="draw a --stats-jsonl file (needs matplotlib: the bench extra)")
     pl.add_argument("jsonl", help="the file `lipsync live --stats-jsonl` wrote")
     pl.add_argument("-o", "--output", required=True, help="image to write (.png, .svg, .pdf)")
+    ca = sub.add_parser("cache", help="list or clear the cache (exports, avatar features, face boxes)")
+    ca.add_argument("action", choices=["list", "clear"])
+    ca.add_argument("--kind", choices=["exports", "avatars", "detections"], default=None,
+                    help="only this kind of entry (default: all; the face model is never removed)")
+    ca.add_argument("--json", action="store_true", help="list: one JSON object")
     args = ap.parse_args(argv)
     try:
-        return {"export": _export, "live": _live, "serve": _serve, "devices": _devices, "plot": _plot}[args.command](args)
+        return {"export": _export, "live": _live, "serve": _serve, "devices": _devices, "plot": _plot,
+                "cache": _cache}[args.command](args)
     except (LipsyncError, EngineFailure) as e:
         # A run-time failure ends a status line that has no newline yet.
         print(f"{chr(10) if isinstance(e, EngineFailure) else ''}error: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from models.errors import LipsyncError
+from realtime import heap
 from realtime.avatar import AvatarConfig, load_avatar
 from realtime.config import EngineConfig
 from realtime.engine import Engine
@@ -130,6 +131,7 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, eng
         av = CameraAvatar(CameraCapture(int(spec) if spec.isdigit() else spec), fps=cfg.fps)
     else:
         av = load_avatar(AvatarConfig(avatar, loop=loop, fps=cfg.fps))
+        heap.release_freed()  # the decode and tracking pass over every frame left freed memory behind
     # Open outputs before the (possibly slow, first-use) export: a missing device or an
     # unreachable server is reported at once.
     for sink in sinks:
@@ -140,7 +142,9 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, eng
 
         if engine == "auto":
             log("engine: procedural (no Wav2Lip checkpoint given or in checkpoints/; see checkpoints/README.md)")
-        return av, ProceduralRenderer(av.keypoints())
+        renderer = ProceduralRenderer(av.keypoints())
+        heap.release_freed()
+        return av, renderer
     runtime = runtime or default_runtime()
     first_row, samples = 0, None
     if not avatar.startswith("camera:"):
@@ -160,4 +164,5 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, eng
     av.attach_features(gen, f"{gen.name}:{checkpoint}")
     from realtime.engine import Wav2LipRenderer
 
+    heap.release_freed()  # session building (graph optimisation) and feature encoding freed much
     return av, Wav2LipRenderer(gen, av, cfg.blend)

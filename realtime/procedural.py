@@ -14,6 +14,7 @@ Closed and still in silence: openness 0 leaves the frame untouched.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ class ProceduralConfig:
     ceiling_mel: float = 0.4  # at or over which it is fully open
     max_open_mouth_widths: float = 0.3  # jaw drop at full openness, in mouth widths
     smoothing: float = 0.5  # one-pole smoothing of openness between frames (0 = none)
+    geometry_cache_frames: int = 64  # avatar frames whose sampling grids stay in memory (~0.5 MB each)
 
 
 def _band(lo_hz: float, hi_hz: float) -> slice:
@@ -46,7 +48,9 @@ class ProceduralRenderer:
         """`keypoints[i]`: BlazeFace's 6 points (eyes, nose, mouth, ears) in avatar frame i."""
         self.kps, self.cfg = keypoints, cfg
         self._open = 0.0
-        self._maps: dict[int, tuple] = {}
+        # Grids per avatar frame, least recently used first: a video avatar reuses a frame's grid
+        # once per loop, so keeping all of them only grows memory with the video's length.
+        self._maps: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 
     def mouth_shape(self, mel_window: np.ndarray, offset_frames: int = -1, fps: float = 25.0) -> tuple[float, float]:
         """(openness 0..1, width change -1..1) from one (80, 16) window."""
@@ -76,6 +80,9 @@ class ProceduralRenderer:
             ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
             dx, dy = (xs - cx) / mouth_w, (ys - cy) / mouth_w
             self._maps[idx] = (x0, x1, y0, y1, xs, ys, dx, dy, mouth_w, float(cx), float(cy), kp.copy())
+            while len(self._maps) > max(1, self.cfg.geometry_cache_frames):
+                self._maps.popitem(last=False)
+        self._maps.move_to_end(idx)
         return self._maps[idx][:-1]
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int = -1,
