@@ -59,3 +59,17 @@ def _isolated_cache(cache_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIPSYNC_CACHE_DIR", str(cache_dir))
         yield
+
+
+@pytest.fixture(autouse=True)
+def _forget_test_camera_backends():
+    """pyvirtualcam's backend registry is process-wide and its default tries every entry: a test
+    backend left behind would answer another test's `VcamSink` in place of v4l2loopback."""
+    mod = sys.modules.get("pyvirtualcam.camera")
+    before = dict(mod.BACKENDS) if mod else None
+    yield
+    mod = sys.modules.get("pyvirtualcam.camera")
+    if mod is not None:
+        mod.BACKENDS.clear()
+        mod.BACKENDS.update(before if before is not None else
+                            {k: v for k, v in mod.BACKENDS.items() if not k.startswith("lipsync-")})

@@ -1,5 +1,7 @@
 """The live engine's parts: streaming mel, queues, scheduling on a manual clock, sinks."""
 
+import glob
+
 import numpy as np
 import pytest
 
@@ -200,17 +202,16 @@ def test_virtual_camera_gets_frames_at_size_and_rate(live_parts, speech_wav):
     assert np.array_equal(got, want) or np.array_equal(got, want[:, :, ::-1])
 
 
+@pytest.mark.skipif(bool(glob.glob("/dev/video*")), reason="a video device exists here: the missing-loopback "
+                    "error cannot be provoked")
 def test_vcam_without_loopback_is_one_clear_line():
     from realtime.frames import VideoFrame
     from realtime.sinks.vcam import VcamSink
 
-    sink = VcamSink(25)
-    try:
+    sink = VcamSink(25, backend="v4l2loopback")
+    with pytest.raises(LipsyncError) as e:
         sink.send_video(VideoFrame(np.zeros((64, 64, 3), np.uint8), 0))
-    except LipsyncError as e:
-        assert "modprobe v4l2loopback" in str(e) and "\n" not in str(e)
-    else:  # a machine that really has a loopback device
-        sink.close()
+    assert "modprobe v4l2loopback" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_unreachable_rtmp_retries_with_status():
