@@ -103,7 +103,7 @@ def _studio_app(token=None):
     def build(path):
         return build_renderer(path, cfg=cfg, engine="procedural")
 
-    studio = Studio(StudioConfig(host="0.0.0.0", token=token), cfg, build)
+    studio = Studio(StudioConfig(host="192.0.2.10", token=token), cfg, build)
     avatar, renderer = build(str(ROOT / "media" / "avatar.jpg"))
     studio.loaded = Loaded(str(ROOT / "media" / "avatar.jpg"), avatar, renderer)
     return studio, make_app(studio)
