@@ -39,6 +39,7 @@ import numpy as np
 from models.errors import EngineFailure, LipsyncError
 from realtime.config import EngineConfig
 from realtime.service.generator_service import DROPPED, GeneratorService, ServiceConfig
+from realtime.service.serve_backend import ServeTarget
 
 log = logging.getLogger(__name__)
 
@@ -306,12 +307,19 @@ class SessionActor:
         t0 = self.init_ns = time.monotonic_ns()
         self.spec = spec
         self.incarnation = "restarted" if ray.get_runtime_context().was_current_actor_reconstructed else "first"
-        avatar_id = spec.avatar_id or spec.session_id
-        self.service = node_service(gen, cfg)
-        ray.get(self.service.register.remote(avatar_id, spec.avatar_path, spec.loop))
         avatar = load_avatar(AvatarConfig(spec.avatar_path, loop=spec.loop, fps=cfg.fps))  # boxes: avatar cache
-        self.renderer = make_renderer(self.service, avatar_id, avatar, cfg.blend, spec.session_id,
-                                      wait.grace_ms, wait.no_deadline_wait_s)
+        if isinstance(gen, ServeTarget):  # the generator is a Serve deployment (GPU nodes)
+            from realtime.service.serve_backend import avatar_key, make_serve_renderer
+
+            self.renderer = make_serve_renderer(gen, avatar_key(spec.avatar_path, spec.loop), avatar, cfg.blend,
+                                                spec.session_id, wait.no_deadline_wait_s)
+            self.renderer.load()
+        else:
+            avatar_id = spec.avatar_id or spec.session_id
+            self.service = node_service(gen, cfg)
+            ray.get(self.service.register.remote(avatar_id, spec.avatar_path, spec.loop))
+            self.renderer = make_renderer(self.service, avatar_id, avatar, cfg.blend, spec.session_id,
+                                          wait.grace_ms, wait.no_deadline_wait_s)
         self.tally = _Tally()
         clock = MonotonicClock()
         engine = Engine(avatar, self.renderer, [*spec.make_sinks(), self.tally], cfg, clock)
@@ -362,7 +370,7 @@ class RaySessionHost:
     """The driver's side: starts session actors (staggered phases), kills and stops them, and
     ends the node services it caused. Call init_local_ray (or ray.init) first."""
 
-    gen: GeneratorSpec
+    gen: GeneratorSpec | ServeTarget  # a per-node service actor, or a Serve deployment (GPU nodes)
     cfg: EngineConfig = EngineConfig()
     placement: SessionPlacement = SessionPlacement()
     wait: WaitSettings = WaitSettings()
