@@ -174,6 +174,7 @@ class SessionHost:
         self._epoch_ns = self.clock.now_ns()
         self._slots = itertools.count()
         self._lock = threading.Lock()
+        self._avatar_of: dict[str, str] = {}  # session id -> its avatar id with the service
 
     def add(self, session_id: str, avatar, sinks: list, source, duration_s: float | None = None,
             avatar_id: str | None = None) -> LiveSession:
@@ -183,6 +184,8 @@ class SessionHost:
             if session_id in self.sessions and not self.sessions[session_id].done:
                 raise ValueError(f"session {session_id!r} is already running")
         avatar_id = avatar_id or session_id
+        with self._lock:
+            self._avatar_of[session_id] = avatar_id
         self.service.register_avatar(avatar_id, avatar)
         renderer = ServiceRenderer(self.service, avatar_id, avatar, self.cfg.blend, session=session_id,
                                    wait=self.host.wait)
@@ -229,3 +232,10 @@ class SessionHost:
 
     def _ended(self, session: LiveSession) -> None:
         self.service.cancel_session(session.id)
+        # Its features leave the service with the last session on that avatar: a session
+        # started again under the same id brings its own (possibly a different avatar).
+        with self._lock:
+            avatar_id = self._avatar_of.pop(session.id, None)
+            shared = avatar_id in self._avatar_of.values()
+        if avatar_id is not None and not shared:
+            self.service.unregister_avatar(avatar_id)
