@@ -82,6 +82,22 @@ def test_earliest_deadline_first_batching_what_is_queued(parts):
     assert s["decode_ms"]["p50"] is not None
 
 
+def test_submit_many_reaches_a_running_decoder_as_one_batch(parts):
+    """What Ray Serve's @serve.batch hands over must not be split by the decoder thread waking
+    on the first request (it is already running and idle here)."""
+    gen, (a, b) = parts
+    rec = Recording(gen)
+    with GeneratorService(rec, ServiceConfig(max_batch=8)) as svc:
+        svc.register_avatar("a", a)
+        svc.register_avatar("b", b)
+        for round_ in range(20):
+            futs = svc.submit_many([("a" if k % 2 else "b", 0, mel(10 * round_ + k), None, f"s{k}")
+                                    for k in range(4)])
+            for f in futs:
+                f.result(timeout=30)
+    assert [len(batch) for batch in rec.batches] == [4] * 20
+
+
 def test_requests_past_their_deadline_are_dropped_and_counted(parts):
     gen, (a, _) = parts
     clock = ManualClock(1000 * MS)
