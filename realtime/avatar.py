@@ -24,6 +24,7 @@ from models.errors import LipsyncError
 from models.hashing import sha256_file
 from realtime.avatar_features import FORMAT_VERSION, FeatureStore
 from realtime.face_input import crop_face
+from realtime.framing import RenderOptions, face_boxes
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ class Avatar:
 
 
 def load_avatar(cfg: AvatarConfig, progress: bool = False) -> Avatar:
-    from realtime.render import RenderOptions, face_boxes
-
     if cfg.loop not in ("forward", "pingpong"):
         raise LipsyncError("--loop", "forward or pingpong", repr(cfg.loop), "pick one of those")
     if face_media.is_image(cfg.path):

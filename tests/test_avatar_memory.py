@@ -88,7 +88,7 @@ def test_video_avatar_same_boxes_crops_and_frames_as_reading_every_frame(tmp_pat
     into memory first (the previous way), for the tracked and the reference framing."""
     from realtime.avatar import AvatarConfig, load_avatar, track_faces
     from realtime.face_input import crop_face
-    from realtime.render import RenderOptions, face_boxes
+    from realtime.framing import RenderOptions, face_boxes
 
     path = str(moving_video(tmp_path / "v.mp4", img, 40, size=256))
     frames, _ = read_video(path, 1500)
