@@ -140,7 +140,7 @@ def measure(code_root: str, avatar: Path, ckpt: str, engine: str, live_s: float,
 
 def warm_up(code_root: str, avatar: Path, ckpt: str, env: dict) -> None:
     """The export (torch, in a child) for this avatar's decoder rows, so no measured process has it."""
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(avatar), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(avatar), "--audio",
                            str(ROOT / "media" / "speech.mp3"), "--checkpoint", ckpt, "--to", "null", "--duration",
                            "1", "--runtime", "onnxruntime", "--precision", "fp32"], cwd=code_root, env=env,
                           capture_output=True, text=True)

@@ -194,7 +194,7 @@ def cli(ckpt, tmp: Path) -> dict:
         c.mux(st.encode(None))
     assert abs(decode_audio(path).duration_s - 42.0) < 0.01
     stats = tmp / "cli.json"
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(AVATAR), "--audio", str(path),
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(AVATAR), "--audio", str(path),
                            "--checkpoint", ckpt, "--audio-pacing", "burst", "--to", "null", "--stats-json", str(stats)],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:

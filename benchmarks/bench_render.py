@@ -41,7 +41,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import inference
-    from realtime.render import RenderOptions, render
+    from lipsync.offline import RenderOptions, render
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

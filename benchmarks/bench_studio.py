@@ -71,7 +71,7 @@ def mic_wav(src: Path, out: Path, phrase_s: float = 1.2, gap_s: float = 0.8, rat
 
 
 def start_server(args, env) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "realtime.cli", "serve", "--avatar", str(args.avatar), "--port", "0",
+    cmd = [sys.executable, "-m", "lipsync.cli", "serve", "--avatar", str(args.avatar), "--port", "0",
            "--engine", args.engine]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]

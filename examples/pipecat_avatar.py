@@ -17,7 +17,7 @@ from pipecat.frames.frames import OutputAudioRawFrame, OutputImageRawFrame, TTSA
 from pipecat.tests.utils import SleepFrame, run_test
 
 from models.audio import decode_audio
-from realtime.integrations.pipecat import LipsyncVideoService
+from lipsync.integrations.pipecat import LipsyncVideoService
 
 
 async def main():

@@ -264,7 +264,7 @@ def _serve(args) -> int:
     from realtime.config import EngineConfig
     from realtime.generator import RuntimeConfig
     from realtime.live import build_renderer
-    from realtime.web.server import StudioConfig, run_studio
+    from lipsync.web.server import StudioConfig, run_studio
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     threads.apply(threads.plan("live"))
@@ -281,9 +281,9 @@ def _serve(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["render"]:
-        import inference
+        from lipsync import render_command
 
-        return inference.main(argv[1:])
+        return render_command.main(argv[1:])
     ap = argparse.ArgumentParser(prog="lipsync", description="Real-time lip-sync on Wav2Lip.")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("render", help="offline render; takes inference.py's flags", add_help=False)

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""Wav2Lip's classic command, on this engine.
+"""Wav2Lip's classic command, on this engine: `python inference.py ...` and `lipsync render ...`.
 
     python inference.py --checkpoint_path checkpoints/wav2lip_gan.pth \
         --face media/13.jpg --audio media/1.mp3 --outfile results/ii.mp4
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
 
     try:
         from realtime import threads
-        from realtime.render import RenderOptions, prepare, render
+        from lipsync.offline import RenderOptions, prepare, render
 
         threads.apply(threads.plan("offline"))
 

@@ -263,7 +263,7 @@ def test_cache_cli_lists_and_clears(tmp_path):
     env = dict(os.environ, LIPSYNC_CACHE_DIR=str(base), PYTHONPATH=str(ROOT))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "realtime.cli", "cache", *args], env=env, cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "lipsync.cli", "cache", *args], env=env, cwd=ROOT,
                               capture_output=True, text=True)
 
     listed = cli("list")

@@ -136,7 +136,7 @@ def test_export_past_tolerance_fails_and_leaves_nothing(tmp_path, monkeypatch, g
 
 
 def test_export_cli(generator_ckpt, full_path):
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "export", "--checkpoint", str(generator_ckpt)],
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "export", "--checkpoint", str(generator_ckpt)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"full: {full_path}"

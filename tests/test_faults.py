@@ -156,7 +156,7 @@ def test_disk_full_under_a_live_recording_is_one_line_and_exit_1(small_disk, pho
 
     out = small_disk / "live.mp4"
     # Keyframes 5 times a second at 4 Mbit/s fill the 2 MiB in about 2 s of real time.
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
                            str(speech_wav), "--loop", "--to", str(out), "--engine", "procedural",
                            "--video-bitrate-kbps", "4000", "--keyframe-interval-s", "0.2", "--duration", "60"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

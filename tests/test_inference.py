@@ -91,7 +91,7 @@ def test_classic_command_writes_h264_aac_mp4(tmp_path, generator_ckpt, photo, sp
 
 
 def test_detected_boxes_drive_the_render(tmp_path, generator_ckpt, photo, speech_wav):
-    from realtime.render import RenderOptions, render
+    from lipsync.offline import RenderOptions, render
     from models.torch_generator import TorchGenerator
 
     res = render(str(photo), str(speech_wav), str(tmp_path / "d.mkv"), TorchGenerator(str(generator_ckpt)),

@@ -124,7 +124,7 @@ def test_audio_server_gone_mid_run_one_line_then_recovery_when_it_returns(tmp_pa
         pytest.fail(str(e))
     out, stats = tmp_path / "mic.mkv", tmp_path / "stats.json"
     seconds = 8
-    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio", "mic",
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio", "mic",
                              "--engine", "procedural", "--to", str(out), "--duration", str(seconds), "--stats-json",
                              str(stats)], cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
     watch = StderrWatch(proc)
@@ -162,7 +162,7 @@ def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, phot
     except RuntimeError as e:
         pytest.fail(str(e))
     out = tmp_path / "mic.mkv"
-    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio", "mic",
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio", "mic",
                              "--engine", "procedural", "--to", str(out), "--mic-give-up-s", "2"],
                             cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
     watch = StderrWatch(proc)

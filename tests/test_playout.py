@@ -300,7 +300,7 @@ def test_cli_burst_pacing_plays_a_file_pushed_like_tts(generator_ckpt, photo, sp
     import av
 
     out, stats = tmp_path / "burst.mp4", tmp_path / "stats.json"
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
                            str(speech_wav), "--checkpoint", str(generator_ckpt), "--audio-pacing", "burst",
                            "--to", str(out), "--stats-json", str(stats)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

@@ -124,7 +124,7 @@ def test_family_member_exports_chooses_and_runs_live_with_defaults(name, family,
     from realtime.generator import RuntimeConfig, SplitGenerator
 
     stats = tmp_path / "stats.json"
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
                            str(speech_wav), "--checkpoint", str(family[name]), "--to", "null", "--duration", "3",
                            "--stats-json", str(stats)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -27,9 +27,9 @@ from pathlib import Path
 from models.errors import LipsyncError
 from realtime.config import EngineConfig
 from realtime.stats import rss_mb
-from realtime.web.ice import is_loopback, offer_candidates_for
-from realtime.web.session import Loaded, Session
-from realtime.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, read_upload
+from lipsync.web.ice import is_loopback, offer_candidates_for
+from lipsync.web.session import Loaded, Session
+from lipsync.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, read_upload
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _decode_audio(path: str):
 async def _connect(studio: Studio, sdp: str):
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    # No STUN/TURN: the studio answers with its own host address only (see realtime.web.ice).
+    # No STUN/TURN: the studio answers with its own host address only (see lipsync.web.ice).
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     loop = asyncio.get_running_loop()
     session = Session(pc, studio.loaded, studio.engine_cfg, loop)

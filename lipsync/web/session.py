@@ -18,7 +18,7 @@ import numpy as np
 
 from models.errors import EngineFailure
 from realtime.config import EngineConfig
-from realtime.web.tracks import TrackConfig, WebRtcOutput, make_tracks
+from lipsync.web.tracks import TrackConfig, WebRtcOutput, make_tracks
 
 log = logging.getLogger(__name__)
 
