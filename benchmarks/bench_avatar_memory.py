@@ -96,7 +96,7 @@ def fidelity(gen, av, frames: int = 24) -> dict:
     `frames` avatar frames spread over the loop, each with a different window of real speech."""
     import numpy as np
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.mel import melspectrogram
     from realtime.compositor import to_uint8_faces
     from realtime.face_input import model_faces

@@ -49,7 +49,7 @@ AVATAR = ROOT / "media" / "avatar.jpg"
 
 def make_standin(path: Path, style: dict) -> None:
     from export import samples
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.synthetic import CheckpointStyle, calibration_batches, make_styled_checkpoint
 
     # BatchNorm statistics from face B and voice C: not what the product calibrates on (face A /

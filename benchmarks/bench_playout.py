@@ -66,7 +66,7 @@ class TimedSink:
 
 
 def speech(seconds: float, rate=48_000):
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     d = decode_audio(SPEECH)
     pcm = d.pcm.mean(axis=0).astype(np.float32)
@@ -181,7 +181,7 @@ def blocked(ckpt) -> dict:
 def cli(ckpt, tmp: Path) -> dict:
     import av
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     pcm, rate = speech(42.0)
     path = tmp / "speech42.wav"

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep the stats jsonl and viewer report here")
     args = ap.parse_args(argv)
 
-    from models.face_media import is_image
+    from mediaio.face_media import is_image
     from servers import NginxRtmp
 
     tmp = tempfile.TemporaryDirectory()

@@ -16,7 +16,7 @@ from pipecat.frames.frames import OutputAudioRawFrame, OutputImageRawFrame, TTSA
     TTSStoppedFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from lipsync.integrations.pipecat import LipsyncVideoService
 
 

@@ -45,7 +45,7 @@ def _image(name: str) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def _mel_windows(name: str, fps: float = 25.0) -> tuple:
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.mel import mel_chunks, melspectrogram
 
     chunks = mel_chunks(melspectrogram(decode_audio(DATA / name).mono_16k()), fps)

@@ -2,5 +2,5 @@
 voice-agent integrations, built on the live engine (`realtime`).
 
 Layers, each importing only those below it (checked by `lint-imports`, see pyproject.toml):
-lipsync -> realtime -> export -> models.
+lipsync -> realtime -> export -> mediaio -> models.
 """

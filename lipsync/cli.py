@@ -193,7 +193,7 @@ def _live_playout(args) -> int:
     import threading
     import time
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from realtime.live import build_playout
     from realtime.playout import PlayoutConfig
 

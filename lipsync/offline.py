@@ -11,8 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from models import face_media
-from models.audio import decode_audio
+from mediaio import face_media
+from mediaio.audio import decode_audio
 from models.errors import LipsyncError
 from models.mel import mel_chunks, melspectrogram
 from realtime.compositor import paste_hard, to_uint8_faces

@@ -73,7 +73,7 @@ def make_embedded_calibrated_checkpoint(path: str | os.PathLike, seed: int = 0) 
 
     import cv2
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     media = Path(__file__).resolve().parent.parent / "media"
     batches = calibration_batches(cv2.imread(str(media / "avatar.jpg")), EMBEDDED_FACE_BOX,

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models import face_media
+from mediaio import face_media
 from models.errors import LipsyncError
 from models.hashing import sha256_file
 from realtime.avatar_features import FORMAT_VERSION, FeatureStore

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from models import face_media
+from mediaio import face_media
 from models.errors import LipsyncError
 from models.face_boxes import pad_and_clip, smooth
 

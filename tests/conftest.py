@@ -31,7 +31,7 @@ def speech_wav(assets):
 
 @pytest.fixture(scope="session")
 def speech_mp3(assets, speech_wav):
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     dec = decode_audio(speech_wav)
     return media.write_audio(assets / "speech.mp3", dec.pcm, dec.sample_rate_hz)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from models.face_media import read_video
+from mediaio.face_media import read_video
 from realtime.avatar_frames import VideoFrames
 
 
@@ -124,7 +124,7 @@ class CountingEncoder:
 
 
 def test_fp16_features_change_the_generated_face_by_rounding_only(tmp_path, split_gen, img, speech_wav):
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.mel import melspectrogram
     from realtime.avatar_features import FeatureStore
     from realtime.compositor import to_uint8_faces
@@ -285,7 +285,7 @@ def test_cache_cli_lists_and_clears(tmp_path):
 def test_playout_on_a_pingpong_video_shows_the_decoded_frames(tmp_path, img, speech_wav):
     """Two threads read the frames (the generator ahead, the pacer on time), the loop turns
     back, an interrupt rewinds the lookahead: every idle frame shown is still the exact frame."""
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from realtime.clock import ManualClock
     from realtime.live import build_playout
     from realtime.playout import PlayoutConfig, PlayoutItem

@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 
 
 def tts_pcm(speech_wav, seconds, rate=24_000):

@@ -48,7 +48,7 @@ def judge_inputs(assets):
     import cv2
     from skimage.data import lfw_subset
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.mel import mel_chunks, melspectrogram
     from realtime.face_input import model_faces, model_mels
 

@@ -9,7 +9,7 @@ import pytest
 
 import media
 from conftest import ROOT
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from realtime.clock import FreeRunClock
 from realtime.config import EngineConfig
 

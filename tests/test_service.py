@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from realtime.clock import ManualClock
 from realtime.config import EngineConfig
 from realtime.service import DROPPED, GeneratorService, ServiceConfig, SessionHost

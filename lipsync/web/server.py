@@ -219,7 +219,7 @@ def make_app(studio: Studio):
 
 
 def _decode_audio(path: str):
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     d = decode_audio(path)
     return d.pcm.mean(axis=0), d.sample_rate_hz
