@@ -99,7 +99,7 @@ def fidelity(gen, av, frames: int = 24) -> dict:
     from mediaio.audio import decode_audio
     from models.mel import melspectrogram
     from realtime.compositor import to_uint8_faces
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     mel = melspectrogram(decode_audio(str(ROOT / "media" / "speech.mp3")).mono_16k())
     worst_float, worst_u8, psnrs = 0.0, 0, []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.face_input import jittered_samples, model_faces, model_mels
+from models.face_input import jittered_samples, model_faces, model_mels
 
 DATA = Path(__file__).resolve().parent / "data"
 FACE_A_BOX = (70, 190, 170, 275)  # y1 y2 x1 x2, the astronaut's face in face_a.jpg

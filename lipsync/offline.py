@@ -14,9 +14,9 @@ import numpy as np
 from mediaio import face_media
 from mediaio.audio import decode_audio
 from models.errors import LipsyncError
+from models.face_input import crop_face, model_faces, model_mels
 from models.mel import mel_chunks, melspectrogram
 from realtime.compositor import paste_hard, to_uint8_faces
-from realtime.face_input import crop_face, model_faces, model_mels
 from realtime.framing import RenderOptions, face_boxes, progress_bar
 from realtime.sinks.file import FORMATS, VideoFileWriter
 

@@ -35,7 +35,7 @@ def calibration_batches(face_bgr: np.ndarray, box, wav16k: np.ndarray, batches: 
                         seed: int = 0):
     """Real generator inputs for BatchNorm calibration: jittered crops of one face plus speech mels."""
     from models.mel import mel_chunks, melspectrogram
-    from realtime.face_input import jittered_samples
+    from models.face_input import jittered_samples
 
     chunks = mel_chunks(melspectrogram(wav16k), 25)
     rng = np.random.default_rng(seed)

@@ -21,9 +21,9 @@ import numpy as np
 
 from mediaio import face_media
 from models.errors import LipsyncError
+from models.face_input import crop_face
 from models.hashing import sha256_file
 from realtime.avatar_features import FORMAT_VERSION, FeatureStore
-from realtime.face_input import crop_face
 from realtime.framing import RenderOptions, face_boxes
 
 log = logging.getLogger(__name__)

@@ -128,7 +128,7 @@ class FeatureStore:
 
 def _write_rows(dest: Path, crops: np.ndarray, encoder, batch: int, dtype) -> list | None:
     """One row per frame into `dest` (.npy); the skip shapes, or None if a value overflows `dtype`."""
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     shapes = None
     narrow = np.dtype(dtype) == np.float16

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.face_boxes import pad_and_clip
-from realtime.face_input import crop_face, model_faces
+from models.face_input import crop_face, model_faces
 
 
 class CameraAvatar:

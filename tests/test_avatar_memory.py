@@ -87,7 +87,7 @@ def test_video_avatar_same_boxes_crops_and_frames_as_reading_every_frame(tmp_pat
     """The avatar a video gives: the same frames, boxes and crops as when every frame was read
     into memory first (the previous way), for the tracked and the reference framing."""
     from realtime.avatar import AvatarConfig, load_avatar, track_faces
-    from realtime.face_input import crop_face
+    from models.face_input import crop_face
     from realtime.framing import RenderOptions, face_boxes
 
     path = str(moving_video(tmp_path / "v.mp4", img, 40, size=256))
@@ -128,7 +128,7 @@ def test_fp16_features_change_the_generated_face_by_rounding_only(tmp_path, spli
     from models.mel import melspectrogram
     from realtime.avatar_features import FeatureStore
     from realtime.compositor import to_uint8_faces
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     crops = np.stack([cv2.resize(np.roll(img, 9 * k, axis=1)[60:230, 150:290], (96, 96)) for k in range(20)])
     store = FeatureStore.build(tmp_path / "feat", crops, split_gen, batch=8, cache_frames=4)
@@ -154,7 +154,7 @@ def test_fp16_features_change_the_generated_face_by_rounding_only(tmp_path, spli
 
 def test_features_out_of_fp16_range_are_stored_in_fp32(tmp_path, split_gen, img):
     from realtime.avatar_features import FeatureStore
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     crops = np.stack([cv2.resize(img[60:230, 150:290], (96, 96))] * 3)
     big = CountingEncoder(split_gen, scale=1e6)

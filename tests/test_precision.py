@@ -50,7 +50,7 @@ def judge_inputs(assets):
 
     from mediaio.audio import decode_audio
     from models.mel import mel_chunks, melspectrogram
-    from realtime.face_input import model_faces, model_mels
+    from models.face_input import model_faces, model_mels
 
     faces = lfw_subset()[:24]
     rng = np.random.default_rng(5)
@@ -226,7 +226,7 @@ def test_first_shown_row_is_below_the_nose_and_cropping_does_not_change_the_pict
     from realtime.avatar import AvatarConfig, load_avatar
     from realtime.compositor import first_shown_row, full_face, paste_feathered, to_uint8_faces
     from realtime.generator import SplitGenerator
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     av = load_avatar(AvatarConfig(str(photo)))
     first = first_shown_row(av.boxes, av.keypoints())
