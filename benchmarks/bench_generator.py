@@ -39,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # synthetic.py: the random-weight checkpoint makers
 
 STANDINS = {  # name -> CheckpointStyle arguments; seeds the tests never use
     "standin-affine-x10": dict(seed=101, calibration="photo", trained_affine=True, activation_scale=10.0),
@@ -50,7 +51,7 @@ AVATAR = ROOT / "media" / "avatar.jpg"
 def make_standin(path: Path, style: dict) -> None:
     from export import samples
     from mediaio.audio import decode_audio
-    from models.synthetic import CheckpointStyle, calibration_batches, make_styled_checkpoint
+    from synthetic import CheckpointStyle, calibration_batches, make_styled_checkpoint
 
     # BatchNorm statistics from face B and voice C: not what the product calibrates on (face A /
     # the avatar, voice A), not what the tests use.

@@ -41,7 +41,7 @@ def speech_mp3(assets, speech_wav):
 def generator_ckpt(assets, photo, speech_wav):
     path = assets / "wav2lip_gan.pth"
     media_batches = media.calibration_batches(photo, speech_wav)
-    from models.synthetic import make_checkpoint
+    from synthetic import make_checkpoint
 
     make_checkpoint(path, "Wav2Lip", seed=1, calibration=media_batches)
     return path

@@ -81,7 +81,7 @@ def calibration_batches(photo: Path, speech: Path):
     import cv2
 
     from mediaio.audio import decode_audio
-    from models.synthetic import calibration_batches as batches
+    from synthetic import calibration_batches as batches
 
     return batches(cv2.imread(str(photo)), ASTRONAUT_FACE_BOX, decode_audio(speech).mono_16k())
 

@@ -1,4 +1,5 @@
-"""Random-weight checkpoints in the official on-disk format, for tests and benchmarks.
+"""Random-weight checkpoints in the official on-disk format, for tests and benchmarks (not shipped:
+benchmarks put tests/ on sys.path for this, as for servers.py and media.py).
 
 Real weights cannot be shipped or downloaded, so tests need stand-ins that exercise the same
 loading and numeric paths. Raw random weights with default BatchNorm statistics saturate the

@@ -6,7 +6,7 @@ import torch
 
 from models.checkpoint import identify, load_generator, load_network, read_state_dict
 from models.errors import LipsyncError
-from models.synthetic import make_checkpoint
+from synthetic import make_checkpoint
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "checkpoint-keys.json"
 

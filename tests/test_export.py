@@ -89,7 +89,7 @@ def test_entry_from_another_checkpoint_is_never_reused(tmp_path, full_path, phot
     from export import cache
     from export.metadata import read_metadata
     from models.hashing import sha256_file
-    from models.synthetic import make_checkpoint
+    from synthetic import make_checkpoint
 
     other = tmp_path / "other.pth"
     make_checkpoint(other, "Wav2Lip", seed=11, calibration=media.calibration_batches(photo, speech_wav)[:1])
@@ -109,7 +109,7 @@ def _cache_files(cache_dir):
 @pytest.mark.parametrize("kind", ["syncnet", "truncated"])
 def test_bad_checkpoint_export_fails_cleanly(tmp_path, generator_ckpt, cache_dir, kind):
     from export.cache import ensure_exported
-    from models.synthetic import make_checkpoint
+    from synthetic import make_checkpoint
 
     bad = tmp_path / "bad.pth"
     if kind == "syncnet":

@@ -107,7 +107,7 @@ def test_detected_boxes_drive_the_render(tmp_path, generator_ckpt, photo, speech
 
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, photo, speech_wav, generator_ckpt):
-    from models.synthetic import make_checkpoint
+    from synthetic import make_checkpoint
 
     d = tmp_path_factory.mktemp("bad")
     gradient = np.tile(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 1, 3))

@@ -30,7 +30,7 @@ GATE_MEAN_DB, GATE_WORST_DB = 30.0, 27.0
 
 @pytest.fixture(scope="session")
 def family(assets, photo, speech_wav):
-    from models.synthetic import CheckpointStyle, make_styled_checkpoint
+    from synthetic import CheckpointStyle, make_styled_checkpoint
 
     batches = media.calibration_batches(photo, speech_wav)
     out = {}
