@@ -161,11 +161,11 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
     from export.cache import ensure_exported
     from export.metadata import SKIPS, decoder_variant
     from export.samples import heldout_set
-    from realtime.generator import RuntimeConfig, _runner
+    from export.runtime import RuntimeConfig, make_runner
 
     full = ensure_exported(ckpt, "split", log=lambda m: None)
     crop = ensure_exported(ckpt, "split", log=lambda m: None, first_row=first)
-    enc = _runner(full["face_encoder"], RuntimeConfig(intra_op_threads=threads))
+    enc = make_runner(full["face_encoder"], RuntimeConfig(intra_op_threads=threads))
     h = heldout_set(1)
     feed = {"mel": h.mels[:1], **dict(zip(SKIPS, enc({"face": h.faces[:1]})))}
     out = []
@@ -174,7 +174,7 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
         pairs.append(("openvino", "bf16" if machine.has_bf16() else "fp32"))
     for rt, prec in pairs:
         cfg = RuntimeConfig(runtime=rt, precision=prec, intra_op_threads=threads)
-        a, b = _runner(full["decoder"], cfg), _runner(crop[decoder_variant(first)], cfg)
+        a, b = make_runner(full["decoder"], cfg), make_runner(crop[decoder_variant(first)], cfg)
         (wa, _), (wb, _) = timed_interleaved([lambda: a(feed), lambda: b(feed)], max(reps // 3, 20))
         ma, mb = float(np.median(wa) * 1000), float(np.median(wb) * 1000)
         for layout, ms in (("split decoder, all rows", ma), (f"split decoder, rows {first}-95", mb)):

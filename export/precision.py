@@ -30,6 +30,7 @@ import numpy as np
 from export import machine
 from export.cache import checkpoint_sha256, ensure_exported, entry_dir
 from export.metadata import SKIPS, decoder_variant
+from export.runtime import RuntimeConfig, graph_precision, make_runner
 from models.errors import LipsyncError
 
 log_ = logging.getLogger(__name__)
@@ -233,16 +234,12 @@ def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, input
         return fp32[variant]
     # ONNX Runtime int8 (the ConvTranspose-free rewrite) and fp16 for GPUs: export.quantize's builds,
     # whose own checks refuse a broken result; the gate below then judges it like the rest.
-    from realtime.generator import RuntimeConfig, graph_precision
-
     precision = graph_precision(RuntimeConfig(runtime=c.runtime, precision=c.precision))
     return ensure_exported(checkpoint, "split", precision, log=say, first_row=first_row, sha=sha)[variant]
 
 
 def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int):
-    from realtime.generator import RuntimeConfig, _runner
-
-    run = _runner(path, RuntimeConfig(runtime=c.runtime, precision=c.precision, device=c.device,
+    run = make_runner(path, RuntimeConfig(runtime=c.runtime, precision=c.precision, device=c.device,
                                       intra_op_threads=threads))
     out = np.concatenate([run(f)[0] for f in inputs.heldout])
     ref = np.concatenate(inputs.heldout_ref)

@@ -180,7 +180,8 @@ def test_rewrite_without_convtranspose_is_exact(generator_ckpt, heldout):
 
 
 def test_provider_selection_and_no_silent_fallback(full_path):
-    from realtime.generator import OnnxGenerator, RuntimeConfig, choose_providers
+    from export.runtime import RuntimeConfig, choose_providers
+    from realtime.generator import OnnxGenerator
 
     cpu, cuda, trt = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
     assert choose_providers("auto", [cpu]) == [cpu]

@@ -241,7 +241,8 @@ def test_a_static_batch_one_openvino_decoder_runs_batches(parts, generator_ckpt,
     ov = pytest.importorskip("openvino")
     from export.cache import ensure_exported
     from export.quantize import _static_ov_model
-    from realtime.generator import SKIP_NAMES, _OpenVinoRunner
+    from export.runtime import OpenVinoRunner
+    from realtime.generator import SKIP_NAMES
 
     gen, (a, b) = parts
     decoder = ensure_exported(generator_ckpt, "split", "fp32")["decoder"]
@@ -249,7 +250,7 @@ def test_a_static_batch_one_openvino_decoder_runs_batches(parts, generator_ckpt,
     example = {"mel": np.zeros((1, 1, 80, 16), np.float32), **dict(zip(SKIP_NAMES, feats))}
     xml = tmp_path / "decoder-b1.xml"
     ov.save_model(_static_ov_model(decoder, example), str(xml), compress_to_fp16=False)
-    run = _OpenVinoRunner(xml, "f32")
+    run = OpenVinoRunner(xml, "f32")
     rng = np.random.default_rng(1)
     mels = rng.standard_normal((3, 1, 80, 16)).astype(np.float32)
     both = [a.features_at(0), b.features_at(0), a.features_at(0)]
