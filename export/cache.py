@@ -62,9 +62,9 @@ def _valid(path: Path, sha: str, precision: str) -> bool:
 def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path], log=print) -> None:
     """Export, verify and move into place; on any failure, leave no file behind."""
     from export.onnx import export_variant, verify
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
 
-    net = load_generator(checkpoint)
+    net = load_torch_generator(checkpoint)
     for i, g in enumerate(graphs, 1):
         final = paths[g]
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -123,9 +123,9 @@ def _conv_only_fp32(checkpoint: Path, graph: str, dst: Path, sha: str) -> Path:
     """The fp32 graph with ConvTranspose rewritten as Conv (export.rewrite), verified vs the original."""
     from export.onnx import export_variant, verify
     from export.rewrite import convtranspose_as_conv
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
 
-    net = load_generator(checkpoint)
+    net = load_torch_generator(checkpoint)
     export_variant(convtranspose_as_conv(net), graph, dst, sha)
     verify(net, graph, dst)
     return dst

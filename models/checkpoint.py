@@ -89,5 +89,7 @@ def load_network(path: str | os.PathLike, expect: str = "Wav2Lip") -> nn.Module:
     return net.eval()
 
 
-def load_generator(path: str | os.PathLike) -> nn.Module:
+def load_torch_generator(path: str | os.PathLike) -> nn.Module:
+    """The Wav2Lip generator as a torch module in eval mode, for export and the torch backend (the
+    ONNX generator the engine runs comes from realtime.generator.load_generator)."""
     return load_network(path, "Wav2Lip")

@@ -35,13 +35,13 @@ def test_full_export_matches_torch_and_carries_metadata(generator_ckpt, full_pat
     import torch
 
     from export.metadata import read_metadata
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
     from models.hashing import sha256_file
     from realtime.generator import OnnxGenerator
 
     mels, faces = heldout
     with torch.no_grad():
-        want = load_generator(generator_ckpt)(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
+        want = load_torch_generator(generator_ckpt)(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
     got = OnnxGenerator(full_path)(mels, faces)
     assert np.abs(got - want).max() <= 1e-4
     assert want.std() > 0.01  # a picture, not a constant
@@ -169,9 +169,9 @@ def test_rewrite_without_convtranspose_is_exact(generator_ckpt, heldout):
     import torch
 
     from export.rewrite import convtranspose_as_conv
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
 
-    net = load_generator(generator_ckpt)
+    net = load_torch_generator(generator_ckpt)
     rw = convtranspose_as_conv(net)
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in rw.modules())
     mels, faces = map(torch.from_numpy, heldout)

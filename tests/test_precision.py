@@ -74,10 +74,10 @@ def _psnr(out, ref):
 def test_row_cropped_decoder_equals_the_full_decoder_on_the_rows_it_computes(family):
     import torch
 
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
     from models.wav2lip import decoder_row_starts
 
-    net = load_generator(family["affine-x100"])
+    net = load_torch_generator(family["affine-x100"])
     from export.samples import heldout_set
 
     h = heldout_set(4)
