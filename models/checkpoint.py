@@ -8,6 +8,7 @@ unpickle is refused.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import zipfile
@@ -26,8 +27,6 @@ NETWORKS = {
 
 
 def _network(name: str) -> nn.Module:
-    import importlib
-
     _, module, cls = NETWORKS[name]
     return getattr(importlib.import_module(module), cls)()
 
