@@ -30,7 +30,9 @@ import numpy as np
 from export import machine
 from export.cache import checkpoint_sha256, ensure_exported, entry_dir
 from export.metadata import SKIPS, decoder_variant
+from export.quantize import quantize_openvino
 from export.runtime import RuntimeConfig, graph_precision, make_runner
+from export.samples import calibration_set, heldout_set
 from models.errors import LipsyncError
 
 log_ = logging.getLogger(__name__)
@@ -177,9 +179,7 @@ class _Inputs:
     calibration and validation feeds, made only when an int8 build actually needs them."""
 
     def __init__(self, fp32: dict, first_row: int, avatar: AvatarSamples | None):
-        import onnxruntime as ort
-
-        from export.samples import heldout_set
+        import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
         self._enc = ort.InferenceSession(str(fp32["face_encoder"]), providers=["CPUExecutionProvider"])
         self._dec = ort.InferenceSession(str(fp32[decoder_variant(first_row)]), providers=["CPUExecutionProvider"])
@@ -194,14 +194,10 @@ class _Inputs:
 
     @cached_property
     def calibration(self) -> list[dict]:
-        from export.samples import calibration_set
-
         return self._feeds(calibration_set(CALIBRATION_SAMPLES, self._crops, seed=1))
 
     @cached_property
     def validation(self) -> list[dict]:
-        from export.samples import calibration_set
-
         return self._feeds(calibration_set(VALIDATION_SAMPLES, self._crops, seed=9))
 
     @cached_property
@@ -214,8 +210,6 @@ def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, input
     """The decoder file candidate `c` runs (built now if it is not in the cache)."""
     variant = decoder_variant(first_row)
     if c.runtime == "openvino" and c.precision in ("int8", "int8-mixed"):
-        from export.quantize import quantize_openvino
-
         calib = avatar.key[:12] if avatar else "face-a"
         final = entry_dir(sha) / f"{variant}-ov-{c.precision}-{calib}.xml"
         if not (final.is_file() and final.with_suffix(".bin").is_file()):

@@ -55,7 +55,7 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
 
 
 def make_session(path: str | Path, cfg: RuntimeConfig = RuntimeConfig()):
-    import onnxruntime as ort
+    import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = cfg.intra_op_threads
@@ -149,7 +149,7 @@ class OpenVinoRunner:
 
     def __init__(self, path: str | Path, hint: str, threads: int = 0):
         try:
-            import openvino as ov
+            import openvino as ov  # openvino: an optional extra
         except ImportError:
             raise LipsyncError("--runtime openvino", "the openvino package", "it is not installed",
                                "pip install 'lipsync-rt[openvino]' or use --runtime onnxruntime") from None
