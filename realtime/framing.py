@@ -16,6 +16,7 @@ from tqdm import tqdm
 from mediaio import face_media
 from models.errors import LipsyncError
 from models.face_boxes import pad_and_clip, smooth
+from models.face_detector import detect_all
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,6 @@ def face_boxes(frames: list[np.ndarray], face_path: str, opts: RenderOptions) ->
             raise LipsyncError("--box", f"y1 y2 x1 x2 inside the {w}x{h} frame with y1<y2 and x1<x2",
                                f"{opts.box}", "give a box inside the frame")
         return [(y1, y2, x1, x2)] * len(frames)
-    from models.face_detector import detect_all
 
     targets = frames[:1] if opts.static else frames
     settings = {"image": face_media.is_image(face_path), "resize_factor": opts.resize_factor,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.cache import ensure_exported
+from export.precision import choose
 from export.runtime import OrtRunner, RuntimeConfig, graph_precision, make_runner
 
 SKIP_NAMES = [f"skip{i}" for i in range(7)]
@@ -76,8 +78,6 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
 
     torch is imported only when an export has to be made; a warm cache needs none.
     """
-    from export.cache import ensure_exported
-
     if "auto" in (cfg.runtime, cfg.precision):
         raise ValueError("runtime/precision 'auto' is the live path's ladder: use load_live_generator")
     paths = ensure_exported(checkpoint, "split" if split else "full", graph_precision(cfg), log=log)
@@ -89,8 +89,6 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
 def load_live_generator(checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None, log=None):
     """The live path's generator: split graphs, decoder cropped to the rows shown, runtime and
     precision from the ladder (`export.precision.choose`) unless `cfg` pins them."""
-    from export.precision import choose
-
     choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar, log=log)
     run_cfg = RuntimeConfig(runtime=choice.runtime, precision=choice.precision, device=choice.device,
                             intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -340,8 +341,6 @@ class GeneratorService:
         return batch, late
 
     def _run(self, batch: list[_Request]) -> None:
-        import time
-
         t0 = time.perf_counter()
         try:
             with self._decoding:

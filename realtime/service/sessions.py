@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.errors import EngineFailure, LipsyncError
+from realtime.avatar import AvatarConfig, load_avatar
 from realtime.clock import MonotonicClock
+from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
 from realtime.engine import Engine, FrameDropped, Wav2LipRenderer
 from realtime.service.generator_service import DROPPED, GeneratorService
@@ -82,9 +84,6 @@ def prepare_avatar(path: str, generator, checkpoint_id: str, cfg: EngineConfig =
     """Load an avatar and attach the face encoder's features (disk-cached) for a service whose
     decoder is `generator`. The decoder may be cropped to rows first_row..95: an avatar whose
     blend shows rows above that cannot use it."""
-    from realtime.avatar import AvatarConfig, load_avatar
-    from realtime.compositor import first_shown_row
-
     av = load_avatar(AvatarConfig(path, loop=loop, fps=cfg.fps))
     needed = first_shown_row(av.boxes, av.keypoints()) if cfg.blend == "feather" else 0
     first = getattr(generator, "first_row", 0)
