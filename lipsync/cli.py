@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import threading
+import time
 
+from export.cache import ensure_exported
+from lipsync import render_command
+from lipsync.web.server import StudioConfig, run_studio
+from mediaio.audio import decode_audio
+from models import cache_limit
 from models.errors import EngineFailure, LipsyncError
-from realtime.stats_log import StatsLogConfig
+from realtime import threads
+from realtime.config import EngineConfig
+from realtime.generator import RuntimeConfig
+from realtime.live import build_engine, build_playout, build_renderer, make_sink, make_source
+from realtime.playout import PlayoutConfig
+from realtime.sinks.audio_out import AudioOutSink
+from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
+from realtime.stats_log import StatsLog, StatsLogConfig
+from realtime.stats_plot import plot_stats
 
 
 def _export(args) -> int:
-    from export.cache import ensure_exported
-
     paths = ensure_exported(args.checkpoint, args.layout, args.precision)
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -23,17 +37,11 @@ def _export(args) -> int:
 def _session(args, audio_rate_hz: int = 48_000):
     """What both live modes set up the same way: the thread budget, engine and runtime settings,
     and the sinks (audio passthrough included) taking audio at `audio_rate_hz`."""
-    from realtime import threads
-    from realtime.config import EngineConfig
-    from realtime.generator import RuntimeConfig
-    from realtime.live import make_sink
-
     threads.apply(threads.plan("live"))
     cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend,
                        output_audio_rate_hz=audio_rate_hz)
     runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
                             intra_op_threads=threads.current().inference_threads)
-    from realtime.sinks.encoding import LiveVideoEncoding
 
     try:
         encoding = LiveVideoEncoding(preset=args.x264_preset, bitrate_kbps=args.video_bitrate_kbps,
@@ -43,8 +51,6 @@ def _session(args, audio_rate_hz: int = 48_000):
                            "give values above zero") from None
     sinks = [make_sink(t, args.fps, audio_rate_hz, encoding) for t in (args.to or ["vcam"])]
     if args.audio_out is not None:
-        from realtime.sinks.audio_out import AudioOutSink
-
         dev = None if args.audio_out == "default" else (int(args.audio_out) if args.audio_out.isdigit()
                                                         else args.audio_out)
         sinks.append(AudioOutSink(args.audio_out_delay_ms, dev, sample_rate_hz=audio_rate_hz))
@@ -52,8 +58,6 @@ def _session(args, audio_rate_hz: int = 48_000):
 
 
 def _live(args) -> int:
-    import logging
-
     # Warnings from the library during a run (a stream reconnecting, the microphone gone and
     # back) each on a line of their own, not appended to the status line (which ends in none).
     logging.basicConfig(level=logging.WARNING, format="\n%(message)s")
@@ -66,9 +70,6 @@ def _live(args) -> int:
             raise LipsyncError("--mode playout", "pushed audio (a file)", "--audio mic",
                                "the microphone is captured live: use --mode capture (the default)")
         return _live_playout(args)
-    import threading
-
-    from realtime.live import build_engine, make_source
 
     stats_log = _stats_log(args)  # a bad path fails now, not after the models have loaded
     try:
@@ -117,14 +118,10 @@ def _live(args) -> int:
 def _stats_log(args):
     if not args.stats_jsonl:
         return None
-    from realtime.stats_log import StatsLog
-
     return StatsLog(args.stats_jsonl, StatsLogConfig(interval_s=args.stats_interval))
 
 
 def _plot(args) -> int:
-    from realtime.stats_plot import plot_stats
-
     plot_stats(args.jsonl, args.output)
     print(f"plot: {args.output}", file=sys.stderr)
     return 0
@@ -132,7 +129,7 @@ def _plot(args) -> int:
 
 def _devices(args) -> int:
     try:
-        import sounddevice as sd
+        import sounddevice as sd  # sounddevice: needs the PortAudio library; reported below if missing
 
         devices = sd.query_devices()
         print("audio inputs:")
@@ -146,7 +143,7 @@ def _devices(args) -> int:
     except (ImportError, OSError) as e:
         print(f"audio: unavailable ({str(e).splitlines()[0]}); install libportaudio2 and sounddevice")
     try:
-        import pyvirtualcam
+        import pyvirtualcam  # pyvirtualcam: reported below if it is not installed
 
         print("virtual camera backends:", ", ".join(sorted(pyvirtualcam.camera.BACKENDS)) or "none")
     except ImportError:
@@ -156,10 +153,6 @@ def _devices(args) -> int:
 
 def _cache(args) -> int:
     """`lipsync cache list|clear`: what the cache folder holds, least recently used first."""
-    import time
-
-    from models import cache_limit
-
     root, limit = cache_limit.root(), cache_limit.limit_bytes()
     entries = [e for e in cache_limit.entries() if args.kind in (None, e.kind)]
     if args.action == "clear":
@@ -190,13 +183,6 @@ def _cache(args) -> int:
 def _live_playout(args) -> int:
     """Playout: the file pushed as a TTS engine would (burst: 1 s pieces as fast as accepted;
     realtime: 20 ms pieces at real time), frames paced by the output clock until it has played."""
-    import threading
-    import time
-
-    from mediaio.audio import decode_audio
-    from realtime.live import build_playout
-    from realtime.playout import PlayoutConfig
-
     pcfg = PlayoutConfig()
     stats_log = _stats_log(args)
     try:
@@ -258,14 +244,6 @@ def _live_playout(args) -> int:
 
 
 def _serve(args) -> int:
-    import logging
-
-    from realtime import threads
-    from realtime.config import EngineConfig
-    from realtime.generator import RuntimeConfig
-    from realtime.live import build_renderer
-    from lipsync.web.server import StudioConfig, run_studio
-
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     threads.apply(threads.plan("live"))
     cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend, output_audio_rate_hz=48_000)
@@ -281,8 +259,6 @@ def _serve(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["render"]:
-        from lipsync import render_command
-
         return render_command.main(argv[1:])
     ap = argparse.ArgumentParser(prog="lipsync", description="Real-time lip-sync on Wav2Lip.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -326,7 +302,6 @@ def main(argv=None) -> int:
                          "RSS, queues, A/V offset); draw it with `lipsync plot`")
     lv.add_argument("--stats-interval", type=float, default=StatsLogConfig.interval_s, metavar="SECONDS",
                     help="interval of --stats-jsonl lines")
-    from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
 
     enc = LiveVideoEncoding()
     lv.add_argument("--video-bitrate-kbps", type=int, default=enc.bitrate_kbps,

@@ -13,6 +13,11 @@ import argparse
 import os
 import sys
 
+from lipsync.offline import RenderOptions, prepare, render
+from models.errors import LipsyncError
+from realtime import threads
+from realtime.generator import RuntimeConfig, load_generator
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Lip-sync a face image or video to an audio file with Wav2Lip.")
@@ -55,12 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_generator(args):
     if args.backend == "torch":
-        from models.torch_generator import TorchGenerator
+        from models.torch_generator import TorchGenerator  # torch: only for --backend torch, the reference
 
         return TorchGenerator(args.checkpoint_path)
-    from realtime.generator import RuntimeConfig, load_generator
-
-    from realtime import threads
 
     return load_generator(args.checkpoint_path, RuntimeConfig(runtime=args.runtime, precision=args.precision,
                                                               device=args.device,
@@ -69,12 +71,8 @@ def make_generator(args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from models.errors import LipsyncError
 
     try:
-        from realtime import threads
-        from lipsync.offline import RenderOptions, prepare, render
-
         threads.apply(threads.plan("offline"))
 
         opts = RenderOptions(

@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from models.errors import LipsyncError
-from realtime.config import EngineConfig
-from realtime.stats import rss_mb
 from lipsync.web.ice import is_loopback, offer_candidates_for
 from lipsync.web.session import Loaded, Session
 from lipsync.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, read_upload
+from mediaio.audio import decode_audio
+from models.errors import LipsyncError
+from realtime.config import EngineConfig
+from realtime.stats import rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,13 @@ class Studio:
 # -- HTTP handlers --------------------------------------------------------------------------------
 
 def _error(status: int, message: str):
-    from aiohttp import web
+    from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     return web.json_response({"error": message}, status=status)
 
 
 def make_app(studio: Studio):
-    from aiohttp import web
+    from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     @web.middleware
     async def guard(request, handler):
@@ -219,13 +220,12 @@ def make_app(studio: Studio):
 
 
 def _decode_audio(path: str):
-    from mediaio.audio import decode_audio
-
     d = decode_audio(path)
     return d.pcm.mean(axis=0), d.sample_rate_hz
 
 
 async def _connect(studio: Studio, sdp: str):
+    # aiortc: the web extra, needed only by lipsync serve
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     # No STUN/TURN: the studio answers with its own host address only (see lipsync.web.ice).
@@ -273,7 +273,7 @@ def _release_mic_packets_at_once(pc) -> None:
     it; the capture engine tolerates jitter itself (frames late past max_lateness_ms are skipped),
     so the studio takes each packet as soon as the next one shows it is complete (~20 ms). There
     is no public option: the receiver's buffer is replaced, and left alone if aiortc renames it."""
-    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.jitterbuffer import JitterBuffer  # aiortc: the web extra, needed only by lipsync serve
 
     for t in pc.getTransceivers():
         if t.kind == "audio" and hasattr(t.receiver, "_RTCRtpReceiver__jitter_buffer"):
@@ -304,7 +304,7 @@ def secured(cfg: StudioConfig) -> StudioConfig:
 
 def run_studio(avatar: str, build, engine_cfg: EngineConfig, cfg: StudioConfig, ready=None) -> int:
     """Serve until interrupted. `build(path) -> (avatar, renderer)` makes an avatar's renderer."""
-    from aiohttp import web
+    from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     cfg = secured(cfg)
     offer_candidates_for(cfg.host)
