@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.precision import AvatarSamples, choose
 from models.errors import LipsyncError
+from models.hashing import sha256_file
+from realtime.avatar import AvatarConfig, load_avatar
+from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
-from realtime.generator import RuntimeConfig
+from realtime.generator import RuntimeConfig, SplitGenerator
+from realtime.live import build_engine, default_runtime, make_sink, make_source
+from realtime.service import GeneratorService, SessionHost
+from realtime.service.ray_backend import GeneratorSpec, RaySessionHost, SessionSpec
+from realtime.service.sessions import LiveSession, prepare_avatar
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +87,10 @@ class ManagerConfig:
 
 
 def make_sinks(outputs: tuple[str, ...], fps: float, audio_rate_hz: int) -> list:
-    from realtime.live import make_sink
-
     return [make_sink(t, fps, audio_rate_hz) for t in outputs]
 
 
 def make_input(audio: str, loop: bool):
-    from realtime.live import make_source
-
     if audio == "mic" or audio.startswith("mic:"):
         device = audio.partition(":")[2] or None
         return make_source("mic", mic_device=int(device) if device and device.isdigit() else device)
@@ -121,15 +126,6 @@ class SessionManager:
         """Made on the first Wav2Lip session: the ladder calibrates on that avatar."""
         if self._gen is not None:
             return self._gen
-        import hashlib
-
-        from export.precision import AvatarSamples, choose
-        from models.hashing import sha256_file
-        from realtime.avatar import AvatarConfig, load_avatar
-        from realtime.compositor import first_shown_row
-        from realtime.generator import SplitGenerator
-        from realtime.live import default_runtime
-
         av = load_avatar(AvatarConfig(avatar_path, fps=self.cfg.fps))
         first_row = self.mcfg.first_row
         if first_row is None:
@@ -143,13 +139,9 @@ class SessionManager:
         make = functools.partial(SplitGenerator, choice.encoder_path, choice.decoder_path, run_cfg,
                                  first_row=first_row)
         if self.mcfg.backend == "ray":
-            from realtime.service.ray_backend import GeneratorSpec, RaySessionHost
-
             self._gen = GeneratorSpec(make, str(self.checkpoint))
             self._host = RaySessionHost(self._gen, self.cfg)
         else:
-            from realtime.service import GeneratorService, SessionHost
-
             self._gen = make()
             self._host = SessionHost(GeneratorService(self._gen), self.cfg)
         log.info("shared generator: %s (rows %d-95)", choice.precision, first_row)
@@ -177,9 +169,6 @@ class SessionManager:
         return self.describe(req.session_id)
 
     def _start_procedural(self, req: SessionRequest) -> None:
-        from realtime.live import build_engine
-        from realtime.service.sessions import LiveSession
-
         sinks = make_sinks(req.outputs, self.cfg.fps, self.mcfg.audio_rate_hz)
         engine = build_engine(req.avatar, sinks, None, None, self.cfg, loop=req.avatar_loop, engine="procedural",
                               log=log.info)
@@ -187,8 +176,6 @@ class SessionManager:
                                                  req.duration_s).start()
 
     def _start_inprocess(self, req: SessionRequest) -> None:
-        from realtime.service.sessions import prepare_avatar
-
         gen = self._generator(req.avatar)
         av = prepare_avatar(req.avatar, gen, str(self.checkpoint), self.cfg, req.avatar_loop)
         sinks = make_sinks(req.outputs, self.cfg.fps, self.mcfg.audio_rate_hz)
@@ -199,8 +186,6 @@ class SessionManager:
         self._host.start(req.session_id)
 
     def _start_ray(self, req: SessionRequest) -> None:
-        from realtime.service.ray_backend import SessionSpec
-
         self._generator(req.avatar)
         if req.session_id in self._host.actors:  # a session of that id that ended by itself: its actor goes
             self._host.stop(req.session_id)
@@ -263,7 +248,7 @@ class SessionManager:
             if s.error is not None:
                 out["error"] = str(s.error)
         elif self.mcfg.backend == "ray" and self._host is not None and session_id in self._host.actors:
-            import ray
+            import ray  # ray: an optional extra; importing this module needs none
 
             try:
                 info = ray.get(self._host.actors[session_id].wait_frames.remote(0, 0), timeout=5)

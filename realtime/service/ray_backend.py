@@ -46,7 +46,7 @@ from realtime.compositor import to_uint8_faces
 from realtime.config import EngineConfig
 from realtime.engine import Engine, FrameDropped, Wav2LipRenderer
 from realtime.service.generator_service import DROPPED, GeneratorService, ServiceConfig
-from realtime.service.serve_backend import ServeTarget
+from realtime.service.serve_backend import ServeTarget, avatar_key, make_serve_renderer
 from realtime.service.sessions import LiveSession, prepare_avatar, van_der_corput
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,6 @@ class SessionActor:
         self.incarnation = "restarted" if ray.get_runtime_context().was_current_actor_reconstructed else "first"
         avatar = load_avatar(AvatarConfig(spec.avatar_path, loop=spec.loop, fps=cfg.fps))  # boxes: avatar cache
         if isinstance(gen, ServeTarget):  # the generator is a Serve deployment (GPU nodes)
-            from realtime.service.serve_backend import avatar_key, make_serve_renderer
 
             self.renderer = make_serve_renderer(gen, avatar_key(spec.avatar_path, spec.loop), avatar, cfg.blend,
                                                 spec.session_id, wait.no_deadline_wait_s)

@@ -32,8 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.errors import EngineFailure
+from realtime import threads
+from realtime.compositor import to_uint8_faces
 from realtime.config import EngineConfig
+from realtime.engine import FrameDropped, Wav2LipRenderer
 from realtime.service.generator_service import DROPPED, GeneratorService, ServiceConfig
+from realtime.service.sessions import prepare_avatar
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,7 @@ def generator_app(make_generator, checkpoint_id: str, cfg: EngineConfig = Engine
     """A Serve application running the generator: `serve.run(generator_app(...),
     name=serve_cfg.app_name, route_prefix=None)`. `make_generator()` runs on each replica (it
     loads the decoder from the export cache there)."""
-    from ray import serve
+    from ray import serve  # ray: an optional extra; importing this module needs none
 
     # Serve's decorators take their sizes when the class is made, so it is made here, per config.
     @serve.deployment(name=serve_cfg.deployment_name, num_replicas=serve_cfg.num_replicas,
@@ -89,8 +94,6 @@ def generator_app(make_generator, checkpoint_id: str, cfg: EngineConfig = Engine
                       max_ongoing_requests=serve_cfg.max_ongoing_requests)
     class GeneratorDeployment:
         def __init__(self):
-            from realtime import threads
-
             threads.apply(threads.plan("live"))
             self.gen = make_generator()
             # The service decodes what the Serve batch hands it, all at once (never waits itself).
@@ -100,8 +103,6 @@ def generator_app(make_generator, checkpoint_id: str, cfg: EngineConfig = Engine
 
         @serve.multiplexed(max_num_models_per_replica=serve_cfg.avatars_per_replica)
         async def _avatar(self, key: str) -> _HeldAvatar:
-            from realtime.service.sessions import prepare_avatar
-
             path, loop = json.loads(key)
             av = await asyncio.to_thread(prepare_avatar, path, self.gen, checkpoint_id, cfg, loop)
             self.svc.register_avatar(key, av)
@@ -142,19 +143,14 @@ def generator_app(make_generator, checkpoint_id: str, cfg: EngineConfig = Engine
 
 
 def _to_u8(out):
-    from realtime.compositor import to_uint8_faces
-
     return None if out is DROPPED else to_uint8_faces(out)[0]
 
 
 def make_serve_renderer(target: ServeTarget, key: str, avatar, blend: str, session: str, no_deadline_wait_s: float):
     """The session side: faces from the deployment, routed by avatar key; the wait bounded by
     the frame's deadline plus grace (a drop), as with the per-node service actor."""
-    from ray import serve
+    from ray import serve  # ray: an optional extra; importing this module needs none
     from ray.exceptions import RayActorError
-
-    from models.errors import EngineFailure
-    from realtime.engine import FrameDropped, Wav2LipRenderer
 
     handle = serve.get_deployment_handle(target.deployment_name, app_name=target.app_name)
     routed = handle.options(multiplexed_model_id=key)
