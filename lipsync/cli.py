@@ -9,6 +9,7 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 
 from export.cache import ensure_exported
 from lipsync import render_command
@@ -19,8 +20,10 @@ from models.errors import EngineFailure, LipsyncError
 from realtime import threads
 from realtime.config import EngineConfig
 from realtime.generator import RuntimeConfig
-from realtime.live import build_engine, build_playout, build_renderer, make_sink, make_source
+from realtime.live import build_engine, build_playout, build_renderer, choose_engine, make_sink, make_source
 from realtime.playout import PlayoutConfig
+from realtime.service.manager import ManagerConfig, SessionManager, SessionRequest, check_request
+from realtime.service.ray_backend import NAMESPACE, init_local_ray
 from realtime.sinks.audio_out import AudioOutSink
 from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
 from realtime.stats_log import StatsLog, StatsLogConfig
@@ -253,7 +256,49 @@ def _serve(args) -> int:
     def build(path: str):
         return build_renderer(path, args.checkpoint, runtime, cfg, engine=args.engine)
 
-    return run_studio(args.avatar, build, cfg, StudioConfig(host=args.host, port=args.port, token=args.token))
+    if args.avatar is None and args.sessions is None:
+        raise LipsyncError("serve", "--avatar (the browser studio) and/or --sessions FILE.json (headless sessions)",
+                           "neither", "give at least one of them")
+    requests = _session_requests(args.sessions) if args.sessions else []
+    kind, checkpoint = choose_engine(args.engine, args.checkpoint)
+    if args.backend == "ray":
+        _init_ray(args.ray_address)
+    manager = SessionManager(checkpoint if kind == "wav2lip" else None, runtime, cfg,
+                             ManagerConfig(backend=args.backend))
+    return run_studio(args.avatar, build, cfg, StudioConfig(host=args.host, port=args.port, token=args.token),
+                      manager=manager, sessions=requests)
+
+
+def _session_requests(path: str) -> list:
+    """The --sessions file: a JSON list of session objects (see README, 'Hosting several avatars')."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise LipsyncError("--sessions", "a readable JSON file", f"{path} ({e.strerror})", "check the path") from None
+    except ValueError as e:
+        raise LipsyncError("--sessions", "a JSON list of session objects", f"invalid JSON in {path} ({e})",
+                           "fix the file") from None
+    if not isinstance(doc, list):
+        raise LipsyncError("--sessions", "a JSON list of session objects", type(doc).__name__,
+                           'wrap the objects in [ ... ]')
+    requests = [SessionRequest.from_json(d) for d in doc]
+    ids = [r.session_id for r in requests]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup is not None:
+        raise LipsyncError("--sessions", "a distinct id per session", f"{dup!r} twice", "rename one")
+    for r in requests:
+        check_request(r)
+    return requests
+
+
+def _init_ray(address: str | None) -> None:
+    """A cluster's address, or a local Ray (which refuses outside a loopback-only namespace)."""
+    if address is not None:
+        import ray  # ray: the ray extra, needed only by --backend ray
+
+        ray.init(address=address, namespace=NAMESPACE)
+        return
+    init_local_ray()
 
 
 def main(argv=None) -> int:
@@ -318,7 +363,13 @@ def main(argv=None) -> int:
                     help="capture: audio is the clock, late frames skipped (microphone); playout: everything "
                          "pushed is played at the output clock's pace (TTS); auto: playout for burst pacing")
     sv = sub.add_parser("serve", help="the browser studio: talk to the avatar over WebRTC")
-    sv.add_argument("--avatar", required=True, help="photo or video (switchable from the page)")
+    sv.add_argument("--avatar", default=None, help="the browser studio's avatar: photo or video (switchable from "
+                                                    "the page); without it, only --sessions / /api/sessions")
+    sv.add_argument("--sessions", default=None, help="JSON list of headless sessions to start: "
+                                                     '[{"id", "avatar", "audio", "outputs"}, ...]')
+    sv.add_argument("--backend", default="inprocess", choices=["inprocess", "ray"],
+                    help="sessions over one generator in this process, or as Ray actors (extra ray)")
+    sv.add_argument("--ray-address", default=None, help="--backend ray: a cluster (e.g. auto); default a local Ray")
     sv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
     sv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"])
     sv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])

@@ -7,6 +7,7 @@
   POST /api/speak        an audio file (multipart field 'file') is played through the avatar
   POST /api/interrupt    cut the file that is playing
   POST /api/bye          the page is going away (sent as a beacon)
+  /api/sessions          headless sessions (lipsync.web.sessions_api): list, start, stop
 One browser at a time: a new connection takes over from the previous one. Bound to 127.0.0.1
 by default; any other host requires the token printed at start (Bearer header or ?token=).
 """
@@ -58,6 +59,7 @@ class Studio:
         """`build(path) -> (avatar, renderer)`: blocking; run off the event loop."""
         self.cfg, self.engine_cfg, self._build = cfg, engine_cfg, build
         self.loaded: Loaded | None = None
+        self.enabled = True  # False: no --avatar, only headless sessions are served
         self.session: Session | None = None
         self._avatar_lock = asyncio.Lock()
         self._uploads = tempfile.TemporaryDirectory(prefix="lipsync-studio-")
@@ -101,7 +103,8 @@ def _error(status: int, message: str):
     return web.json_response({"error": message}, status=status)
 
 
-def make_app(studio: Studio):
+def make_app(studio: Studio, manager=None):
+    """`manager`: a realtime.service.manager.SessionManager whose sessions /api/sessions controls."""
     from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     @web.middleware
@@ -117,6 +120,9 @@ def make_app(studio: Studio):
             return _error(e.status, str(e))
 
     async def page(request):
+        if not studio.enabled:
+            return _error(404, "studio: expected an avatar for the browser studio, found none; start lipsync serve "
+                               "with --avatar (sessions: GET /api/sessions)")
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def offer(request):
@@ -128,6 +134,8 @@ def make_app(studio: Studio):
         except Exception:
             return _error(400, "offer: expected JSON {\"sdp\": \"v=0...\", \"type\": \"offer\"}, found something "
                                "else; send the RTCPeerConnection's localDescription")
+        if not studio.enabled:
+            return _error(404, "offer: expected a studio avatar, found none; start lipsync serve with --avatar")
         if studio.loaded is None:
             return _error(503, "offer: expected an avatar, found none loaded yet; retry in a moment")
         try:
@@ -211,6 +219,10 @@ def make_app(studio: Studio):
     app.router.add_post("/api/speak", speak)
     app.router.add_post("/api/interrupt", interrupt)
     app.router.add_post("/api/bye", bye)
+    if manager is not None:
+        from lipsync.web.sessions_api import add_session_routes
+
+        add_session_routes(app, manager, _error)
 
     async def on_shutdown(app):
         await studio.close()
@@ -302,24 +314,37 @@ def secured(cfg: StudioConfig) -> StudioConfig:
     return cfg
 
 
-def run_studio(avatar: str, build, engine_cfg: EngineConfig, cfg: StudioConfig, ready=None) -> int:
-    """Serve until interrupted. `build(path) -> (avatar, renderer)` makes an avatar's renderer."""
+def run_studio(avatar: str | None, build, engine_cfg: EngineConfig, cfg: StudioConfig, ready=None,
+               manager=None, sessions=()) -> int:
+    """Serve until interrupted. `build(path) -> (avatar, renderer)` makes an avatar's renderer.
+    `avatar` None: no browser studio, only the headless sessions of `manager` (started from
+    `sessions`, SessionRequests, before the server listens; all stopped when it ends)."""
     from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     cfg = secured(cfg)
     offer_candidates_for(cfg.host)
     studio = Studio(cfg, engine_cfg, build)
+    studio.enabled = avatar is not None
 
     async def main():
-        studio.loaded = await studio.load_avatar(avatar)
-        app = make_app(studio)
+        if avatar is not None:
+            studio.loaded = await studio.load_avatar(avatar)
+        for req in sessions:
+            await asyncio.to_thread(manager.start, req)
+        app = make_app(studio, manager)
+        if manager is not None:
+            app.on_shutdown.append(lambda _app: asyncio.to_thread(manager.close))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1] if cfg.port == 0 else cfg.port
         url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}/"
-        print(f"studio: open {url}" + (f"?token={cfg.token}" if cfg.token else ""), flush=True)
+        if avatar is not None:
+            print(f"studio: open {url}" + (f"?token={cfg.token}" if cfg.token else ""), flush=True)
+        if manager is not None:
+            print(f"sessions: {len(sessions)} running; {url}api/sessions lists, starts (POST) and stops (DELETE) them",
+                  flush=True)
         if cfg.token:
             print(f"studio: token {cfg.token} (required on /offer and /api/ from non-loopback hosts)", flush=True)
         if ready is not None:
