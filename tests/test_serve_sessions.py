@@ -120,3 +120,76 @@ def test_serve_refuses_a_bad_sessions_file_in_one_line(tmp_path, photo, content,
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and says in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_headless_session_is_watched_over_webrtc_by_several_viewers(photo, speech_wav):
+    """The "webrtc" output: two aiortc viewers of one session get its 25 fps video (RTP pts step
+    3600 at 90 kHz) at the avatar's size; stopping the session ends their tracks."""
+    import asyncio
+
+    import numpy as np
+    from aiohttp.test_utils import TestClient, TestServer
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+
+    from lipsync.web.ice import offer_candidates_for
+    from lipsync.web.server import Studio, StudioConfig, make_app
+    from lipsync.web.sessions_api import WebRtcOutputs
+    from realtime.config import EngineConfig
+    from realtime.service.manager import SessionManager
+
+    offer_candidates_for("127.0.0.1")  # both peers offer loopback only
+    height, width = cv2.imread(str(photo)).shape[:2]
+
+    async def viewer(client, sid):
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        tracks = {}
+        pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
+        await pc.setLocalDescription(await pc.createOffer())
+        r = await client.post(f"/api/sessions/{sid}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+        assert r.status == 200, await r.text()
+        await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
+        return pc, tracks
+
+    async def go():
+        cfg = EngineConfig(output_audio_rate_hz=48_000)
+        manager = SessionManager(None, cfg=cfg)
+        studio = Studio(StudioConfig(), cfg, build=None)
+        studio.enabled = False
+        outputs = WebRtcOutputs(cfg, asyncio.get_running_loop())
+        manager.local_outputs["webrtc"] = outputs.make
+        app = make_app(studio, manager, outputs)
+        peers = []
+        try:
+            async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+                r = await client.post("/api/sessions", json={"id": "w", "avatar": str(photo),
+                                                              "audio": str(speech_wav), "outputs": ["webrtc"]})
+                assert r.status == 201, await r.text()
+                r = await client.post("/api/sessions", json={"id": "plain", "avatar": str(photo),
+                                                              "audio": str(speech_wav), "outputs": ["null"]})
+                assert r.status == 201
+                r = await client.post("/api/sessions/plain/offer", json={"sdp": "v=0", "type": "offer"})
+                assert r.status == 409 and '"webrtc" output' in (await r.json())["error"]
+                assert (await client.get("/watch/w")).status == 200
+                peers += [await viewer(client, "w") for _ in range(2)]
+                for _, tracks in peers:
+                    frames = [await asyncio.wait_for(tracks["video"].recv(), 20) for _ in range(30)]
+                    assert set(np.diff([f.pts for f in frames])) == {3600}
+                    assert (frames[-1].width, frames[-1].height) == (width, height)
+                    audio = await asyncio.wait_for(tracks["audio"].recv(), 20)
+                    assert audio.sample_rate == 48_000
+                r = await client.delete("/api/sessions/w")
+                assert r.status == 200
+                for _, tracks in peers:  # the session's end hangs up on its viewers
+                    with pytest.raises(MediaStreamError):
+                        for _ in range(100):
+                            await asyncio.wait_for(tracks["video"].recv(), 20)
+        finally:
+            for pc, _ in peers:
+                await pc.close()
+            await asyncio.to_thread(manager.close)
+            await outputs.close()
+
+    asyncio.run(go())

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from lipsync.web.ice import is_loopback, offer_candidates_for
 from lipsync.web.session import Loaded, Session
+from lipsync.web.sessions_api import WebRtcOutputs, add_session_routes
 from lipsync.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, read_upload
 from mediaio.audio import decode_audio
 from models.errors import LipsyncError
@@ -103,8 +104,9 @@ def _error(status: int, message: str):
     return web.json_response({"error": message}, status=status)
 
 
-def make_app(studio: Studio, manager=None):
-    """`manager`: a realtime.service.manager.SessionManager whose sessions /api/sessions controls."""
+def make_app(studio: Studio, manager=None, outputs=None):
+    """`manager`: a realtime.service.manager.SessionManager whose sessions /api/sessions controls;
+    `outputs`: its "webrtc" output (lipsync.web.sessions_api.WebRtcOutputs)."""
     from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     @web.middleware
@@ -220,9 +222,7 @@ def make_app(studio: Studio, manager=None):
     app.router.add_post("/api/interrupt", interrupt)
     app.router.add_post("/api/bye", bye)
     if manager is not None:
-        from lipsync.web.sessions_api import add_session_routes
-
-        add_session_routes(app, manager, _error)
+        add_session_routes(app, manager, _error, outputs)
 
     async def on_shutdown(app):
         await studio.close()
@@ -329,11 +329,19 @@ def run_studio(avatar: str | None, build, engine_cfg: EngineConfig, cfg: StudioC
     async def main():
         if avatar is not None:
             studio.loaded = await studio.load_avatar(avatar)
+        outputs = None
+        if manager is not None:
+            outputs = WebRtcOutputs(engine_cfg, asyncio.get_running_loop())
+            manager.local_outputs["webrtc"] = outputs.make
+        app = make_app(studio, manager, outputs)
         for req in sessions:
             await asyncio.to_thread(manager.start, req)
-        app = make_app(studio, manager)
         if manager is not None:
-            app.on_shutdown.append(lambda _app: asyncio.to_thread(manager.close))
+            async def stop_sessions(_app):
+                await asyncio.to_thread(manager.close)
+                await outputs.close()
+
+            app.on_shutdown.append(stop_sessions)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port)

@@ -111,10 +111,13 @@ def check_request(req: SessionRequest) -> None:
 
 class SessionManager:
     def __init__(self, checkpoint: str | None, runtime: RuntimeConfig | None = None, cfg: EngineConfig = EngineConfig(),
-                 mcfg: ManagerConfig = ManagerConfig()):
+                 mcfg: ManagerConfig = ManagerConfig(), local_outputs=None):
+        """`local_outputs`: {output name: make(session_id) -> sink} for outputs that live in this
+        process's host (the server's "webrtc"); sessions in other processes (ray) cannot use them."""
         if mcfg.backend not in ("inprocess", "ray"):
             raise LipsyncError("--backend", "inprocess or ray", repr(mcfg.backend), "pick one of those")
         self.checkpoint, self.runtime, self.cfg, self.mcfg = checkpoint, runtime, cfg, mcfg
+        self.local_outputs = dict(local_outputs or {})
         self.requests: dict[str, SessionRequest] = {}
         self._lock = threading.RLock()
         self._gen = None  # the shared split generator (inprocess) or its GeneratorSpec (ray)
@@ -169,7 +172,7 @@ class SessionManager:
         return self.describe(req.session_id)
 
     def _start_procedural(self, req: SessionRequest) -> None:
-        sinks = make_sinks(req.outputs, self.cfg.fps, self.mcfg.audio_rate_hz)
+        sinks = self._sinks(req)
         engine = build_engine(req.avatar, sinks, None, None, self.cfg, loop=req.avatar_loop, engine="procedural",
                               log=log.info)
         self._solo[req.session_id] = LiveSession(req.session_id, engine, make_input(req.audio, req.loop_audio),
@@ -178,14 +181,22 @@ class SessionManager:
     def _start_inprocess(self, req: SessionRequest) -> None:
         gen = self._generator(req.avatar)
         av = prepare_avatar(req.avatar, gen, str(self.checkpoint), self.cfg, req.avatar_loop)
-        sinks = make_sinks(req.outputs, self.cfg.fps, self.mcfg.audio_rate_hz)
+        sinks = self._sinks(req)
         for sink in sinks:
             if hasattr(sink, "prepare"):
                 sink.prepare(*av.size)
         self._host.add(req.session_id, av, sinks, make_input(req.audio, req.loop_audio), req.duration_s)
         self._host.start(req.session_id)
 
+    def _sinks(self, req: SessionRequest) -> list:
+        return [self.local_outputs[o](req.session_id) if o in self.local_outputs
+                else make_sink(o, self.cfg.fps, self.mcfg.audio_rate_hz) for o in req.outputs]
+
     def _start_ray(self, req: SessionRequest) -> None:
+        local = [o for o in req.outputs if o in self.local_outputs]
+        if local:
+            raise LipsyncError(f"session {req.session_id!r} outputs", "outputs a Ray session actor can open itself",
+                               repr(local[0]), "use --backend inprocess for it, or stream to rtmp:// / udp://")
         self._generator(req.avatar)
         if req.session_id in self._host.actors:  # a session of that id that ended by itself: its actor goes
             self._host.stop(req.session_id)
