@@ -10,6 +10,9 @@ import sys
 from models.errors import EngineFailure, LipsyncError
 from realtime.stats_log import StatsLogConfig
 
+CHECKPOINT_HELP = ("default: wav2lip_gan.pth or wav2lip.pth in ./checkpoints/, else in checkpoints/ of the cache "
+                   "folder ($LIPSYNC_CACHE_DIR, default ~/.cache/lipsync)")
+
 
 def _export(args) -> int:
     from export.cache import ensure_exported
@@ -296,7 +299,7 @@ def main(argv=None) -> int:
     lv.add_argument("--audio", default="mic", help="'mic' or an audio file played in real time")
     lv.add_argument("--to", action="append", help="vcam | preview | null | rtmp://... | udp://... | srt://... | "
                                                   "FILE.mp4/.mkv (repeatable; default vcam)")
-    lv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
+    lv.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     lv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"],
                     help="auto: wav2lip with a checkpoint, else the weight-free procedural engine")
     lv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"],
@@ -344,7 +347,7 @@ def main(argv=None) -> int:
                          "pushed is played at the output clock's pace (TTS); auto: playout for burst pacing")
     sv = sub.add_parser("serve", help="the browser studio: talk to the avatar over WebRTC")
     sv.add_argument("--avatar", required=True, help="photo or video (switchable from the page)")
-    sv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
+    sv.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     sv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"])
     sv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
     sv.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "int8-mixed", "bf16", "fp16"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -12,15 +13,30 @@ from realtime.config import EngineConfig
 from realtime.engine import Engine
 from realtime.generator import RuntimeConfig, load_live_generator
 
-ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAMES = ("wav2lip_gan.pth", "wav2lip.pth")
+
+
+def checkpoint_folders() -> list[Path]:
+    """Where a checkpoint is looked for when none is given: `checkpoints/` in the working folder,
+    then in the user's cache folder. Never beside the package: an installed package lives in
+    site-packages, where no user puts weights."""
+    from models.face_model import cache_dir
+
+    return [Path.cwd() / "checkpoints", cache_dir() / "checkpoints"]
 
 
 def default_checkpoint() -> str:
-    for name in ("wav2lip_gan.pth", "wav2lip.pth"):
-        if (ROOT / "checkpoints" / name).is_file():
-            return str(ROOT / "checkpoints" / name)
-    raise LipsyncError("--checkpoint", "a Wav2Lip generator checkpoint", "none given and none in checkpoints/",
-                       "pass --checkpoint PATH or put wav2lip_gan.pth in checkpoints/ (see checkpoints/README.md)")
+    folders = checkpoint_folders()
+    for folder in folders:
+        for name in CHECKPOINT_NAMES:
+            if (folder / name).is_file():
+                return str(folder / name)
+    log.debug("no %s in %s", " or ".join(CHECKPOINT_NAMES), ", ".join(map(str, folders)))
+    raise LipsyncError("--checkpoint", "a Wav2Lip generator checkpoint",
+                       "none given and none in " + " or ".join(map(str, folders)),
+                       f"pass --checkpoint PATH, or put {CHECKPOINT_NAMES[0]} in one of those folders")
 
 
 def default_runtime() -> RuntimeConfig:
@@ -77,7 +93,7 @@ def make_source(audio: str, loop: bool = False, mic_device=None, mic_give_up_aft
 
 
 def choose_engine(engine: str, checkpoint: str | None) -> tuple[str, str | None]:
-    """`auto`: Wav2Lip when a checkpoint is given or present in checkpoints/, else procedural."""
+    """`auto`: Wav2Lip when a checkpoint is given or found (`checkpoint_folders`), else procedural."""
     if engine == "procedural":
         return "procedural", None
     if engine == "wav2lip":
@@ -141,7 +157,8 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, eng
         from realtime.procedural import ProceduralRenderer
 
         if engine == "auto":
-            log("engine: procedural (no Wav2Lip checkpoint given or in checkpoints/; see checkpoints/README.md)")
+            log("engine: procedural (no Wav2Lip checkpoint given or in "
+                + " or ".join(map(str, checkpoint_folders())) + ")")
         renderer = ProceduralRenderer(av.keypoints())
         heap.release_freed()
         return av, renderer
