@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from models.errors import LipsyncError
@@ -109,15 +108,15 @@ def choose_engine(engine: str, checkpoint: str | None) -> tuple[str, str | None]
 
 
 def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                 cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None, log=None,
+                 cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None,
                  engine: str = "auto") -> Engine:
     """The capture engine (microphone-like input: the audio is the clock, late frames skipped)."""
-    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine)
+    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine)
     return Engine(av, renderer, sinks, cfg, clock)
 
 
 def build_playout(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                  cfg: EngineConfig = EngineConfig(), pcfg=None, loop: str = "forward", clock=None, log=None,
+                  cfg: EngineConfig = EngineConfig(), pcfg=None, loop: str = "forward", clock=None,
                   engine: str = "auto", reader: bool = True):
     """Playout for pushed speech (TTS, voice agents): an output clock, idle frames, interrupts.
     Sinks should take audio at `pcfg.output_rate_hz` (48 kHz by default)."""
@@ -126,18 +125,17 @@ def build_playout(avatar: str, sinks: list, checkpoint: str | None = None, runti
     if avatar.startswith("camera:"):
         raise LipsyncError("--avatar", "a photo or a video for playout", repr(avatar),
                            "a live camera avatar is for capture mode (--audio mic)")
-    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine)
+    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine)
     return Playout(av, renderer, sinks, cfg, pcfg or PlayoutConfig(), clock, deliver_to_reader=reader)
 
 
 def build_renderer(avatar: str, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                   cfg: EngineConfig = EngineConfig(), loop: str = "forward", log=None, engine: str = "auto"):
+                   cfg: EngineConfig = EngineConfig(), loop: str = "forward", engine: str = "auto"):
     """(avatar, renderer) for `avatar` with no sinks: for hosts that build engines themselves."""
-    return _avatar_and_renderer(avatar, [], checkpoint, runtime, cfg, loop, log, engine)
+    return _avatar_and_renderer(avatar, [], checkpoint, runtime, cfg, loop, engine)
 
 
-def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine):
-    log = log or (lambda m: print(m, file=sys.stderr))
+def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
     kind, checkpoint = choose_engine(engine, checkpoint)
     if avatar.startswith("camera:"):
         from realtime.camera_avatar import CameraAvatar
@@ -157,7 +155,7 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, eng
         from realtime.procedural import ProceduralRenderer
 
         if engine == "auto":
-            log("engine: procedural (no Wav2Lip checkpoint given or in "
+            log.info("engine: procedural (no Wav2Lip checkpoint given or in "
                 + " or ".join(map(str, checkpoint_folders())) + ")")
         renderer = ProceduralRenderer(av.keypoints())
         heap.release_freed()
@@ -175,9 +173,9 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, eng
             first_row = first_shown_row(av.boxes, av.keypoints())
         key = hashlib.sha256(f"{sha256_file(avatar)}:{[list(b) for b in av.boxes]}".encode()).hexdigest()
         samples = AvatarSamples(key, av.crops)
-    gen = load_live_generator(checkpoint, runtime, first_row=first_row, avatar=samples, log=log)
+    gen = load_live_generator(checkpoint, runtime, first_row=first_row, avatar=samples)
     if engine == "auto":
-        log(f"engine: wav2lip ({Path(checkpoint).name})")
+        log.info(f"engine: wav2lip ({Path(checkpoint).name})")
     av.attach_features(gen, f"{gen.name}:{checkpoint}")
     from realtime.engine import Wav2LipRenderer
 
