@@ -101,4 +101,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from realtime.console import configure_logging
+
+    configure_logging()  # `lipsync render` has the CLI's; run on its own, the export's progress still shows
     sys.exit(main())

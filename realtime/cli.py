@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from models.errors import EngineFailure, LipsyncError
+from realtime.console import STATUS, configure_logging
 from realtime.stats_log import StatsLogConfig
 
 CHECKPOINT_HELP = ("default: wav2lip_gan.pth or wav2lip.pth in ./checkpoints/, else in checkpoints/ of the cache "
@@ -55,11 +57,6 @@ def _session(args, audio_rate_hz: int = 48_000):
 
 
 def _live(args) -> int:
-    import logging
-
-    # Warnings from the library during a run (a stream reconnecting, the microphone gone and
-    # back) each on a line of their own, not appended to the status line (which ends in none).
-    logging.basicConfig(level=logging.WARNING, format="\n%(message)s")
     if args.audio_pacing == "burst" and args.audio == "mic":
         raise LipsyncError("--audio-pacing burst", "an audio file to push as a TTS engine would", "--audio mic",
                            "give --audio FILE, or drop --audio-pacing for the microphone")
@@ -89,7 +86,7 @@ def _live(args) -> int:
     def status():
         while not done.wait(1.0):
             extra = "  ".join(getattr(s, "status", "") for s in sinks if getattr(s, "status", ""))
-            print(f"\r{engine.stats.status_line()}  {extra}", end="", file=sys.stderr, flush=True)
+            STATUS.show(f"{engine.stats.status_line()}  {extra}")
 
     status_thread = threading.Thread(target=status, daemon=True)
 
@@ -108,7 +105,7 @@ def _live(args) -> int:
             status_thread.join(timeout=5)
         if stats_log is not None:
             stats_log.close()
-        print(file=sys.stderr)
+        STATUS.end()
     if getattr(source, "overflows", 0):
         summary["input_overflows"] = source.overflows
     if args.stats_json:
@@ -219,7 +216,7 @@ def _live_playout(args) -> int:
 
     def status():
         while not done.wait(1.0):
-            print(f"\r{pl.stats.status_line()}", end="", file=sys.stderr, flush=True)
+            STATUS.show(pl.stats.status_line())
 
     status_thread = threading.Thread(target=status, daemon=True)
     status_thread.start()
@@ -252,7 +249,7 @@ def _live_playout(args) -> int:
         status_thread.join(timeout=5)
         if stats_log is not None:
             stats_log.close()
-        print(file=sys.stderr)
+        STATUS.end()
     summary = pl.stop()  # raises EngineFailure if a thread or sink failed
     if args.stats_json:
         pl.stats.write_json(args.stats_json)
@@ -261,15 +258,12 @@ def _live_playout(args) -> int:
 
 
 def _serve(args) -> int:
-    import logging
-
     from realtime import threads
     from realtime.config import EngineConfig
     from realtime.generator import RuntimeConfig
     from realtime.live import build_renderer
     from realtime.web.server import StudioConfig, run_studio
 
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     threads.apply(threads.plan("live"))
     cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend, output_audio_rate_hz=48_000)
     runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
@@ -281,13 +275,29 @@ def _serve(args) -> int:
     return run_studio(args.avatar, build, cfg, StudioConfig(host=args.host, port=args.port, token=args.token))
 
 
+VERBOSITY = {"-v": logging.DEBUG, "--verbose": logging.DEBUG, "-q": logging.WARNING, "--quiet": logging.WARNING}
+
+
+def _verbosity_flags(parser, default) -> None:
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG, default=default,
+                   help="also debug messages")
+    g.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING, default=default,
+                   help="only warnings and errors (the status line stays)")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["render"]:
+    lead = 0  # `lipsync -v render ...`: render's own flags are inference.py's, so only leading ones are ours
+    while argv[lead:lead + 1] and argv[lead] in VERBOSITY:
+        lead += 1
+    if argv[lead:lead + 1] == ["render"]:
         import inference
 
-        return inference.main(argv[1:])
+        configure_logging(VERBOSITY[argv[lead - 1]] if lead else logging.INFO)
+        return inference.main(argv[lead + 1:])
     ap = argparse.ArgumentParser(prog="lipsync", description="Real-time lip-sync on Wav2Lip.")
+    _verbosity_flags(ap, logging.INFO)
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("render", help="offline render; takes inference.py's flags", add_help=False)
     ex = sub.add_parser("export", help="export a checkpoint to verified ONNX graphs in the cache")
@@ -367,7 +377,11 @@ def main(argv=None) -> int:
     ca.add_argument("--kind", choices=["exports", "avatars", "detections"], default=None,
                     help="only this kind of entry (default: all; the face model is never removed)")
     ca.add_argument("--json", action="store_true", help="list: one JSON object")
+    for p in sub.choices.values():  # after the command too; given there, it wins
+        if p is not sub.choices["render"]:
+            _verbosity_flags(p, argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    configure_logging(args.log_level)
     try:
         return {"export": _export, "live": _live, "serve": _serve, "devices": _devices, "plot": _plot,
                 "cache": _cache}[args.command](args)
