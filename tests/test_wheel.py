@@ -82,6 +82,11 @@ def _copy_sources(dst: Path) -> Path:
     return dst
 
 
+def _files(folder: Path) -> set[Path]:
+    """Every file below `folder`, Python's own bytecode caches left out."""
+    return {p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
 def _clean_env(**extra) -> dict:
     """This environment minus whatever could point Python back at the checkout or a warm cache."""
     env = {k: v for k, v in os.environ.items()
@@ -141,9 +146,11 @@ def test_the_wheel_alone_lip_syncs_a_file_offline(tmp_path, generator_ckpt, phot
     else:
         (site / "_refuse_network.py").write_text(REFUSE_NETWORK)
         (site / "_refuse_network.pth").write_text("import _refuse_network\n")
+    installed_files = _files(site)
     proc = subprocess.run(cmd, cwd=run, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (cache / "exports").is_dir()  # the export was made now, in the empty cache
+    assert (cache / "exports").is_dir()  # the export was made now, in the empty cache ...
+    assert _files(site) == installed_files  # ... and nothing was written beside the package
     with av.open(str(speech)) as c:
         samples = sum(f.samples for f in c.decode(audio=0))  # 16 kHz mono
     with av.open(str(run / "out.mp4")) as c:
