@@ -96,10 +96,10 @@ def fidelity(gen, av, frames: int = 24) -> dict:
     `frames` avatar frames spread over the loop, each with a different window of real speech."""
     import numpy as np
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.mel import melspectrogram
     from realtime.compositor import to_uint8_faces
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     mel = melspectrogram(decode_audio(str(ROOT / "media" / "speech.mp3")).mono_16k())
     worst_float, worst_u8, psnrs = 0.0, 0, []
@@ -140,7 +140,7 @@ def measure(code_root: str, avatar: Path, ckpt: str, engine: str, live_s: float,
 
 def warm_up(code_root: str, avatar: Path, ckpt: str, env: dict) -> None:
     """The export (torch, in a child) for this avatar's decoder rows, so no measured process has it."""
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(avatar), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(avatar), "--audio",
                            str(ROOT / "media" / "speech.mp3"), "--checkpoint", ckpt, "--to", "null", "--duration",
                            "1", "--runtime", "onnxruntime", "--precision", "fp32"], cwd=code_root, env=env,
                           capture_output=True, text=True)

@@ -39,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # synthetic.py: the random-weight checkpoint makers
 
 STANDINS = {  # name -> CheckpointStyle arguments; seeds the tests never use
     "standin-affine-x10": dict(seed=101, calibration="photo", trained_affine=True, activation_scale=10.0),
@@ -49,8 +50,8 @@ AVATAR = ROOT / "media" / "avatar.jpg"
 
 def make_standin(path: Path, style: dict) -> None:
     from export import samples
-    from models.audio import decode_audio
-    from models.synthetic import CheckpointStyle, calibration_batches, make_styled_checkpoint
+    from mediaio.audio import decode_audio
+    from synthetic import CheckpointStyle, calibration_batches, make_styled_checkpoint
 
     # BatchNorm statistics from face B and voice C: not what the product calibrates on (face A /
     # the avatar, voice A), not what the tests use.
@@ -161,11 +162,11 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
     from export.cache import ensure_exported
     from export.metadata import SKIPS, decoder_variant
     from export.samples import heldout_set
-    from realtime.generator import RuntimeConfig, _runner
+    from export.runtime import RuntimeConfig, make_runner
 
     full = ensure_exported(ckpt, "split")
     crop = ensure_exported(ckpt, "split", first_row=first)
-    enc = _runner(full["face_encoder"], RuntimeConfig(intra_op_threads=threads))
+    enc = make_runner(full["face_encoder"], RuntimeConfig(intra_op_threads=threads))
     h = heldout_set(1)
     feed = {"mel": h.mels[:1], **dict(zip(SKIPS, enc({"face": h.faces[:1]})))}
     out = []
@@ -174,7 +175,7 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
         pairs.append(("openvino", "bf16" if machine.has_bf16() else "fp32"))
     for rt, prec in pairs:
         cfg = RuntimeConfig(runtime=rt, precision=prec, intra_op_threads=threads)
-        a, b = _runner(full["decoder"], cfg), _runner(crop[decoder_variant(first)], cfg)
+        a, b = make_runner(full["decoder"], cfg), make_runner(crop[decoder_variant(first)], cfg)
         (wa, _), (wb, _) = timed_interleaved([lambda: a(feed), lambda: b(feed)], max(reps // 3, 20))
         ma, mb = float(np.median(wa) * 1000), float(np.median(wb) * 1000)
         for layout, ms in (("split decoder, all rows", ma), (f"split decoder, rows {first}-95", mb)):

@@ -47,7 +47,7 @@ def moving_avatar(path: Path, seconds: float = 10.0) -> Path:
 
 def warm_up(ckpt: str, avatar: str) -> str:
     """Export + ladder (+ avatar cache) in a child, as a first `lipsync live` start does; its log."""
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", avatar, "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", avatar, "--audio",
                            str(ROOT / "media" / "speech.mp3"), "--checkpoint", ckpt, "--to", "null",
                            "--duration", "1"], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -14,6 +14,8 @@ backend), "batch_size_mean", "baseline": the same for processes}; one summary li
 With --backend ray the sessions are Ray actors over one generator-service actor (a local Ray,
 only inside a loopback-only network namespace), each stream also reports "actor_hop_ms" (its
 round trip to the service actor minus the time spent inside it), then the processes baseline.
+--backend ray-serve: the same sessions, the generator a Ray Serve deployment (@serve.batch,
+routed by avatar) as on GPU nodes; here on CPU, to see what Serve's per-request cost is.
 
 Both backends run the same decoder: the precision ladder's choice for the first avatar, cropped
 to the first row any avatar shows; choosing it and computing avatar features happen first in a
@@ -182,7 +184,10 @@ class TreeCpu:
         return 100 * used / wall / (os.cpu_count() or 1)
 
 
-def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger: bool) -> dict:
+def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger: bool,
+            serve_batch_wait_ms: float | None = None) -> dict:
+    """`serve_batch_wait_ms` None: the per-node generator-service actor; a number: the generator
+    as a Ray Serve deployment (the GPU-node layout) whose @serve.batch waits that long."""
     import functools
 
     import ray
@@ -197,8 +202,20 @@ def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger:
             init_local_ray(num_cpus=2, log_to_driver=False)
         except LipsyncError as e:
             raise SystemExit(f"--backend ray: {e}")
-    gen = GeneratorSpec(functools.partial(load_spec, spec), spec["checkpoint"], num_cpus=1.0)
-    # The service actor reserves one of Ray's 2 CPUs; the sessions share the other.
+    deployment = None
+    if serve_batch_wait_ms is None:
+        gen = GeneratorSpec(functools.partial(load_spec, spec), spec["checkpoint"], num_cpus=1.0)
+    else:
+        from ray import serve
+
+        from realtime.service.serve_backend import ServeConfig, ServeTarget, generator_app
+
+        serve.start(proxy_location="Disabled")
+        scfg = ServeConfig(num_cpus=1.0, batch_wait_ms=serve_batch_wait_ms)
+        deployment = serve.run(generator_app(functools.partial(load_spec, spec), spec["checkpoint"], EngineConfig(),
+                                             scfg), name=scfg.app_name, route_prefix=None)
+        gen = ServeTarget(scfg.app_name, scfg.deployment_name)
+    # The service actor (or replica) reserves one of Ray's 2 CPUs; the sessions share the other.
     host = RaySessionHost(gen, EngineConfig(), SessionPlacement(num_cpus=1.0 / n), stagger=stagger)
     actors = [host.add(SessionSpec(f"s{k}", path, functools.partial(rotated_source, audio, k, n),
                                    duration_s=seconds)) for k, path in enumerate(avatars)]
@@ -208,13 +225,19 @@ def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger:
     cpu = meter.percent()
     out = host.close()
     svc = out["services"][0] if out["services"] else {}
+    if deployment is not None:
+        from ray import serve
+
+        svc = deployment.summary.remote().result(timeout_s=60)
+        serve.delete(gen.app_name)
     streams = []
     for k in range(n):
         s = out[f"s{k}"]
         streams.append({**per_stream(s), "actor_hop_ms": s.get("hop_ms"), "face_timeouts": s.get("face_timeouts")})
     hop_p95 = [s["actor_hop_ms"]["p95"] for s in streams if s.get("actor_hop_ms") and s["actor_hop_ms"]["p95"] is not None]
     failed = {f"s{k}": out[f"s{k}"].get("error") for k in range(n) if out[f"s{k}"].get("error")}
-    return {"streams": n, "backend": "ray", "stagger": stagger, "per_stream": streams,
+    return {"streams": n, "backend": "ray" if deployment is None else "ray-serve", "stagger": stagger,
+            "per_stream": streams,
             "cpu_percent": round(cpu, 1), "batch_size_mean": svc.get("batch_size_mean"),
             # round trip seen by a session minus the time spent inside the service actor
             "actor_hop_ms": {"p95_max_over_streams": max(hop_p95) if hop_p95 else None},
@@ -296,9 +319,11 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--backend", default="inprocess", choices=["inprocess", "processes", "ray"],
+    ap.add_argument("--backend", default="inprocess", choices=["inprocess", "processes", "ray", "ray-serve"],
                     help="ray: a local Ray, which refuses to start outside a loopback-only network namespace "
-                         "(unshare -n bash -c 'ip link set lo up; exec python benchmarks/bench_multistream.py ...')")
+                         "(unshare -n bash -c 'ip link set lo up; exec python benchmarks/bench_multistream.py ...'); "
+                         "ray-serve: the same with the generator as a Ray Serve deployment (the GPU-node layout)")
+    ap.add_argument("--serve-batch-wait-ms", type=float, default=5.0, help="ray-serve: @serve.batch's wait")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--avatar", default=str(ROOT / "media" / "avatar.jpg"))
     ap.add_argument("--audio", default=str(ROOT / "media" / "speech.mp3"))
@@ -333,9 +358,12 @@ def main() -> int:
     runs = []
     for n in args.streams:
         print(f"[{n} streams] {args.seconds:g} s ...", file=sys.stderr)
-        if args.backend in ("inprocess", "ray"):
-            run = run_inprocess if args.backend == "inprocess" else run_ray
-            r = run(spec, avatars[:n], args.audio, args.seconds, stagger)
+        if args.backend in ("inprocess", "ray", "ray-serve"):
+            if args.backend == "inprocess":
+                r = run_inprocess(spec, avatars[:n], args.audio, args.seconds, stagger)
+            else:
+                r = run_ray(spec, avatars[:n], args.audio, args.seconds, stagger,
+                            args.serve_batch_wait_ms if args.backend == "ray-serve" else None)
             r["baseline"] = run_processes(str(spec_path), avatars[:n], args.audio, args.seconds, stagger)
             print(f"N={n}  {line(r)}  |  {line(r['baseline'])}", flush=True)
         else:

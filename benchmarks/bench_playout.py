@@ -66,7 +66,7 @@ class TimedSink:
 
 
 def speech(seconds: float, rate=48_000):
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     d = decode_audio(SPEECH)
     pcm = d.pcm.mean(axis=0).astype(np.float32)
@@ -181,7 +181,7 @@ def blocked(ckpt) -> dict:
 def cli(ckpt, tmp: Path) -> dict:
     import av
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     pcm, rate = speech(42.0)
     path = tmp / "speech42.wav"
@@ -194,7 +194,7 @@ def cli(ckpt, tmp: Path) -> dict:
         c.mux(st.encode(None))
     assert abs(decode_audio(path).duration_s - 42.0) < 0.01
     stats = tmp / "cli.json"
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(AVATAR), "--audio", str(path),
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(AVATAR), "--audio", str(path),
                            "--checkpoint", ckpt, "--audio-pacing", "burst", "--to", "null", "--stats-json", str(stats)],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # synthetic.py: the random-weight checkpoint makers
 
 BACKENDS = [  # (backend, runtime, precision)
     ("torch", None, "fp32"),
@@ -40,15 +41,15 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    import inference
-    from realtime.render import RenderOptions, render
+    from lipsync.offline import RenderOptions, render
+    from lipsync.render_command import make_generator
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("LIPSYNC_CACHE_DIR", os.path.join(tmp, "cache"))
         ckpt, weights = args.checkpoint, "user checkpoint"
         if ckpt is None:
-            from models.synthetic import make_checkpoint
+            from synthetic import make_checkpoint
 
             ckpt = os.path.join(tmp, "random.pth")
             make_checkpoint(ckpt, "Wav2Lip", seed=0)
@@ -58,7 +59,7 @@ def main() -> int:
         for backend, runtime, precision in BACKENDS:
             ns = SimpleNamespace(checkpoint_path=ckpt, backend=backend, runtime=runtime or "onnxruntime",
                                  precision=precision, device="cpu")
-            gen = inference.make_generator(ns)
+            gen = make_generator(ns)
             render(args.face, args.audio, out, gen, opts)  # warm-up: caches, allocator
             t = time.perf_counter()
             res = render(args.face, args.audio, out, gen, opts)

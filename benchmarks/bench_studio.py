@@ -51,7 +51,7 @@ def mic_wav(src: Path, out: Path, phrase_s: float = 1.2, gap_s: float = 0.8, rat
 
     import soxr
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     d = decode_audio(src)
     pcm = soxr.resample(d.pcm.mean(axis=0), d.sample_rate_hz, rate, quality="HQ").astype(np.float32)
@@ -71,7 +71,7 @@ def mic_wav(src: Path, out: Path, phrase_s: float = 1.2, gap_s: float = 0.8, rat
 
 
 def start_server(args, env) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "realtime.cli", "serve", "--avatar", str(args.avatar), "--port", "0",
+    cmd = [sys.executable, "-m", "lipsync.cli", "serve", "--avatar", str(args.avatar), "--port", "0",
            "--engine", args.engine]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]

@@ -65,7 +65,7 @@ def face_over_background(img, face_box, n: int, path, background, workdir: Path,
     import cv2
 
     from media import video_only
-    from models.face_media import read_video
+    from mediaio.face_media import read_video
 
     h, w = img.shape[:2]
     x1, y1, x2, y2 = face_box

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep the stats jsonl and viewer report here")
     args = ap.parse_args(argv)
 
-    from models.face_media import is_image
+    from mediaio.face_media import is_image
     from servers import NginxRtmp
 
     tmp = tempfile.TemporaryDirectory()
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     url = server.url("soak")
     jsonl, summary_path, view_path = work / "soak.jsonl", work / "summary.json", work / "viewer.json"
     seconds = args.minutes * 60
-    cmd = [sys.executable, "-m", "realtime.cli", "live", "--avatar", args.avatar, "--audio", args.audio, "--loop",
+    cmd = [sys.executable, "-m", "lipsync.cli", "live", "--avatar", args.avatar, "--audio", args.audio, "--loop",
            "--to", url, "--duration", f"{seconds:g}", "--stats-jsonl", str(jsonl), "--stats-interval",
            f"{args.interval_s:g}", "--stats-json", str(summary_path), *engine_args]
     print(f"soak: {args.minutes:g} min, {' '.join(cmd[3:])}", file=sys.stderr)

@@ -10,7 +10,7 @@ it listens, and stops mid-sentence when you interrupt.
 
 from livekit.agents import Agent, AgentSession, JobContext, WorkerOptions, cli
 
-from realtime.integrations.livekit import LipsyncAvatarSession
+from lipsync.integrations.livekit import LipsyncAvatarSession
 
 AVATAR = "media/avatar.jpg"
 CHECKPOINT = None  # checkpoints/wav2lip_gan.pth when you have it; None: Wav2Lip if present, else procedural

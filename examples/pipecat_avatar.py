@@ -16,8 +16,8 @@ from pipecat.frames.frames import OutputAudioRawFrame, OutputImageRawFrame, TTSA
     TTSStoppedFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
-from models.audio import decode_audio
-from realtime.integrations.pipecat import LipsyncVideoService
+from mediaio.audio import decode_audio
+from lipsync.integrations.pipecat import LipsyncVideoService
 
 
 async def main():

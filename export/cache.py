@@ -12,8 +12,11 @@ import logging
 import os
 from pathlib import Path
 
+from export.metadata import decoder_variant, read_metadata
+from export.quantize import build_reduced
 from models import cache_limit
 from models.errors import LipsyncError
+from models.face_model import cache_dir
 from models.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,6 @@ LAYOUTS = ("full", "split")
 
 def graphs(layout: str, first_row: int = 0) -> tuple[str, ...]:
     """Graph variants of a layout; `first_row` > 0 picks the row-cropped decoder (split only)."""
-    from export.metadata import decoder_variant
-
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
     if layout == "full":
@@ -35,8 +36,6 @@ def graphs(layout: str, first_row: int = 0) -> tuple[str, ...]:
 
 
 def cache_root() -> Path:
-    from models.face_model import cache_dir
-
     return cache_dir() / "exports"
 
 
@@ -52,7 +51,6 @@ def entry_paths(sha: str, layout: str, precision: str = "fp32", first_row: int =
 def _valid(path: Path, sha: str, precision: str) -> bool:
     if not path.is_file():
         return False
-    from export.metadata import read_metadata
 
     try:
         meta = read_metadata(path)
@@ -63,10 +61,10 @@ def _valid(path: Path, sha: str, precision: str) -> bool:
 
 def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path]) -> None:
     """Export, verify and move into place; on any failure, leave no file behind."""
-    from export.onnx import export_variant, verify
-    from models.checkpoint import load_generator
+    from export.onnx import export_variant, verify  # torch: only when a graph must be exported; a warm cache needs none
+    from models.checkpoint import load_torch_generator
 
-    net = load_generator(checkpoint)
+    net = load_torch_generator(checkpoint)
     for i, g in enumerate(graphs, 1):
         final = paths[g]
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -101,8 +99,6 @@ def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precisi
         if precision == "fp32":
             build(checkpoint, sha, missing, paths)
         else:
-            from export.quantize import build_reduced
-
             fp32 = ensure_exported(checkpoint, layout, "fp32", first_row, sha)
             build_reduced(fp32, sha, precision, paths, checkpoint=checkpoint)
         cache_limit.added(entry_dir(sha))  # the entry grew: make room (never by removing this one)

@@ -11,6 +11,8 @@ import json
 import os
 import platform
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 
 # Flags (as /proc/cpuinfo names them) that change which precision is fastest here.
 FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
@@ -34,7 +36,7 @@ def has_bf16() -> bool:
     if flags:
         return bool({"avx512_bf16", "amx_bf16"} & flags)
     try:  # not Linux: ask OpenVINO, which reads CPUID itself
-        import openvino as ov
+        import openvino as ov  # openvino: an optional extra
 
         return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # no OpenVINO: nothing can run bf16 here anyway
@@ -67,9 +69,6 @@ RUNTIME_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "ope
 def runtime_versions() -> dict[str, str]:
     """Installed runtimes from package metadata. Never imports them: NNCF pulls in torch, which a
     warm live start must not load."""
-    from importlib.metadata import PackageNotFoundError, version
-    from importlib.util import find_spec
-
     out = {}
     for module, dists in RUNTIME_DISTRIBUTIONS.items():
         if find_spec(module) is None:
@@ -85,7 +84,7 @@ def runtime_versions() -> dict[str, str]:
 
 def gpu_providers() -> list[str]:
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
         return [p for p in ort.get_available_providers() if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
     except ImportError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import onnx
+
 from models import mel as mel_params
 
 OPSET = 17
@@ -36,7 +38,5 @@ def metadata(source_sha256: str, variant: str, precision: str = "fp32") -> dict[
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}

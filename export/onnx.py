@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
+from export import samples
 from export.metadata import OPSET, SKIPS, metadata, variant_first_row
 from models.errors import LipsyncError
 
@@ -86,8 +88,6 @@ def spec_for(net, variant: str, batch: int = 2) -> ExportSpec:
 
 def export_variant(net, variant: str, path: str | os.PathLike, source_sha256: str) -> Path:
     """Write one unverified fp32 graph to `path` (see `export.cache.build` for the verified path)."""
-    import onnx
-
     # A fresh wrapper module is in training mode, and the exporter restores the wrapper's mode
     # recursively afterwards, which would leave `net`'s BatchNorms in training mode.
     spec = spec_for(net, variant)
@@ -115,9 +115,7 @@ def export_variant(net, variant: str, path: str | os.PathLike, source_sha256: st
 
 def verification_inputs(batch: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Real inputs: jittered face crops of the shipped photo, mels of the shipped speech."""
-    from export.samples import verification_inputs as real
-
-    got = real(batch, seed)
+    got = samples.verification_inputs(batch, seed)
     return got.mels, got.faces
 
 
@@ -147,7 +145,7 @@ def check_parity(name: str, got: np.ndarray, want: np.ndarray, image: bool) -> t
 def verify(net, variant: str, path: str | os.PathLike) -> float:
     """Worst relative difference between ONNX Runtime and torch on real inputs, over all the
     graph's outputs; raises (naming the output) past the scaled tolerance."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
     mels, faces = verification_inputs()
     with torch.no_grad():

@@ -30,6 +30,9 @@ import numpy as np
 from export import machine
 from export.cache import checkpoint_sha256, ensure_exported, entry_dir
 from export.metadata import SKIPS, decoder_variant
+from export.quantize import quantize_openvino
+from export.runtime import RuntimeConfig, graph_precision, make_runner
+from export.samples import calibration_set, heldout_set
 from models.errors import LipsyncError
 
 log = logging.getLogger(__name__)
@@ -175,9 +178,7 @@ class _Inputs:
     calibration and validation feeds, made only when an int8 build actually needs them."""
 
     def __init__(self, fp32: dict, first_row: int, avatar: AvatarSamples | None):
-        import onnxruntime as ort
-
-        from export.samples import heldout_set
+        import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
         self._enc = ort.InferenceSession(str(fp32["face_encoder"]), providers=["CPUExecutionProvider"])
         self._dec = ort.InferenceSession(str(fp32[decoder_variant(first_row)]), providers=["CPUExecutionProvider"])
@@ -192,14 +193,10 @@ class _Inputs:
 
     @cached_property
     def calibration(self) -> list[dict]:
-        from export.samples import calibration_set
-
         return self._feeds(calibration_set(CALIBRATION_SAMPLES, self._crops, seed=1))
 
     @cached_property
     def validation(self) -> list[dict]:
-        from export.samples import calibration_set
-
         return self._feeds(calibration_set(VALIDATION_SAMPLES, self._crops, seed=9))
 
     @cached_property
@@ -212,8 +209,6 @@ def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, input
     """The decoder file candidate `c` runs (built now if it is not in the cache)."""
     variant = decoder_variant(first_row)
     if c.runtime == "openvino" and c.precision in ("int8", "int8-mixed"):
-        from export.quantize import quantize_openvino
-
         calib = avatar.key[:12] if avatar else "face-a"
         final = entry_dir(sha) / f"{variant}-ov-{c.precision}-{calib}.xml"
         if not (final.is_file() and final.with_suffix(".bin").is_file()):
@@ -233,16 +228,12 @@ def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, input
         return fp32[variant]
     # ONNX Runtime int8 (the ConvTranspose-free rewrite) and fp16 for GPUs: export.quantize's builds,
     # whose own checks refuse a broken result; the gate below then judges it like the rest.
-    from realtime.generator import RuntimeConfig, graph_precision
-
     precision = graph_precision(RuntimeConfig(runtime=c.runtime, precision=c.precision))
     return ensure_exported(checkpoint, "split", precision, first_row=first_row, sha=sha)[variant]
 
 
 def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int):
-    from realtime.generator import RuntimeConfig, _runner
-
-    run = _runner(path, RuntimeConfig(runtime=c.runtime, precision=c.precision, device=c.device,
+    run = make_runner(path, RuntimeConfig(runtime=c.runtime, precision=c.precision, device=c.device,
                                       intra_op_threads=threads))
     out = np.concatenate([run(f)[0] for f in inputs.heldout])
     ref = np.concatenate(inputs.heldout_ref)

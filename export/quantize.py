@@ -24,12 +24,16 @@ Float parts run in bf16 where the CPU has it (the runner's precision hint).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from export.metadata import metadata
+from export.samples import calibration_set, heldout_set
 from models.errors import LipsyncError
 
 log = logging.getLogger(__name__)
@@ -77,7 +81,7 @@ def _quiet_ort_quantizer():
 
 def _feeds(graph: str, mels: np.ndarray, faces: np.ndarray, encoder_path: Path | None) -> list[dict]:
     """One feed dict per sample, for the graph being calibrated or evaluated."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
     if graph == "full":
         return [{"mel": mels[i:i + 1], "face": faces[i:i + 1]} for i in range(len(mels))]
@@ -90,7 +94,7 @@ def _feeds(graph: str, mels: np.ndarray, faces: np.ndarray, encoder_path: Path |
 
 
 def _outputs(path: Path, feeds: list[dict]) -> np.ndarray:
-    import onnxruntime as ort
+    import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, f)[0] for f in feeds])
@@ -98,10 +102,9 @@ def _outputs(path: Path, feeds: list[dict]) -> np.ndarray:
 
 def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = None) -> float:
     """Write an int8 QDQ version of `src` to `dst`; returns its held-out PSNR vs `src`."""
+    # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
-
-    from export.samples import calibration_set, heldout_set
 
     c = calibration_set(CALIBRATION_SAMPLES)
     cal = _feeds(graph, c.mels, c.faces, encoder_fp32)
@@ -126,7 +129,7 @@ def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = 
 
 def convert_fp16(src: Path, dst: Path) -> None:
     """fp16 weights and math with fp32 inputs/outputs, for CUDA/TensorRT."""
-    import onnx
+    # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
@@ -138,11 +141,11 @@ REDUCED = ("int8", "int8-ort", "fp16")
 
 def _conv_only_fp32(checkpoint: Path, graph: str, dst: Path, sha: str) -> Path:
     """The fp32 graph with ConvTranspose rewritten as Conv (export.rewrite), verified vs the original."""
-    from export.onnx import export_variant, verify
+    from export.onnx import export_variant, verify  # torch: these export a graph from the checkpoint
     from export.rewrite import convtranspose_as_conv
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
 
-    net = load_generator(checkpoint)
+    net = load_torch_generator(checkpoint)
     export_variant(convtranspose_as_conv(net), graph, dst, sha)
     verify(net, graph, dst)
     return dst
@@ -158,10 +161,6 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
               (plain int8 leaves ConvTranspose+BatchNorm in float there: ~1.3x instead of ~2.2x).
     fp16      for CUDA / TensorRT.
     """
-    import onnx
-
-    from export.metadata import metadata
-
     if precision not in REDUCED:
         raise LipsyncError("--precision", "fp32, " + ", ".join(REDUCED), repr(precision), "pick one of those")
     for graph, final in paths.items():
@@ -192,8 +191,6 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
                 else:
                     convert_fp16(fp32[graph], tmp)
                     if graph != "face_encoder":
-                        from export.samples import heldout_set
-
                         h = heldout_set(HELDOUT_SAMPLES)
                         held = _feeds(graph, h.mels, h.faces, fp32.get("face_encoder"))
                         psnr = psnr_db(_outputs(tmp, held), _outputs(fp32[graph], held))
@@ -219,7 +216,7 @@ PSNR_CAP_DB = 60.0  # "as good as fp32" for the search's drop arithmetic
 
 
 def _static_ov_model(onnx_path: Path, example: dict):
-    import openvino as ov
+    import openvino as ov  # openvino: an optional extra
 
     shapes = {name: list(v.shape) for name, v in example.items()}
     model = ov.convert_model(str(onnx_path))
@@ -234,7 +231,7 @@ def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict]
     `calibration`: feed dicts (batch 1) the ranges come from. `int8-mixed` also needs
     `validation` feeds and their fp32 outputs, on which the search measures each layer's harm.
     """
-    import nncf
+    import nncf  # nncf, openvino: optional extras (nncf pulls in torch)
     import openvino as ov
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
@@ -269,9 +266,7 @@ def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict]
 def _quiet_nncf():
     """NNCF logs through its own "nncf" logger (not propagated: it has its own stdout handler);
     quietened by name while a build runs, and put back as it was."""
-    import io
-
-    import nncf
+    import nncf  # nncf: an optional extra, and it pulls in torch
 
     logger = logging.getLogger("nncf")
     levels = [(x, x.level) for x in (logger, *logger.handlers)]

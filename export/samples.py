@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from realtime.face_input import jittered_samples, model_faces, model_mels
+from mediaio.audio import decode_audio
+from models.face_input import jittered_samples, model_faces, model_mels
+from models.mel import mel_chunks, melspectrogram
 
 DATA = Path(__file__).resolve().parent / "data"
 FACE_A_BOX = (70, 190, 170, 275)  # y1 y2 x1 x2, the astronaut's face in face_a.jpg
@@ -35,8 +38,6 @@ class Samples:
 
 @lru_cache(maxsize=None)
 def _image(name: str) -> np.ndarray:
-    import cv2
-
     img = cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)
     if img is None:
         raise FileNotFoundError(DATA / name)
@@ -45,9 +46,6 @@ def _image(name: str) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def _mel_windows(name: str, fps: float = 25.0) -> tuple:
-    from models.audio import decode_audio
-    from models.mel import mel_chunks, melspectrogram
-
     chunks = mel_chunks(melspectrogram(decode_audio(DATA / name).mono_16k()), fps)
     # Voiced windows only: silence is never sent to the generator (the engine shows the idle
     # face), so it would only dilute the statistics.

@@ -23,6 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.errors import LipsyncError
+from models.face_model import cache_dir
+
 log = logging.getLogger(__name__)
 
 ENV_LIMIT = "LIPSYNC_CACHE_MAX_MB"
@@ -48,15 +51,11 @@ class Entry:
 
 
 def root() -> Path:
-    from models.face_model import cache_dir
-
     return cache_dir()
 
 
 def limit_bytes() -> int:
     """$LIPSYNC_CACHE_MAX_MB, else the default; 0 turns eviction off."""
-    from models.errors import LipsyncError
-
     raw = os.environ.get(ENV_LIMIT, "").strip()
     if not raw:
         return DEFAULT_LIMIT_MB * 1_000_000

@@ -8,6 +8,7 @@ unpickle is refused.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import zipfile
@@ -26,8 +27,6 @@ NETWORKS = {
 
 
 def _network(name: str) -> nn.Module:
-    import importlib
-
     _, module, cls = NETWORKS[name]
     return getattr(importlib.import_module(module), cls)()
 
@@ -89,5 +88,7 @@ def load_network(path: str | os.PathLike, expect: str = "Wav2Lip") -> nn.Module:
     return net.eval()
 
 
-def load_generator(path: str | os.PathLike) -> nn.Module:
+def load_torch_generator(path: str | os.PathLike) -> nn.Module:
+    """The Wav2Lip generator as a torch module in eval mode, for export and the torch backend (the
+    ONNX generator the engine runs comes from realtime.generator.load_generator)."""
     return load_network(path, "Wav2Lip")

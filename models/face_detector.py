@@ -18,6 +18,8 @@ import numpy as np
 
 from models import cache_limit
 from models.errors import LipsyncError
+from models.face_model import cache_dir, resolve_face_model
+from models.hashing import sha256_file
 from models.quiet import native_stderr_silenced
 
 # Multiples of the eye-to-mouth distance `d` (vertical) and of the ear-to-ear distance (horizontal).
@@ -51,10 +53,8 @@ class FaceDetector:
     """BlazeFace short-range through mediapipe Tasks, one image at a time."""
 
     def __init__(self, model_path: str | None = None, min_score: float = MIN_SCORE):
-        from models.face_model import resolve_face_model
-
         self.model_path = resolve_face_model(model_path)
-        try:
+        try:  # mediapipe: heavy (its own TFLite runtime), loaded only when a face must be detected
             import mediapipe as mp
             from mediapipe.tasks.python import BaseOptions, vision
         except ImportError as e:
@@ -95,8 +95,6 @@ class FaceDetector:
 
 
 def _cache_key(source: Path, settings: dict, model_path: Path) -> str:
-    from models.hashing import sha256_file
-
     blob = json.dumps({"file": sha256_file(source), "model": sha256_file(model_path),
                        "framing": [FRAMING_VERSION, FRAMING], **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -110,8 +108,6 @@ def detect_all(frames: list[np.ndarray], source: str | Path | None = None, setti
     content hash, the detector model, the framing and `settings` (whatever changed the frames:
     resize, crop, rotate), so a second run over the same input skips detection.
     """
-    from models.face_model import cache_dir, resolve_face_model
-
     model = resolve_face_model(model_path)
     cache_file = None
     if source is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 
 
 @contextlib.contextmanager
@@ -28,8 +29,6 @@ def native_stderr_filtered(drop_prefixes: tuple[bytes, ...]):
     are dropped; everything else passes through as it comes (a status line ending in no newline
     too). For C libraries that print diagnostics from their own threads at moments no
     `native_stderr_silenced` can surround (PortAudio when an audio server dies)."""
-    import threading
-
     sys.stderr.flush()
     real = os.dup(2)
     r, w = os.pipe()

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.checkpoint import load_generator
+from models.checkpoint import load_torch_generator
 
 
 class TorchGenerator:
     name = "torch"
 
     def __init__(self, checkpoint_path: str):
-        self.net = load_generator(checkpoint_path)
+        self.net = load_torch_generator(checkpoint_path)
 
     def __call__(self, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """(B,1,80,16) mels + (B,6,96,96) faces, float32 -> (B,3,96,96) float32 in [0, 1]."""

@@ -19,11 +19,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models import face_media
+from mediaio import face_media
+from models import cache_limit
 from models.errors import LipsyncError
+from models.face_boxes import pad_and_clip
+from models.face_detector import FaceDetector
+from models.face_input import crop_face
+from models.face_model import cache_dir
 from models.hashing import sha256_file
 from realtime.avatar_features import FORMAT_VERSION, FeatureStore
-from realtime.face_input import crop_face
+from realtime.avatar_frames import VideoFrames
+from realtime.framing import RenderOptions, face_boxes
+from realtime.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,6 @@ class Avatar:
         (or --box skipped detection), estimated from the box with average face proportions."""
         if self._keypoints is not None:
             return self._keypoints
-        from models.face_detector import FaceDetector
 
         out = []
         with FaceDetector(self.cfg.face_model) as det:
@@ -95,9 +101,6 @@ class Avatar:
 
     def attach_features(self, encoder, encoder_id: str) -> None:
         """Face-encoder features for every frame: from the disk cache, or computed once now."""
-        from models import cache_limit
-        from models.face_model import cache_dir
-
         cfg = {k: v for k, v in asdict(self.cfg).items() if k not in _MEMORY_ONLY}
         key = hashlib.sha256(json.dumps({"avatar": sha256_file(self.cfg.path), "cfg": cfg, "store": FORMAT_VERSION,
                                          "boxes": [list(b) for b in self.boxes], "encoder": encoder_id},
@@ -119,15 +122,11 @@ class Avatar:
 
 
 def load_avatar(cfg: AvatarConfig, progress: bool = False) -> Avatar:
-    from realtime.render import RenderOptions, face_boxes
-
     if cfg.loop not in ("forward", "pingpong"):
         raise LipsyncError("--loop", "forward or pingpong", repr(cfg.loop), "pick one of those")
     if face_media.is_image(cfg.path):
         frames = [face_media.read_image(cfg.path)]
     else:
-        from realtime.avatar_frames import VideoFrames
-
         frames = VideoFrames(cfg.path, cfg.max_frames, cache_mb=cfg.frame_cache_mb)
     keypoints = None
     if cfg.tracking and not isinstance(frames, list) and cfg.box[0] == -1:
@@ -148,10 +147,6 @@ def load_avatar(cfg: AvatarConfig, progress: bool = False) -> Avatar:
 def track_faces(frames, cfg: AvatarConfig):
     """Boxes (y1, y2, x1, x2, padded like the reference), keypoints and 96x96 crops for a moving
     avatar, in one pass over `frames` (an iterable: each frame is seen once, then let go)."""
-    from models.face_boxes import pad_and_clip
-    from models.face_detector import FaceDetector
-    from realtime.tracking import FaceTracker
-
     boxes, kps, crops = [], [], []
     with FaceDetector(cfg.face_model) as det:
         tracker = FaceTracker(det.detect, fps=cfg.fps)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.face_input import model_faces
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -128,8 +130,6 @@ class FeatureStore:
 
 def _write_rows(dest: Path, crops: np.ndarray, encoder, batch: int, dtype) -> list | None:
     """One row per frame into `dest` (.npy); the skip shapes, or None if a value overflows `dtype`."""
-    from realtime.face_input import model_faces
-
     shapes = None
     narrow = np.dtype(dtype) == np.float16
     limit = float(np.finfo(np.float16).max)

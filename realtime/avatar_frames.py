@@ -21,6 +21,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 
 from models.errors import LipsyncError
@@ -45,8 +46,6 @@ class VideoFrames:
 
     def __init__(self, path: str | Path, max_frames: int | None = None, cache_mb: float = 96.0,
                  min_cached_frames: int = 16):
-        import av
-
         self.path, self.max_frames = str(path), max_frames
         self._cache_mb, self._min_cached = cache_mb, min_cached_frames
         what = f"face {path}"
@@ -87,8 +86,6 @@ class VideoFrames:
     # -- the first pass --------------------------------------------------------------------------
     def scan(self):
         """Every frame in order, decoded once; records what random access needs."""
-        import av
-
         if self._scanned:
             yield from self
             return
@@ -182,8 +179,6 @@ class VideoFrames:
 
     def _decode_next(self):
         """The decoder's next output frame (an av.VideoFrame), or None at the end of the stream."""
-        import av
-
         while not self._pending:
             if self._drained:
                 return None

@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from models.face_boxes import pad_and_clip
-from realtime.face_input import crop_face, model_faces
+from models.face_detector import FaceDetector
+from models.face_input import crop_face, model_faces
+from realtime.tracking import FaceTracker
 
 
 class CameraAvatar:
     def __init__(self, capture, pads=(0, 10, 0, 0), fps: float = 25.0, face_model: str | None = None):
-        from models.face_detector import FaceDetector
-        from realtime.tracking import FaceTracker
-
         self.capture, self.pads = capture, pads
         self._detector = FaceDetector(face_model)
         self.tracker = FaceTracker(self._detector.detect, fps=fps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -22,8 +23,6 @@ def paste_hard(frame: np.ndarray, face96: np.ndarray, box) -> np.ndarray:
 
     `box` is (y1, y2, x1, x2). Writes into `frame` and returns it.
     """
-    import cv2
-
     y1, y2, x1, x2 = box
     frame[y1:y2, x1:x2] = cv2.resize(face96, (x2 - x1, y2 - y1))
     return frame
@@ -33,8 +32,6 @@ def mouth_mask(shape: tuple[int, int], box, keypoints: np.ndarray) -> np.ndarray
     """Soft (0..1) float32 mask over the mouth and jaw, inside `box` (y1, y2, x1, x2), from
     BlazeFace's keypoints: an ellipse from just under the nose to the chin, cheek to cheek,
     feathered over ~12% of the box so the generated face fades into the original."""
-    import cv2
-
     y1, y2, x1, x2 = box
     h, w = y2 - y1, x2 - x1
     nose, mouth = keypoints[2], keypoints[3]
@@ -99,8 +96,6 @@ def match_colour(src: np.ndarray, ref: np.ndarray, weight: np.ndarray) -> np.nda
 
 def paste_feathered(frame: np.ndarray, face96: np.ndarray, box, keypoints: np.ndarray) -> np.ndarray:
     """Blend the generated face into the frame through `mouth_mask`, colour-matched; no box edge."""
-    import cv2
-
     y1, y2, x1, x2 = box
     gen = cv2.resize(face96, (x2 - x1, y2 - y1)).astype(np.float32)
     orig = frame[y1:y2, x1:x2].astype(np.float32)

@@ -21,6 +21,7 @@ import logging
 import threading
 
 import numpy as np
+import soxr
 
 from models.errors import EngineFailure
 from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
@@ -227,8 +228,6 @@ class Engine:
         if rate == SR:
             return pcm
         if rate not in self._resamplers:
-            import soxr
-
             self._resamplers[rate] = soxr.ResampleStream(rate, SR, 1, dtype="float32", quality="HQ")
         return self._resamplers[rate].resample_chunk(pcm)
 
@@ -240,8 +239,6 @@ class Engine:
             return pcm
         key = ("out", rate)
         if key not in self._resamplers:
-            import soxr
-
             self._resamplers[key] = soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ")
         return self._resamplers[key].resample_chunk(pcm)
 

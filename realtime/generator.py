@@ -1,201 +1,36 @@
-"""One generator interface over ONNX Runtime sessions (CPU, CUDA, TensorRT). No torch here.
+"""One generator interface over exported graphs, run by export.runtime (ONNX Runtime on CPU, CUDA
+or TensorRT; OpenVINO). No torch here.
 
 Two shapes of the same network:
   OnnxGenerator   the full graph: (mels, faces) -> faces
   SplitGenerator  face encoder once per avatar frame (`encode`), decoder per output frame
                   (`decode`); the face encoder's features are the cacheable part.
-Sessions are built with explicit options (threads, graph optimisation level) instead of ORT's
-defaults, warmed up once, and on GPUs run through IOBinding so outputs stay on the device until
-copied once.
+Each is warmed up once when made.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from models.errors import LipsyncError
+from export.cache import ensure_exported
+from export.precision import choose
+from export.runtime import OrtRunner, RuntimeConfig, graph_precision, make_runner
 
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
 SKIP_NAMES = [f"skip{i}" for i in range(7)]
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    # "auto" (live path): the precision ladder (export.precision) picks, per checkpoint and
-    # machine, the fastest candidate that passes the quality gate; a named value pins it.
-    runtime: str = "onnxruntime"  # auto | onnxruntime | openvino
-    precision: str = "fp32"  # auto | fp32 | int8 | int8-mixed (openvino) | fp16 (GPU) | bf16 (openvino)
-    device: str = "auto"  # auto | cpu | cuda | tensorrt (onnxruntime)
-    intra_op_threads: int = 0  # 0: one per physical core (ORT's choice)
-    inter_op_threads: int = 1
-    graph_optimization: str = "all"  # basic | extended | all
-    warmup_runs: int = 1
-
-
-def choose_providers(device: str, available: list[str]) -> list[str]:
-    """Providers for `device`; `auto` takes CUDA when this onnxruntime build has it, else CPU.
-
-    An explicitly requested accelerator that is missing is an error, not a quiet CPU run.
-    """
-    if device == "auto":
-        device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
-    if device not in PROVIDERS:
-        raise LipsyncError("--device", "auto, cpu, cuda or tensorrt", repr(device), "pick one of those")
-    wanted = PROVIDERS[device]
-    if wanted[0] not in available:
-        raise LipsyncError(f"--device {device}", wanted[0], "only " + ", ".join(available),
-                           "install onnxruntime-gpu (the 'gpu' extra, not beside 'cpu') on a machine with "
-                           "an NVIDIA GPU, or use --device cpu")
-    return [p for p in wanted if p in available]
-
-
-def make_session(path: str | Path, cfg: RuntimeConfig = RuntimeConfig()):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = cfg.intra_op_threads
-    opts.inter_op_num_threads = cfg.inter_op_threads
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # ORT's worker threads spin after each run by default. With more than one session (split
-    # path) or other busy threads (audio, encoder, sinks) on 2 cores, idle spinning pools steal
-    # the cores the running session needs: measured 116 ms/frame instead of 43 here.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[cfg.graph_optimization]
-    providers = choose_providers(cfg.device, ort.get_available_providers())
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-
-
-def graph_precision(cfg: RuntimeConfig) -> str:
-    """Which exported graph a config runs: bf16 is a runtime mode over the fp32 graph, and int8
-    on ONNX Runtime uses the ConvTranspose-free rewrite (see export.rewrite)."""
-    if cfg.precision == "bf16":
-        return "fp32"
-    if cfg.precision == "int8" and cfg.runtime == "onnxruntime":
-        return "int8-ort"
-    return cfg.precision
-
-
-def openvino_hint(precision: str) -> str:
-    """OpenVINO's inference precision for a config. int8 graphs run their float remainder in
-    bf16 where the CPU has it (what the quality gate measured), else in f32. The hint is always
-    set: left alone, OpenVINO picks bf16 by itself on CPUs with AMX, so "fp32" would not be."""
-    if precision in ("int8", "int8-mixed"):
-        from export.machine import has_bf16
-
-        return "bf16" if has_bf16() else "f32"
-    return "bf16" if precision == "bf16" else "f32"
-
-
-def _runner(path, cfg: RuntimeConfig):
-    if cfg.runtime == "openvino":
-        if cfg.precision not in ("fp32", "bf16", "int8", "int8-mixed"):
-            raise LipsyncError("--precision", "fp32, bf16, int8 or int8-mixed with openvino", cfg.precision,
-                               "fp16 is for GPUs with onnxruntime")
-        return _OpenVinoRunner(path, openvino_hint(cfg.precision), cfg.intra_op_threads)
-    if cfg.runtime != "onnxruntime":
-        raise LipsyncError("--runtime", "onnxruntime or openvino", repr(cfg.runtime), "pick one of those")
-    if cfg.precision in ("bf16", "int8-mixed"):
-        raise LipsyncError(f"--precision {cfg.precision}", "--runtime openvino", "onnxruntime",
-                           "ONNX Runtime has no kernels for it here; add --runtime openvino")
-    return _Runner(make_session(path, cfg))
-
-
 def _describe(run, cfg: RuntimeConfig) -> str:
-    where = run.session.get_providers()[0] if isinstance(run, _Runner) else "CPU"
+    where = run.session.get_providers()[0] if isinstance(run, OrtRunner) else "CPU"
     return f"{cfg.runtime}:{where}:{cfg.precision}"
-
-
-class _Runner:
-    """Runs one session with numpy in and out; on a GPU provider, through IOBinding."""
-
-    def __init__(self, session):
-        self.session = session
-        self.on_gpu = session.get_providers()[0] != "CPUExecutionProvider"
-        self.output_names = [o.name for o in session.get_outputs()]
-
-    def __call__(self, feeds: dict) -> list[np.ndarray]:
-        if not self.on_gpu:
-            return self.session.run(self.output_names, feeds)
-        binding = self.session.io_binding()
-        for name, value in feeds.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            else:  # an OrtValue already on the device (cached face features)
-                binding.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
-
-    def run_on_device(self, feeds: dict) -> list:
-        """GPU only: outputs as device-resident OrtValues (for features that are reused)."""
-        binding = self.session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in self.output_names:
-            binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return binding.get_outputs()
-
-
-class _OpenVinoRunner:
-    """The same ONNX graphs through OpenVINO, which runs QDQ int8 graphs as true int8 kernels
-    and can run fp32 graphs in bf16 on CPUs that have AVX512-BF16 or AMX."""
-
-    on_gpu = False
-
-    def __init__(self, path: str | Path, hint: str, threads: int = 0):
-        try:
-            import openvino as ov
-        except ImportError:
-            raise LipsyncError("--runtime openvino", "the openvino package", "it is not installed",
-                               "pip install 'lipsync-rt[openvino]' or use --runtime onnxruntime") from None
-        self._core, self._path = ov.Core(), str(path)
-        self._cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            self._cfg["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = self._core.compile_model(self._core.read_model(self._path), "CPU", self._cfg)
-        self._request = self._compiled.create_infer_request()
-        self.output_names = [o.get_any_name() for o in self._compiled.outputs]
-        self._batched: dict[int, tuple] = {}  # batch size -> (compiled, request), made on first use
-
-    def __call__(self, feeds: dict) -> list[np.ndarray]:
-        compiled, request = self._for_batch(len(next(iter(feeds.values()))))
-        res = request.infer(feeds)
-        return [res[o] for o in compiled.outputs]
-
-    def _for_batch(self, batch: int):
-        """The int8 decoder IR is saved at static batch-1 shapes (see export.quantize); a shared
-        generator service runs batches, so the graph is reshaped and compiled once per batch size
-        (checked: outputs equal the batch-1 graph's exactly)."""
-        shape = self._compiled.inputs[0].get_partial_shape()
-        if shape.is_dynamic or batch == shape[0].get_length():
-            return self._compiled, self._request
-        if batch not in self._batched:
-            model = self._core.read_model(self._path)
-            model.reshape({i.get_any_name(): [batch] + list(i.get_partial_shape().to_shape())[1:]
-                           for i in model.inputs})
-            compiled = self._core.compile_model(model, "CPU", self._cfg)
-            self._batched[batch] = (compiled, compiled.create_infer_request())
-        return self._batched[batch]
 
 
 class OnnxGenerator:
     """The full graph: (B,1,80,16) mels + (B,6,96,96) faces -> (B,3,96,96) in [0, 1]."""
 
     def __init__(self, path: str | Path, cfg: RuntimeConfig = RuntimeConfig()):
-        self._run = _runner(path, cfg)
+        self._run = make_runner(path, cfg)
         self.name = _describe(self._run, cfg)
         for _ in range(cfg.warmup_runs):
             self(np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, 96, 96), np.float32))
@@ -217,8 +52,8 @@ class SplitGenerator:
                  first_row: int = 0):
         enc_cfg = RuntimeConfig(runtime=cfg.runtime, precision="fp32", device=cfg.device,
                                 intra_op_threads=cfg.intra_op_threads, warmup_runs=0)
-        self._enc = _runner(encoder_path, enc_cfg)
-        self._dec = _runner(decoder_path, cfg)
+        self._enc = make_runner(encoder_path, enc_cfg)
+        self._dec = make_runner(decoder_path, cfg)
         self.first_row = first_row
         self.name = _describe(self._dec, cfg) + "+split" + (f"+rows{first_row}-95" if first_row else "")
         for _ in range(cfg.warmup_runs):
@@ -242,8 +77,6 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
 
     torch is imported only when an export has to be made; a warm cache needs none.
     """
-    from export.cache import ensure_exported
-
     if "auto" in (cfg.runtime, cfg.precision):
         raise ValueError("runtime/precision 'auto' is the live path's ladder: use load_live_generator")
     paths = ensure_exported(checkpoint, "split" if split else "full", graph_precision(cfg))
@@ -255,8 +88,6 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
 def load_live_generator(checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None):
     """The live path's generator: split graphs, decoder cropped to the rows shown, runtime and
     precision from the ladder (`export.precision.choose`) unless `cfg` pins them."""
-    from export.precision import choose
-
     choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar)
     run_cfg = RuntimeConfig(runtime=choice.runtime, precision=choice.precision, device=choice.device,
                             intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,

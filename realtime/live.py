@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
+from export.precision import AvatarSamples
 from models.errors import LipsyncError
-from realtime import heap
+from models.face_model import cache_dir
+from models.hashing import sha256_file
+from realtime import heap, threads
 from realtime.avatar import AvatarConfig, load_avatar
+from realtime.camera_avatar import CameraAvatar
+from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
-from realtime.engine import Engine
+from realtime.engine import Engine, Wav2LipRenderer
 from realtime.generator import RuntimeConfig, load_live_generator
+from realtime.playout import Playout, PlayoutConfig
+from realtime.procedural import ProceduralRenderer
+from realtime.sinks.base import NullSink
+from realtime.sinks.encoding import LiveVideoEncoding
+from realtime.sinks.file import FORMATS
+from realtime.sinks.preview import PreviewSink
+from realtime.sinks.recorder import FileSink
+from realtime.sinks.stream import StreamSink
+from realtime.sinks.vcam import VcamSink
+from realtime.sources.camera import CameraCapture
+from realtime.sources.file import FileSource
+from realtime.sources.mic import MicSource
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +39,6 @@ def checkpoint_folders() -> list[Path]:
     """Where a checkpoint is looked for when none is given: `checkpoints/` in the working folder,
     then in the user's cache folder. Never beside the package: an installed package lives in
     site-packages, where no user puts weights."""
-    from models.face_model import cache_dir
-
     return [Path.cwd() / "checkpoints", cache_dir() / "checkpoints"]
 
 
@@ -40,8 +56,6 @@ def default_checkpoint() -> str:
 
 def default_runtime() -> RuntimeConfig:
     """The precision ladder decides (see export.precision), with the live thread budget."""
-    from realtime import threads
-
     return RuntimeConfig(runtime="auto", precision="auto", device="auto",
                          intra_op_threads=threads.current().inference_threads)
 
@@ -49,31 +63,19 @@ def default_runtime() -> RuntimeConfig:
 def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000, encoding=None):
     """`encoding`: the live H.264 settings (realtime.sinks.encoding.LiveVideoEncoding) for streams
     and recordings; None: the defaults."""
-    from realtime.sinks.encoding import LiveVideoEncoding
-
     encoding = encoding or LiveVideoEncoding()
     if target == "null":
-        from realtime.sinks.base import NullSink
-
         return NullSink()
     if target == "vcam":
-        from realtime.sinks.vcam import VcamSink
-
         return VcamSink(fps)
     if target == "preview":
-        from realtime.sinks.preview import PreviewSink
-
         return PreviewSink()
     if "://" in target:
-        from realtime.sinks.stream import StreamSink
-
         try:
             return StreamSink(target, fps, sample_rate_hz, encoding)
         except ValueError:
             raise LipsyncError("--to", "vcam, preview, null, a file, or an rtmp:// udp:// srt:// URL",
                                repr(target), "check the URL scheme") from None
-    from realtime.sinks.file import FORMATS
-    from realtime.sinks.recorder import FileSink
 
     if Path(target).suffix.lower() not in FORMATS:
         raise LipsyncError("--to", "vcam, preview, null, an rtmp/udp/srt URL, or a file ending in "
@@ -83,11 +85,7 @@ def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000, encoding=No
 
 def make_source(audio: str, loop: bool = False, mic_device=None, mic_give_up_after_s: float = 60.0):
     if audio == "mic":
-        from realtime.sources.mic import MicSource
-
         return MicSource(mic_device, give_up_after_s=mic_give_up_after_s)
-    from realtime.sources.file import FileSource
-
     return FileSource(audio, loop=loop)
 
 
@@ -120,8 +118,6 @@ def build_playout(avatar: str, sinks: list, checkpoint: str | None = None, runti
                   engine: str = "auto", reader: bool = True):
     """Playout for pushed speech (TTS, voice agents): an output clock, idle frames, interrupts.
     Sinks should take audio at `pcfg.output_rate_hz` (48 kHz by default)."""
-    from realtime.playout import Playout, PlayoutConfig
-
     if avatar.startswith("camera:"):
         raise LipsyncError("--avatar", "a photo or a video for playout", repr(avatar),
                            "a live camera avatar is for capture mode (--audio mic)")
@@ -138,9 +134,6 @@ def build_renderer(avatar: str, checkpoint: str | None = None, runtime: RuntimeC
 def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
     kind, checkpoint = choose_engine(engine, checkpoint)
     if avatar.startswith("camera:"):
-        from realtime.camera_avatar import CameraAvatar
-        from realtime.sources.camera import CameraCapture
-
         spec = avatar.removeprefix("camera:")
         av = CameraAvatar(CameraCapture(int(spec) if spec.isdigit() else spec), fps=cfg.fps)
     else:
@@ -152,23 +145,15 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
         if hasattr(sink, "prepare"):
             sink.prepare(*av.size)
     if kind == "procedural":
-        from realtime.procedural import ProceduralRenderer
-
         if engine == "auto":
-            log.info("engine: procedural (no Wav2Lip checkpoint given or in "
-                + " or ".join(map(str, checkpoint_folders())) + ")")
+            log.info("engine: procedural (no Wav2Lip checkpoint given or in %s)",
+                     " or ".join(map(str, checkpoint_folders())))
         renderer = ProceduralRenderer(av.keypoints())
         heap.release_freed()
         return av, renderer
     runtime = runtime or default_runtime()
     first_row, samples = 0, None
     if not avatar.startswith("camera:"):
-        import hashlib
-
-        from export.precision import AvatarSamples
-        from models.hashing import sha256_file
-        from realtime.compositor import first_shown_row
-
         if cfg.blend == "feather":
             first_row = first_shown_row(av.boxes, av.keypoints())
         key = hashlib.sha256(f"{sha256_file(avatar)}:{[list(b) for b in av.boxes]}".encode()).hexdigest()
@@ -177,7 +162,6 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
     if engine == "auto":
         log.info(f"engine: wav2lip ({Path(checkpoint).name})")
     av.attach_features(gen, f"{gen.name}:{checkpoint}")
-    from realtime.engine import Wav2LipRenderer
 
     heap.release_freed()  # session building (graph optimisation) and feature encoding freed much
     return av, Wav2LipRenderer(gen, av, cfg.blend)

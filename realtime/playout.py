@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import soxr
 
 from models.errors import EngineFailure
 from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
@@ -33,6 +34,7 @@ from realtime.audio_input import to_mono_float32
 from realtime.clock import MediaClock, MonotonicClock
 from realtime.compositor import crossfade
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
+from realtime.engine import Wav2LipRenderer
 from realtime.frames import AudioChunk, VideoFrame
 from realtime.mel_stream import MelStream
 from realtime.queues import BoundedQueue, Closed, Policy
@@ -83,8 +85,6 @@ class _Segment:
     """One utterance being turned into frames: its own mel stream and resamplers."""
 
     def __init__(self, seg_id: int, rate: int, out_rate: int, history_ms: int):
-        import soxr
-
         self.id, self.rate = seg_id, rate
         self.mel = MelStream(history_frames=history_ms * 80 // 1000)
         self.to16 = soxr.ResampleStream(rate, SR, 1, dtype="float32", quality="HQ") if rate != SR else None
@@ -148,8 +148,6 @@ class Playout:
     def __init__(self, avatar, renderer, sinks: list, cfg: EngineConfig = EngineConfig(),
                  pcfg: PlayoutConfig = PlayoutConfig(), clock: MediaClock | None = None, deliver_to_reader=True):
         if not hasattr(renderer, "render"):
-            from realtime.engine import Wav2LipRenderer
-
             renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
         self.avatar, self.renderer, self.cfg, self.pcfg = avatar, renderer, cfg, pcfg
         self.clock = clock or MonotonicClock()

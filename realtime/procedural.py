@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from models import mel as M
@@ -87,8 +88,6 @@ class ProceduralRenderer:
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int = -1,
                fps: float = 25.0) -> np.ndarray:
-        import cv2
-
         openness, width = self.mouth_shape(mel_window, offset_frames, fps)
         if openness == 0.0:
             return frame

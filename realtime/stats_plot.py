@@ -58,7 +58,7 @@ def plot_stats(jsonl: str | os.PathLike, output: str | os.PathLike) -> Path:
                            "name the output e.g. stats.png")
     rows = read_jsonl(jsonl)
     try:
-        import matplotlib
+        import matplotlib  # matplotlib: an optional extra (bench), only for lipsync plot
     except ImportError:
         raise LipsyncError("lipsync plot", "matplotlib", "it is not installed",
                            "pip install 'lipsync-rt[bench]' (or pip install matplotlib)") from None

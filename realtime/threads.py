@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import cv2
+from threadpoolctl import threadpool_limits
+
 from export.machine import cores
 
 
@@ -44,15 +47,8 @@ def apply(budget: ThreadBudget) -> ThreadBudget:
     global _current, _limiter
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(budget.blas_threads)  # for libraries not loaded yet
-    from threadpoolctl import threadpool_limits
-
     _limiter = threadpool_limits(limits=budget.blas_threads, user_api="blas")
-    try:
-        import cv2
-
-        cv2.setNumThreads(budget.opencv_threads)
-    except ImportError:
-        pass
+    cv2.setNumThreads(budget.opencv_threads)
     _current = budget
     return budget
 

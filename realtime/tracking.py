@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -94,8 +95,6 @@ class FaceTracker:
 
     def _follow(self, bgr) -> bool:
         """Move the state by this frame's optical flow; False if too few points could be followed."""
-        import cv2
-
         rx1, ry1, rx2, ry2 = self._roi_box
         gray = cv2.cvtColor(bgr[ry1:ry2, rx1:rx2], cv2.COLOR_BGR2GRAY)
         nxt, status, _ = cv2.calcOpticalFlowPyrLK(self._gray, gray, self._pts, None, winSize=(15, 15), maxLevel=2)
@@ -150,8 +149,6 @@ class FaceTracker:
         """Run the detector and take its face: at once (first face, scene cut), in part (what the
         flow-tracked face has drifted beyond the detector's noise), or not at all; a correction
         is blended in over `blend_frames`. Then pick new points to follow."""
-        import cv2
-
         self.detector_calls += 1
         found = self.detect(bgr)
         if found is None:

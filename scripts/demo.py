@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
-    from realtime.cli import main as cli
+    from lipsync.cli import main as cli
 
     out = ROOT / "results"
     rc = cli(["live", "--avatar", str(ROOT / "media" / "avatar.jpg"), "--audio", str(ROOT / "media" / "speech.mp3"),

@@ -31,7 +31,7 @@ def speech_wav(assets):
 
 @pytest.fixture(scope="session")
 def speech_mp3(assets, speech_wav):
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     dec = decode_audio(speech_wav)
     return media.write_audio(assets / "speech.mp3", dec.pcm, dec.sample_rate_hz)
@@ -41,7 +41,7 @@ def speech_mp3(assets, speech_wav):
 def generator_ckpt(assets, photo, speech_wav):
     path = assets / "wav2lip_gan.pth"
     media_batches = media.calibration_batches(photo, speech_wav)
-    from models.synthetic import make_checkpoint
+    from synthetic import make_checkpoint
 
     make_checkpoint(path, "Wav2Lip", seed=1, calibration=media_batches)
     return path

@@ -33,7 +33,7 @@ def speech_wav(path: Path, text: str, rate_hz: int = 16000, voice: str | None = 
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng); the test media needs it")
     raw = path.with_suffix(".espeak.wav")
     subprocess.run([espeak, *(["-v", voice] if voice else []), "-w", str(raw), text], check=True)
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     import soxr
 
     dec = decode_audio(raw)
@@ -80,8 +80,8 @@ def video_only(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
 def calibration_batches(photo: Path, speech: Path):
     import cv2
 
-    from models.audio import decode_audio
-    from models.synthetic import calibration_batches as batches
+    from mediaio.audio import decode_audio
+    from synthetic import calibration_batches as batches
 
     return batches(cv2.imread(str(photo)), ASTRONAUT_FACE_BOX, decode_audio(speech).mono_16k())
 

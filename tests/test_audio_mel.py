@@ -3,7 +3,7 @@ import pytest
 
 import media
 from models import mel as M
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from models.errors import LipsyncError
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from models.face_media import read_video
+from mediaio.face_media import read_video
 from realtime.avatar_frames import VideoFrames
 
 
@@ -87,8 +87,8 @@ def test_video_avatar_same_boxes_crops_and_frames_as_reading_every_frame(tmp_pat
     """The avatar a video gives: the same frames, boxes and crops as when every frame was read
     into memory first (the previous way), for the tracked and the reference framing."""
     from realtime.avatar import AvatarConfig, load_avatar, track_faces
-    from realtime.face_input import crop_face
-    from realtime.render import RenderOptions, face_boxes
+    from models.face_input import crop_face
+    from realtime.framing import RenderOptions, face_boxes
 
     path = str(moving_video(tmp_path / "v.mp4", img, 40, size=256))
     frames, _ = read_video(path, 1500)
@@ -124,11 +124,11 @@ class CountingEncoder:
 
 
 def test_fp16_features_change_the_generated_face_by_rounding_only(tmp_path, split_gen, img, speech_wav):
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.mel import melspectrogram
     from realtime.avatar_features import FeatureStore
     from realtime.compositor import to_uint8_faces
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     crops = np.stack([cv2.resize(np.roll(img, 9 * k, axis=1)[60:230, 150:290], (96, 96)) for k in range(20)])
     store = FeatureStore.build(tmp_path / "feat", crops, split_gen, batch=8, cache_frames=4)
@@ -154,7 +154,7 @@ def test_fp16_features_change_the_generated_face_by_rounding_only(tmp_path, spli
 
 def test_features_out_of_fp16_range_are_stored_in_fp32(tmp_path, split_gen, img):
     from realtime.avatar_features import FeatureStore
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     crops = np.stack([cv2.resize(img[60:230, 150:290], (96, 96))] * 3)
     big = CountingEncoder(split_gen, scale=1e6)
@@ -263,7 +263,7 @@ def test_cache_cli_lists_and_clears(tmp_path):
     env = dict(os.environ, LIPSYNC_CACHE_DIR=str(base), PYTHONPATH=str(ROOT))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "realtime.cli", "cache", *args], env=env, cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "lipsync.cli", "cache", *args], env=env, cwd=ROOT,
                               capture_output=True, text=True)
 
     listed = cli("list")
@@ -285,7 +285,7 @@ def test_cache_cli_lists_and_clears(tmp_path):
 def test_playout_on_a_pingpong_video_shows_the_decoded_frames(tmp_path, img, speech_wav):
     """Two threads read the frames (the generator ahead, the pacer on time), the loop turns
     back, an interrupt rewinds the lookahead: every idle frame shown is still the exact frame."""
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from realtime.clock import ManualClock
     from realtime.live import build_playout
     from realtime.playout import PlayoutConfig, PlayoutItem

@@ -50,7 +50,7 @@ def test_camera_without_a_face_passes_frames_through(tmp_path, generator_ckpt, s
 
 
 def test_missing_camera_is_one_line(tmp_path, generator_ckpt, speech_wav):
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", "camera:7", "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", "camera:7", "--audio",
                            str(speech_wav), "--to", "null", "--engine", "procedural"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "VIDEOIO" not in ln and "WARN" not in ln]

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import identify, load_generator, load_network, read_state_dict
+from models.checkpoint import identify, load_network, load_torch_generator, read_state_dict
 from models.errors import LipsyncError
-from models.synthetic import make_checkpoint
+from synthetic import make_checkpoint
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "checkpoint-keys.json"
 
@@ -38,7 +38,7 @@ def test_generator_parameter_count():
 def test_every_checkpoint_shape_loads_strictly(tmp_path, variant):
     path = tmp_path / "g.pth"
     ref = make_checkpoint(path, "Wav2Lip", seed=3, **variant)
-    net = load_generator(path)
+    net = load_torch_generator(path)
     for k, v in ref.state_dict().items():
         assert torch.equal(net.state_dict()[k], v), k
     assert not net.training
@@ -64,7 +64,7 @@ def test_syncnet_given_as_generator_is_named(tmp_path):
     path = tmp_path / "lipsync_expert.pth"
     make_checkpoint(path, "SyncNet_color")
     with pytest.raises(LipsyncError) as e:
-        load_generator(path)
+        load_torch_generator(path)
     msg = str(e.value)
     assert "SyncNet" in msg and "Wav2Lip generator" in msg and "\n" not in msg
 
@@ -75,7 +75,7 @@ def test_truncated_checkpoint(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(LipsyncError, match="truncated or corrupt"):
-        load_generator(path)
+        load_torch_generator(path)
 
 
 class _RunsCodeOnLoad:
@@ -91,14 +91,14 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"x": _RunsCodeOnLoad(str(marker))}}, path)
     with pytest.raises(LipsyncError, match="would run code"):
-        load_generator(path)
+        load_torch_generator(path)
     assert not marker.exists()
 
 
 def test_missing_and_non_tensor_files(tmp_path):
     with pytest.raises(LipsyncError, match="no such file"):
-        load_generator(tmp_path / "nope.pth")
+        load_torch_generator(tmp_path / "nope.pth")
     path = tmp_path / "list.pth"
     torch.save([1, 2, 3], path)
     with pytest.raises(LipsyncError, match="dict of tensors"):
-        load_generator(path)
+        load_torch_generator(path)

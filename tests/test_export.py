@@ -35,13 +35,13 @@ def test_full_export_matches_torch_and_carries_metadata(generator_ckpt, full_pat
     import torch
 
     from export.metadata import read_metadata
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
     from models.hashing import sha256_file
     from realtime.generator import OnnxGenerator
 
     mels, faces = heldout
     with torch.no_grad():
-        want = load_generator(generator_ckpt)(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
+        want = load_torch_generator(generator_ckpt)(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
     got = OnnxGenerator(full_path)(mels, faces)
     assert np.abs(got - want).max() <= 1e-4
     assert want.std() > 0.01  # a picture, not a constant
@@ -89,7 +89,7 @@ def test_entry_from_another_checkpoint_is_never_reused(tmp_path, full_path, phot
     from export import cache
     from export.metadata import read_metadata
     from models.hashing import sha256_file
-    from models.synthetic import make_checkpoint
+    from synthetic import make_checkpoint
 
     other = tmp_path / "other.pth"
     make_checkpoint(other, "Wav2Lip", seed=11, calibration=media.calibration_batches(photo, speech_wav)[:1])
@@ -109,7 +109,7 @@ def _cache_files(cache_dir):
 @pytest.mark.parametrize("kind", ["syncnet", "truncated"])
 def test_bad_checkpoint_export_fails_cleanly(tmp_path, generator_ckpt, cache_dir, kind):
     from export.cache import ensure_exported
-    from models.synthetic import make_checkpoint
+    from synthetic import make_checkpoint
 
     bad = tmp_path / "bad.pth"
     if kind == "syncnet":
@@ -136,7 +136,7 @@ def test_export_past_tolerance_fails_and_leaves_nothing(tmp_path, monkeypatch, g
 
 
 def test_export_cli(generator_ckpt, full_path):
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "export", "--checkpoint", str(generator_ckpt)],
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "export", "--checkpoint", str(generator_ckpt)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"full: {full_path}"
@@ -169,9 +169,9 @@ def test_rewrite_without_convtranspose_is_exact(generator_ckpt, heldout):
     import torch
 
     from export.rewrite import convtranspose_as_conv
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
 
-    net = load_generator(generator_ckpt)
+    net = load_torch_generator(generator_ckpt)
     rw = convtranspose_as_conv(net)
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in rw.modules())
     mels, faces = map(torch.from_numpy, heldout)
@@ -180,7 +180,8 @@ def test_rewrite_without_convtranspose_is_exact(generator_ckpt, heldout):
 
 
 def test_provider_selection_and_no_silent_fallback(full_path):
-    from realtime.generator import OnnxGenerator, RuntimeConfig, choose_providers
+    from export.runtime import RuntimeConfig, choose_providers
+    from realtime.generator import OnnxGenerator
 
     cpu, cuda, trt = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
     assert choose_providers("auto", [cpu]) == [cpu]

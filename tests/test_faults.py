@@ -50,7 +50,7 @@ class FailingCloseCamera:
 def test_stop_closes_every_sink_when_one_close_raises_and_can_be_called_again(tmp_path, photo, speech_wav):
     import pyvirtualcam
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from realtime.clock import ManualClock
     from realtime.live import build_engine
     from realtime.sinks.recorder import FileSink
@@ -79,7 +79,7 @@ def test_stop_closes_every_sink_when_one_close_raises_and_can_be_called_again(tm
 
 def test_stop_twice_returns_the_same_summary(photo, speech_wav):
     import media
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from realtime.clock import ManualClock
     from realtime.live import build_engine
 
@@ -156,7 +156,7 @@ def test_disk_full_under_a_live_recording_is_one_line_and_exit_1(small_disk, pho
 
     out = small_disk / "live.mp4"
     # Keyframes 5 times a second at 4 Mbit/s fill the 2 MiB in about 2 s of real time.
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
                            str(speech_wav), "--loop", "--to", str(out), "--engine", "procedural",
                            "--video-bitrate-kbps", "4000", "--keyframe-interval-s", "0.2", "--duration", "60"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -269,7 +269,7 @@ class SlowFileSink:
 def test_a_sink_too_slow_for_the_frame_rate_drops_its_own_video_never_audio(tmp_path, photo, speech_wav):
     import pyvirtualcam
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from realtime.clock import MonotonicClock
     from realtime.live import build_engine
     from realtime.sinks.vcam import VcamSink

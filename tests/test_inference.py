@@ -17,7 +17,7 @@ import inference
 
 def reference_frames(ckpt, photo_path, audio_path, box, fps=25.0):
     """The reference tool's steps written out plainly, for a still image and a fixed --box."""
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.mel import melspectrogram
     from models.wav2lip import Wav2Lip
     from test_audio_mel import reference_chunks
@@ -82,7 +82,7 @@ def test_classic_command_writes_h264_aac_mp4(tmp_path, generator_ckpt, photo, sp
     assert proc.returncode == 0, proc.stderr
     frames, streams, duration = decode_video(out)
     assert streams == {"video": "h264", "audio": "aac"}
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     audio_s = decode_audio(speech_mp3).duration_s
     assert abs(duration - audio_s) <= 1 / 25
@@ -91,7 +91,7 @@ def test_classic_command_writes_h264_aac_mp4(tmp_path, generator_ckpt, photo, sp
 
 
 def test_detected_boxes_drive_the_render(tmp_path, generator_ckpt, photo, speech_wav):
-    from realtime.render import RenderOptions, render
+    from lipsync.offline import RenderOptions, render
     from models.torch_generator import TorchGenerator
 
     res = render(str(photo), str(speech_wav), str(tmp_path / "d.mkv"), TorchGenerator(str(generator_ckpt)),
@@ -107,7 +107,7 @@ def test_detected_boxes_drive_the_render(tmp_path, generator_ckpt, photo, speech
 
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, photo, speech_wav, generator_ckpt):
-    from models.synthetic import make_checkpoint
+    from synthetic import make_checkpoint
 
     d = tmp_path_factory.mktemp("bad")
     gradient = np.tile(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 1, 3))

@@ -12,7 +12,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 
 
 def tts_pcm(speech_wav, seconds, rate=24_000):
@@ -62,7 +62,7 @@ def test_livekit_avatar_runner_plays_and_interrupts_our_generator(photo, speech_
     from livekit import rtc
     from livekit.agents.voice.avatar import AvatarRunner, QueueAudioOutput
 
-    from realtime.integrations.livekit import LipsyncVideoGenerator
+    from lipsync.integrations.livekit import LipsyncVideoGenerator
 
     async def scenario():
         gen = LipsyncVideoGenerator(str(photo), engine="procedural")
@@ -105,7 +105,7 @@ def test_livekit_agent_session_say_then_interrupt_reports_interrupted(photo, spe
     from livekit import rtc
     from livekit.agents import Agent, AgentSession
 
-    from realtime.integrations.livekit import LipsyncAvatarSession
+    from lipsync.integrations.livekit import LipsyncAvatarSession
 
     async def scenario():
         session = AgentSession()
@@ -140,7 +140,7 @@ def test_pipecat_processor_turns_tts_audio_into_paired_frames(photo, speech_wav)
                                        TTSStoppedFrame)
     from pipecat.tests.utils import SleepFrame, run_test
 
-    from realtime.integrations.pipecat import LipsyncVideoService
+    from lipsync.integrations.pipecat import LipsyncVideoService
 
     pcm = tts_pcm(speech_wav, 1.0)
     frames = [TTSStartedFrame()] + [TTSAudioRawFrame(pcm[i:i + 2400].tobytes(), 24_000, 1)
@@ -173,7 +173,7 @@ def test_pipecat_interruption_stops_the_speech_at_once(photo, speech_wav):
     from pipecat.frames.frames import InterruptionFrame, OutputAudioRawFrame, TTSAudioRawFrame, TTSStartedFrame
     from pipecat.tests.utils import SleepFrame, run_test
 
-    from realtime.integrations.pipecat import LipsyncVideoService
+    from lipsync.integrations.pipecat import LipsyncVideoService
 
     pcm = tts_pcm(speech_wav, 4.0)
     frames = [TTSStartedFrame()] + [TTSAudioRawFrame(pcm[i:i + 2400].tobytes(), 24_000, 1)
@@ -273,7 +273,7 @@ def test_livekit_remote_avatar_worker_over_data_streams(photo, speech_wav):
     from livekit import rtc
     from livekit.agents.voice.avatar import DataStreamAudioOutput
 
-    from realtime.integrations.livekit import run_avatar_worker
+    from lipsync.integrations.livekit import run_avatar_worker
 
     async def scenario():
         agent_room, avatar_room = LinkedRoom.pair()

@@ -5,7 +5,7 @@ import glob
 import numpy as np
 import pytest
 
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from models.errors import LipsyncError
 from models.mel import melspectrogram
 from realtime.clock import ManualClock

@@ -18,7 +18,7 @@ READER = ROOT / "tests" / "rtmp_reader.py"
 
 
 def live(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "realtime.cli", "live", *map(str, args)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "lipsync.cli", "live", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 

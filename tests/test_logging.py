@@ -14,7 +14,7 @@ def _live(tmp_path, photo, speech, before=(), after=()):
     """`lipsync [before] live ... [after]` with the auto engine in a folder with no checkpoint: it
     logs which engine it chose (INFO) and where it looked for weights (DEBUG)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LIPSYNC_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "realtime.cli", *before, "live", "--avatar", str(photo),
+    return subprocess.run([sys.executable, "-m", "lipsync.cli", *before, "live", "--avatar", str(photo),
                            "--audio", str(speech), "--to", "null", *after], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -39,7 +39,7 @@ def test_importing_the_library_adds_no_handler_and_changes_no_level():
     code = """
 import importlib, json, logging, pkgutil
 skipped = []
-for pkg in ("realtime", "models", "export"):
+for pkg in ("lipsync", "realtime", "export", "mediaio", "models"):
     for m in pkgutil.walk_packages(importlib.import_module(pkg).__path__, pkg + "."):
         try:
             importlib.import_module(m.name)
@@ -48,7 +48,7 @@ for pkg in ("realtime", "models", "export"):
 import inference
 root = logging.getLogger()
 ours = [n for n, lg in logging.root.manager.loggerDict.items()
-        if n.split(".")[0] in ("realtime", "models", "export") and isinstance(lg, logging.Logger)
+        if n.split(".")[0] in ("lipsync", "realtime", "export", "mediaio", "models") and isinstance(lg, logging.Logger)
         and (lg.handlers or lg.level != logging.NOTSET)]
 print(json.dumps({"handlers": len(root.handlers), "level": logging.getLevelName(root.level),
                   "disabled": logging.root.manager.disable, "ours": ours, "skipped": skipped}))

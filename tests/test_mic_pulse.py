@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from servers import PulseAudio
 
 SESSION = Path(__file__).with_name("mic_session.py")
@@ -124,7 +124,7 @@ def test_audio_server_gone_mid_run_one_line_then_recovery_when_it_returns(tmp_pa
         pytest.fail(str(e))
     out, stats = tmp_path / "mic.mkv", tmp_path / "stats.json"
     seconds = 8
-    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio", "mic",
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio", "mic",
                              "--engine", "procedural", "--to", str(out), "--duration", str(seconds), "--stats-json",
                              str(stats)], cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
     watch = StderrWatch(proc)
@@ -152,7 +152,7 @@ def test_audio_server_gone_mid_run_one_line_then_recovery_when_it_returns(tmp_pa
     # The timeline never stopped: frames for the whole duration, no long gap at the loss or return.
     assert s["frames"] >= (seconds - 0.5) * 25 and s["dropped"] == 0, s
     assert s["interframe_gap_ms"]["max"] < 500, s
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     rec = decode_audio(out)
     assert abs(rec.duration_s - seconds) < 0.5
@@ -164,7 +164,7 @@ def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, phot
     except RuntimeError as e:
         pytest.fail(str(e))
     out = tmp_path / "mic.mkv"
-    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio", "mic",
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio", "mic",
                              "--engine", "procedural", "--to", str(out), "--mic-give-up-s", "2"],
                             cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
     watch = StderrWatch(proc)
@@ -179,6 +179,6 @@ def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, phot
     assert code == 1 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == ("error: mic:default: no audio input for 2 s (the device or the audio "
                                             "server went away and did not come back); the session stops")
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     assert decode_audio(out).duration_s > 2  # the recording, idle frames while it waited included, is finalised

@@ -24,7 +24,7 @@ SPF_OUT = 48_000 // FPS
 @pytest.fixture(scope="module")
 def speech10(speech_wav):
     """Exactly 10 s of speech at 16 kHz (the espeak clip, repeated)."""
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     pcm = decode_audio(speech_wav).mono_16k()
     return np.tile(pcm, int(np.ceil(160_000 / len(pcm))))[:160_000].astype(np.float32)
@@ -300,14 +300,14 @@ def test_cli_burst_pacing_plays_a_file_pushed_like_tts(generator_ckpt, photo, sp
     import av
 
     out, stats = tmp_path / "burst.mp4", tmp_path / "stats.json"
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
                            str(speech_wav), "--checkpoint", str(generator_ckpt), "--audio-pacing", "burst",
                            "--to", str(out), "--stats-json", str(stats)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(stats.read_text())
     assert abs(s["fps_sustained"] - 25) <= 0.3 and s["dropped"] == 0 and s["generated"] > 50
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     clip_s = decode_audio(speech_wav).duration_s
     with av.open(str(out)) as c:
@@ -351,7 +351,7 @@ def test_capture_engine_stops_its_source_when_a_sink_fails(photo, speech_wav):
 
 
 def test_capture_engine_keeps_feeding_other_sinks_while_one_is_blocked(photo, speech_wav):
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from realtime.clock import ManualClock
     from realtime.live import build_engine
 

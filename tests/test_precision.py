@@ -31,7 +31,7 @@ GATE_MEAN_DB, GATE_WORST_DB = 30.0, 27.0
 
 @pytest.fixture(scope="session")
 def family(assets, photo, speech_wav):
-    from models.synthetic import CheckpointStyle, make_styled_checkpoint
+    from synthetic import CheckpointStyle, make_styled_checkpoint
 
     batches = media.calibration_batches(photo, speech_wav)
     out = {}
@@ -49,9 +49,9 @@ def judge_inputs(assets):
     import cv2
     from skimage.data import lfw_subset
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
     from models.mel import mel_chunks, melspectrogram
-    from realtime.face_input import model_faces, model_mels
+    from models.face_input import model_faces, model_mels
 
     faces = lfw_subset()[:24]
     rng = np.random.default_rng(5)
@@ -75,10 +75,10 @@ def _psnr(out, ref):
 def test_row_cropped_decoder_equals_the_full_decoder_on_the_rows_it_computes(family):
     import torch
 
-    from models.checkpoint import load_generator
+    from models.checkpoint import load_torch_generator
     from models.wav2lip import decoder_row_starts
 
-    net = load_generator(family["affine-x100"])
+    net = load_torch_generator(family["affine-x100"])
     from export.samples import heldout_set
 
     h = heldout_set(4)
@@ -125,7 +125,7 @@ def test_family_member_exports_chooses_and_runs_live_with_defaults(name, family,
     from realtime.generator import RuntimeConfig, SplitGenerator
 
     stats = tmp_path / "stats.json"
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
                            str(speech_wav), "--checkpoint", str(family[name]), "--to", "null", "--duration", "3",
                            "--stats-json", str(stats)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -227,7 +227,7 @@ def test_first_shown_row_is_below_the_nose_and_cropping_does_not_change_the_pict
     from realtime.avatar import AvatarConfig, load_avatar
     from realtime.compositor import first_shown_row, full_face, paste_feathered, to_uint8_faces
     from realtime.generator import SplitGenerator
-    from realtime.face_input import model_faces
+    from models.face_input import model_faces
 
     av = load_avatar(AvatarConfig(str(photo)))
     first = first_shown_row(av.boxes, av.keypoints())

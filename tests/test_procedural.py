@@ -9,7 +9,7 @@ import pytest
 
 import media
 from conftest import ROOT
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from realtime.clock import FreeRunClock
 from realtime.config import EngineConfig
 
@@ -93,7 +93,7 @@ def test_auto_engine_without_checkpoint_says_procedural(tmp_path, photo, speech_
     assert live.choose_engine("auto", None) == ("procedural", None)
     assert live.choose_engine("auto", "x.pth") == ("wav2lip", "x.pth")
     stats = tmp_path / "stats.json"
-    proc = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
                            str(speech_wav), "--to", "null", "--engine", "procedural", "--stats-json", str(stats),
                            "--duration", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

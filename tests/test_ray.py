@@ -72,3 +72,28 @@ def test_a_killed_session_actor_streams_again_within_2_s(generator_ckpt, photo, 
     s = doc["summaries"]
     assert s["a"]["hop_samples"] > 0 and s["b"]["hop_samples"] > 0
     assert s["services"][0]["frames"] > 0
+
+
+def test_sessions_stream_through_a_serve_deployment_routed_by_avatar(generator_ckpt, photo, speech_wav, tmp_path):
+    """The GPU-node layout, run on CPU: the generator as a Ray Serve deployment (@serve.batch,
+    @serve.multiplexed by avatar key), two session actors on two avatars."""
+    pytest.importorskip("ray.serve")
+    out = tmp_path / "serve.json"
+    run = in_namespace([sys.executable, str(ROOT / "tests" / "ray_serve_sessions.py"), str(generator_ckpt),
+                        str(photo), str(speech_wav), str(out)], timeout_s=280)
+    assert run.returncode == 0 and out.is_file(), run.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["node"] == "127.0.0.1"
+    assert doc["expired_request"] is None  # past its deadline: dropped, not decoded
+    assert doc["no_deadline_face"] is not None and doc["no_deadline_face"][1:] == [96, 3]
+    for first, later in zip(doc["first"], doc["later"]):
+        assert first["frames"] >= 25 and later["frames"] >= first["frames"] + 50, (first, later)
+    for sid in ("a", "b"):
+        s = doc["sessions"][sid]
+        assert s["state"] == "stopped" and s["error"] is None, s
+        assert s["hop_samples"] > 0
+    dep = doc["deployment"]
+    # Both avatars' features were made on the replica, and the two sessions' requests met in batches.
+    assert dep["avatars_loaded"] == 2, dep
+    assert set(dep["per_session"]) >= {"a", "b"}
+    assert max(int(k) for k in dep["batch_size_histogram"]) >= 2, dep["batch_size_histogram"]

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from realtime.clock import ManualClock
 from realtime.config import EngineConfig
 from realtime.service import DROPPED, GeneratorService, ServiceConfig, SessionHost
@@ -80,6 +80,22 @@ def test_earliest_deadline_first_batching_what_is_queued(parts):
     s = svc.summary()
     assert s["batches"] == 3 and s["batch_size_mean"] == pytest.approx(5 / 3, abs=1e-3)
     assert s["decode_ms"]["p50"] is not None
+
+
+def test_submit_many_reaches_a_running_decoder_as_one_batch(parts):
+    """What Ray Serve's @serve.batch hands over must not be split by the decoder thread waking
+    on the first request (it is already running and idle here)."""
+    gen, (a, b) = parts
+    rec = Recording(gen)
+    with GeneratorService(rec, ServiceConfig(max_batch=8)) as svc:
+        svc.register_avatar("a", a)
+        svc.register_avatar("b", b)
+        for round_ in range(20):
+            futs = svc.submit_many([("a" if k % 2 else "b", 0, mel(10 * round_ + k), None, f"s{k}")
+                                    for k in range(4)])
+            for f in futs:
+                f.result(timeout=30)
+    assert [len(batch) for batch in rec.batches] == [4] * 20
 
 
 def test_requests_past_their_deadline_are_dropped_and_counted(parts):
@@ -225,7 +241,8 @@ def test_a_static_batch_one_openvino_decoder_runs_batches(parts, generator_ckpt,
     ov = pytest.importorskip("openvino")
     from export.cache import ensure_exported
     from export.quantize import _static_ov_model
-    from realtime.generator import SKIP_NAMES, _OpenVinoRunner
+    from export.runtime import OpenVinoRunner
+    from realtime.generator import SKIP_NAMES
 
     gen, (a, b) = parts
     decoder = ensure_exported(generator_ckpt, "split", "fp32")["decoder"]
@@ -233,7 +250,7 @@ def test_a_static_batch_one_openvino_decoder_runs_batches(parts, generator_ckpt,
     example = {"mel": np.zeros((1, 1, 80, 16), np.float32), **dict(zip(SKIP_NAMES, feats))}
     xml = tmp_path / "decoder-b1.xml"
     ov.save_model(_static_ov_model(decoder, example), str(xml), compress_to_fp16=False)
-    run = _OpenVinoRunner(xml, "f32")
+    run = OpenVinoRunner(xml, "f32")
     rng = np.random.default_rng(1)
     mels = rng.standard_normal((3, 1, 80, 16)).astype(np.float32)
     both = [a.features_at(0), b.features_at(0), a.features_at(0)]

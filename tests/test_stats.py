@@ -148,7 +148,7 @@ def test_intervals_hold_only_their_own_frames():
 def live_jsonl(tmp_path_factory, photo, speech_wav):
     d = tmp_path_factory.mktemp("stats-jsonl")
     jsonl, summary = d / "stats.jsonl", d / "stats.json"
-    r = subprocess.run([sys.executable, "-m", "realtime.cli", "live", "--avatar", str(photo), "--audio",
+    r = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
                         str(speech_wav), "--loop", "--to", "null", "--engine", "procedural", "--duration", "4.5",
                         "--stats-jsonl", str(jsonl), "--stats-interval", "1", "--stats-json", str(summary)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -184,7 +184,7 @@ def test_plot_draws_a_png(live_jsonl, tmp_path):
     jsonl = tmp_path / "s.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "plots" / "stats.png"
-    r = subprocess.run([sys.executable, "-m", "realtime.cli", "plot", str(jsonl), "-o", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "lipsync.cli", "plot", str(jsonl), "-o", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     data = out.read_bytes()
@@ -199,7 +199,7 @@ def test_plot_draws_a_png(live_jsonl, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "realtime.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lipsync.cli", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -228,7 +228,7 @@ def test_plot_without_matplotlib_is_one_line_error(tmp_path):
     jsonl = tmp_path / "s.jsonl"
     jsonl.write_text('{"t_s": 10, "fps": 25}\n')
     # A real import failure: matplotlib is made unimportable in the child process.
-    code = ("import sys; sys.modules['matplotlib'] = None; from realtime.cli import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from lipsync.cli import main; "
             f"sys.exit(main(['plot', {str(jsonl)!r}, '-o', {str(tmp_path / 'x.png')!r}]))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     _one_line_error(r, "matplotlib", "pip install")

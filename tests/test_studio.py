@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- pacing and the hand-over to the tracks ---------------------------------------------------------
 
 def test_pacer_maps_timestamps_to_wall_time_and_restarts_instead_of_bursting():
-    from realtime.web.tracks import Pacer, TrackConfig
+    from lipsync.web.tracks import Pacer, TrackConfig
 
     cfg = TrackConfig(fps=25, start_delay_ms=10, restart_after_ms=200)
     p = Pacer(cfg)
@@ -44,7 +44,7 @@ def test_pacer_maps_timestamps_to_wall_time_and_restarts_instead_of_bursting():
 
 
 def test_output_ring_plays_gaps_as_silence_and_counts_underruns():
-    from realtime.web.tracks import TrackConfig, WebRtcOutput
+    from lipsync.web.tracks import TrackConfig, WebRtcOutput
 
     loop = asyncio.new_event_loop()
     try:
@@ -64,7 +64,7 @@ def test_output_ring_plays_gaps_as_silence_and_counts_underruns():
 
 
 def test_output_keeps_video_bounded_dropping_the_oldest():
-    from realtime.web.tracks import TrackConfig, WebRtcOutput
+    from lipsync.web.tracks import TrackConfig, WebRtcOutput
 
     loop = asyncio.new_event_loop()
     try:
@@ -81,7 +81,7 @@ def test_output_keeps_video_bounded_dropping_the_oldest():
 
 
 def test_uploads_are_recognised_by_content_not_by_name():
-    from realtime.web.uploads import sniff
+    from lipsync.web.uploads import sniff
 
     assert sniff((ROOT / "media" / "avatar.jpg").read_bytes()[:16]) == "jpeg"
     assert sniff((ROOT / "media" / "speech.mp3").read_bytes()[:16]) == "mp3"
@@ -95,8 +95,8 @@ def test_uploads_are_recognised_by_content_not_by_name():
 def _studio_app(token=None):
     from realtime.config import EngineConfig
     from realtime.live import build_renderer
-    from realtime.web.server import Studio, StudioConfig, make_app
-    from realtime.web.session import Loaded
+    from lipsync.web.server import Studio, StudioConfig, make_app
+    from lipsync.web.session import Loaded
 
     cfg = EngineConfig()
 
@@ -130,7 +130,7 @@ def test_token_guards_the_api_and_the_offer_but_not_the_page():
 
 
 def test_only_loopback_runs_without_a_token():
-    from realtime.web.server import StudioConfig, secured
+    from lipsync.web.server import StudioConfig, secured
 
     assert secured(StudioConfig(host="127.0.0.1")).token is None
     assert secured(StudioConfig(host="localhost")).token is None
@@ -196,7 +196,7 @@ def test_python_peer_without_microphone_gets_25fps_video_and_the_spoken_file(spe
     from aiohttp.test_utils import TestClient, TestServer
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from realtime.web.ice import offer_candidates_for
+    from lipsync.web.ice import offer_candidates_for
 
     offer_candidates_for("127.0.0.1")  # both peers offer loopback only: nothing leaves the machine
 

@@ -130,8 +130,9 @@ def test_the_wheel_alone_lip_syncs_a_file_offline(tmp_path, generator_ckpt, phot
     speech = media.speech_wav(run / "mine" / "hello.wav", "Hello there, nice to see you.")
     cache = tmp_path / "cache"
     env = _clean_env(LIPSYNC_CACHE_DIR=str(cache), HOME=str(tmp_path / "home"))
-    where = subprocess.run([py, "-c", "import export, models, realtime; "
-                                      "print(realtime.__file__, models.__file__, export.__file__, sep='\\n')"],
+    where = subprocess.run([py, "-c", "import export, lipsync, mediaio, models, realtime; "
+                                      "print(*(m.__file__ for m in (lipsync, realtime, export, mediaio, models)), "
+                                      "sep='\\n')"],
                            cwd=run, capture_output=True, text=True, env=env, timeout=60)
     assert where.returncode == 0, where.stderr
     for path in where.stdout.split():

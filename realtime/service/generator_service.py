@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -133,6 +134,7 @@ class GeneratorService:
         self._down: GeneratorServiceDown | None = None  # set once, when the thread dies
         self._inflight: list[_Request] = []  # taken off the queue, not yet resolved
         self._batchable = True
+        self._holding = False  # submit_many is queueing: the decoder thread waits for all of it
         self._decoding = threading.Lock()  # runtimes' requests are not safe to run from two threads
         self.stats = ServiceStats(cfg.stats_window)
 
@@ -186,6 +188,19 @@ class GeneratorService:
             self._pending.append(req)
             self._cv.notify_all()
         return req.future
+
+    def submit_many(self, requests: list[tuple[str, int, np.ndarray, int | None, str | None]]) -> list[Future]:
+        """Queue several faces at once, (avatar_id, frame_index, mel_window, deadline_ns, session)
+        each: all of them are in the queue before the decoder thread looks again, so a batch
+        gathered elsewhere (Ray Serve's @serve.batch) reaches the decoder as one batch."""
+        with self._cv:
+            self._holding = True
+        try:
+            return [self.submit(*r) for r in requests]
+        finally:
+            with self._cv:
+                self._holding = False
+                self._cv.notify_all()
 
     def withdraw(self, future: Future) -> bool:
         """A waiter that gave up (ServiceRenderer past its deadline): the request leaves the
@@ -278,7 +293,7 @@ class GeneratorService:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._pending or self._closed)
+                self._cv.wait_for(lambda: (self._pending and not self._holding) or self._closed)
                 if self._closed:
                     return
                 if self.cfg.batch_wait_ms > 0 and len(self._pending) < self.cfg.max_batch:
@@ -326,8 +341,6 @@ class GeneratorService:
         return batch, late
 
     def _run(self, batch: list[_Request]) -> None:
-        import time
-
         t0 = time.perf_counter()
         try:
             with self._decoding:

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,8 +39,15 @@ from typing import Callable
 import numpy as np
 
 from models.errors import EngineFailure, LipsyncError
+from realtime import threads
+from realtime.avatar import AvatarConfig, load_avatar
+from realtime.clock import MonotonicClock
+from realtime.compositor import to_uint8_faces
 from realtime.config import EngineConfig
+from realtime.engine import Engine, FrameDropped, Wav2LipRenderer
 from realtime.service.generator_service import DROPPED, GeneratorService, ServiceConfig
+from realtime.service.serve_backend import ServeTarget, avatar_key, make_serve_renderer
+from realtime.service.sessions import LiveSession, prepare_avatar, van_der_corput
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +108,13 @@ def loopback_only() -> bool:
 
 
 def interfaces() -> list[str]:
-    import socket
-
     return sorted(name for _, name in socket.if_nameindex())
 
 
 def init_local_ray(num_cpus: int = 2, **kwargs) -> None:
     """Start a one-machine Ray for tests and benchmarks, refusing where it would bind the
     machine's public interfaces. The worker processes find this checkout's packages."""
-    import ray
+    import ray  # ray: an optional extra; importing this module needs none
 
     if not loopback_only():
         raise LipsyncError("local Ray", "a network namespace with only loopback",
@@ -126,8 +133,6 @@ class GeneratorServiceActor:
     own thread decodes)."""
 
     def __init__(self, spec: GeneratorSpec, cfg: EngineConfig):
-        from realtime import threads
-
         threads.apply(threads.plan("live"))
         self.spec, self.cfg = spec, cfg
         self.gen = spec.make_generator()
@@ -137,8 +142,6 @@ class GeneratorServiceActor:
         self._lock = threading.Lock()
 
     def _register(self, avatar_id: str, path: str, loop: str) -> dict:
-        from realtime.service.sessions import prepare_avatar
-
         with self._lock:
             if self._avatars.get(avatar_id) not in (None, path):
                 raise ValueError(f"avatar id {avatar_id!r} is registered with {self._avatars[avatar_id]}, not {path}")
@@ -157,8 +160,6 @@ class GeneratorServiceActor:
 
     async def face(self, avatar_id: str, idx: int, mel: np.ndarray, deadline_ns: int | None, session: str):
         """(face as (rows, 96, 3) uint8 or None for a drop, ns spent in this actor)."""
-        from realtime.compositor import to_uint8_faces
-
         t0 = time.monotonic_ns()
         fut = self.svc.submit(avatar_id, idx, mel, deadline_ns, session)
         try:
@@ -180,7 +181,7 @@ def node_service(spec: GeneratorSpec, cfg: EngineConfig):
     """The generator-service actor of the node this process runs on: made here if no session
     of this node made it yet. Detached, so it outlives the session that happened to create it
     (RaySessionHost.close() ends it)."""
-    import ray
+    import ray  # ray: an optional extra; importing this module needs none
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
@@ -196,11 +197,8 @@ def make_renderer(service, avatar_id: str, avatar, blend: str, session: str, gra
     """ServiceRenderer's contract over an actor hop: faces from the node's service actor, the
     wait bounded by the frame's deadline plus grace (a drop), a lost service a session failure.
     (Made here so that importing this module needs no Ray.)"""
-    import ray
+    import ray  # ray: an optional extra; importing this module needs none
     from ray.exceptions import GetTimeoutError, RayActorError
-
-    from realtime.clock import MonotonicClock
-    from realtime.engine import FrameDropped, Wav2LipRenderer
 
     class RayServiceRenderer(Wav2LipRenderer):
         wants_deadline = True
@@ -296,22 +294,23 @@ class SessionActor:
     own threads; the methods here only look at it)."""
 
     def __init__(self, spec: SessionSpec, gen: GeneratorSpec, cfg: EngineConfig, wait: WaitSettings):
-        import ray
-
-        from realtime.avatar import AvatarConfig, load_avatar
-        from realtime.clock import MonotonicClock
-        from realtime.engine import Engine
-        from realtime.service.sessions import LiveSession
+        import ray  # ray: an optional extra; importing this module needs none
 
         t0 = self.init_ns = time.monotonic_ns()
         self.spec = spec
         self.incarnation = "restarted" if ray.get_runtime_context().was_current_actor_reconstructed else "first"
-        avatar_id = spec.avatar_id or spec.session_id
-        self.service = node_service(gen, cfg)
-        ray.get(self.service.register.remote(avatar_id, spec.avatar_path, spec.loop))
         avatar = load_avatar(AvatarConfig(spec.avatar_path, loop=spec.loop, fps=cfg.fps))  # boxes: avatar cache
-        self.renderer = make_renderer(self.service, avatar_id, avatar, cfg.blend, spec.session_id,
-                                      wait.grace_ms, wait.no_deadline_wait_s)
+        if isinstance(gen, ServeTarget):  # the generator is a Serve deployment (GPU nodes)
+
+            self.renderer = make_serve_renderer(gen, avatar_key(spec.avatar_path, spec.loop), avatar, cfg.blend,
+                                                spec.session_id, wait.no_deadline_wait_s)
+            self.renderer.load()
+        else:
+            avatar_id = spec.avatar_id or spec.session_id
+            self.service = node_service(gen, cfg)
+            ray.get(self.service.register.remote(avatar_id, spec.avatar_path, spec.loop))
+            self.renderer = make_renderer(self.service, avatar_id, avatar, cfg.blend, spec.session_id,
+                                          wait.grace_ms, wait.no_deadline_wait_s)
         self.tally = _Tally()
         clock = MonotonicClock()
         engine = Engine(avatar, self.renderer, [*spec.make_sinks(), self.tally], cfg, clock)
@@ -325,7 +324,7 @@ class SessionActor:
         log.info("session %s (%s incarnation) ready in %.0f ms", spec.session_id, self.incarnation, self.ready_ms)
 
     def info(self) -> dict:
-        import ray
+        import ray  # ray: an optional extra; importing this module needs none
 
         return {"session": self.spec.session_id, "pid": os.getpid(), "incarnation": self.incarnation,
                 "node": ray.get_runtime_context().get_node_id(), "ready_ms": round(self.ready_ms, 1),
@@ -362,7 +361,7 @@ class RaySessionHost:
     """The driver's side: starts session actors (staggered phases), kills and stops them, and
     ends the node services it caused. Call init_local_ray (or ray.init) first."""
 
-    gen: GeneratorSpec
+    gen: GeneratorSpec | ServeTarget  # a per-node service actor, or a Serve deployment (GPU nodes)
     cfg: EngineConfig = EngineConfig()
     placement: SessionPlacement = SessionPlacement()
     wait: WaitSettings = WaitSettings()
@@ -374,11 +373,7 @@ class RaySessionHost:
         self._slots = 0
 
     def add(self, spec: SessionSpec):
-        import dataclasses
-
-        import ray
-
-        from realtime.service.sessions import van_der_corput
+        import ray  # ray: an optional extra; importing this module needs none
 
         if spec.session_id in self.actors:
             raise ValueError(f"session {spec.session_id!r} is already running")
@@ -399,12 +394,12 @@ class RaySessionHost:
 
     def kill(self, session_id: str, restart: bool = True) -> None:
         """Kill the session's process (as a crash would); Ray brings it back unless restart=False."""
-        import ray
+        import ray  # ray: an optional extra; importing this module needs none
 
         ray.kill(self.actors[session_id], no_restart=not restart)
 
     def stop(self, session_id: str, timeout_s: float = 30.0) -> dict:
-        import ray
+        import ray  # ray: an optional extra; importing this module needs none
 
         actor = self.actors.pop(session_id)
         summary = ray.get(actor.stop.remote(), timeout=timeout_s)
@@ -412,7 +407,7 @@ class RaySessionHost:
         return summary
 
     def services(self) -> list:
-        import ray
+        import ray  # ray: an optional extra; importing this module needs none
 
         names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                  if isinstance(a, dict) and a.get("namespace") == NAMESPACE and a["name"].startswith(SERVICE_PREFIX)]
@@ -421,7 +416,7 @@ class RaySessionHost:
     def close(self, timeout_s: float = 30.0) -> dict:
         """Stop every session, then the node services; summaries by session id (and the
         services' under "services")."""
-        import ray
+        import ray  # ray: an optional extra; importing this module needs none
 
         refs = {sid: a.stop.remote() for sid, a in self.actors.items()}
         out = {}

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.errors import EngineFailure, LipsyncError
+from realtime.avatar import AvatarConfig, load_avatar
 from realtime.clock import MonotonicClock
+from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
 from realtime.engine import Engine, FrameDropped, Wav2LipRenderer
 from realtime.service.generator_service import DROPPED, GeneratorService
@@ -82,9 +84,6 @@ def prepare_avatar(path: str, generator, checkpoint_id: str, cfg: EngineConfig =
     """Load an avatar and attach the face encoder's features (disk-cached) for a service whose
     decoder is `generator`. The decoder may be cropped to rows first_row..95: an avatar whose
     blend shows rows above that cannot use it."""
-    from realtime.avatar import AvatarConfig, load_avatar
-    from realtime.compositor import first_shown_row
-
     av = load_avatar(AvatarConfig(path, loop=loop, fps=cfg.fps))
     needed = first_shown_row(av.boxes, av.keypoints()) if cfg.blend == "feather" else 0
     first = getattr(generator, "first_row", 0)
@@ -174,6 +173,7 @@ class SessionHost:
         self._epoch_ns = self.clock.now_ns()
         self._slots = itertools.count()
         self._lock = threading.Lock()
+        self._avatar_of: dict[str, str] = {}  # session id -> its avatar id with the service
 
     def add(self, session_id: str, avatar, sinks: list, source, duration_s: float | None = None,
             avatar_id: str | None = None) -> LiveSession:
@@ -183,6 +183,8 @@ class SessionHost:
             if session_id in self.sessions and not self.sessions[session_id].done:
                 raise ValueError(f"session {session_id!r} is already running")
         avatar_id = avatar_id or session_id
+        with self._lock:
+            self._avatar_of[session_id] = avatar_id
         self.service.register_avatar(avatar_id, avatar)
         renderer = ServiceRenderer(self.service, avatar_id, avatar, self.cfg.blend, session=session_id,
                                    wait=self.host.wait)
@@ -229,3 +231,10 @@ class SessionHost:
 
     def _ended(self, session: LiveSession) -> None:
         self.service.cancel_session(session.id)
+        # Its features leave the service with the last session on that avatar: a session
+        # started again under the same id brings its own (possibly a different avatar).
+        with self._lock:
+            avatar_id = self._avatar_of.pop(session.id, None)
+            shared = avatar_id in self._avatar_of.values()
+        if avatar_id is not None and not shared:
+            self.service.unregister_avatar(avatar_id)

@@ -35,7 +35,7 @@ class AudioOutSink:
         if self._stream is not None:
             return
         try:
-            import sounddevice as sd
+            import sounddevice as sd  # sounddevice: needs the PortAudio library; reported here if it is missing
         except (ImportError, OSError) as e:
             raise LipsyncError("--audio-out", "PortAudio and sounddevice", str(e).splitlines()[0][:80],
                                "install libportaudio2 and pip install sounddevice") from None

@@ -16,6 +16,7 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from models.errors import LipsyncError
@@ -44,8 +45,6 @@ class VideoFileWriter:
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
                  audio: np.ndarray | None = None, audio_rate_hz: int | None = None,
                  live: LiveVideoEncoding | None = None, reserve_bytes: int = 0):
-        import av
-
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FORMATS:
@@ -81,8 +80,6 @@ class VideoFileWriter:
         self._next_pts = 0
 
     def _setup_audio(self, codec: str, audio: np.ndarray, rate: int):
-        import av
-
         channels = min(2, audio.shape[0])
         self._layout = "stereo" if channels == 2 else "mono"
         self._audio_stream = self._container.add_stream(codec, rate=rate, layout=self._layout)
@@ -129,8 +126,6 @@ class VideoFileWriter:
     def write(self, bgr: np.ndarray, pts: int | None = None):
         """One frame; `pts` (frames at the writer's rate) leaves a gap for frames not written —
         the previous frame stays on screen — else frames follow each other."""
-        import av
-
         if bgr.shape[:2] != (self.height, self.width):
             raise ValueError(f"frame is {bgr.shape[1]}x{bgr.shape[0]}, writer expects {self.width}x{self.height}")
         if self._even and (self.width % 2 or self.height % 2):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import cv2
+
 from models.errors import LipsyncError
 from realtime.frames import AudioChunk, VideoFrame
 
@@ -18,8 +20,6 @@ class PreviewSink:
         self.title = title
 
     def send_video(self, frame: VideoFrame) -> None:
-        import cv2
-
         cv2.imshow(self.title, frame.bgr)
         cv2.waitKey(1)
 
@@ -27,6 +27,4 @@ class PreviewSink:
         pass
 
     def close(self) -> None:
-        import cv2
-
         cv2.destroyWindow(self.title)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from realtime.frames import AudioChunk, AudioTimeline, VideoFrame
 from realtime.sinks.diskspace import DiskFull
 from realtime.sinks.encoding import LiveVideoEncoding
@@ -40,8 +42,6 @@ class FileSink:
 
     def send_video(self, frame: VideoFrame) -> None:
         if self._writer is None:
-            import numpy as np
-
             h, w = frame.bgr.shape[:2]
             audio = np.concatenate(self._early_audio) if self._early_audio else np.zeros(0, np.float32)
             self._writer = VideoFileWriter(self._path, w, h, self._fps, audio[None], self._rate,

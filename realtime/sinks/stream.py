@@ -15,6 +15,7 @@ import logging
 import time
 from fractions import Fraction
 
+import av
 import numpy as np
 
 from realtime.frames import AudioChunk, AudioTimeline, VideoFrame
@@ -31,8 +32,6 @@ def is_network_error(e: BaseException, connecting: bool = False) -> bool:
     PyAV's own errors for these are OSError subclasses), PyAV's ExitError (its I/O timeout
     interrupts FFmpeg) and EOFError (the server closed mid-exchange); while connecting, also
     InvalidDataError (a server that answered the handshake with garbage, e.g. while starting)."""
-    import av
-
     if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         return False
     if isinstance(e, OSError):
@@ -69,8 +68,6 @@ class StreamSink:
         self._failures = 0
 
     def _connect(self) -> bool:
-        import av
-
         w, h = self._size
         out = None
         try:
@@ -131,8 +128,6 @@ class StreamSink:
             self._ensure()
 
     def send_video(self, frame: VideoFrame) -> None:
-        import av
-
         if self._size is None:
             self._size = frame.bgr.shape[1], frame.bgr.shape[0]
         if not self._ensure():
@@ -154,8 +149,6 @@ class StreamSink:
             self._down(e)
 
     def send_audio(self, chunk: AudioChunk) -> None:
-        import av
-
         if chunk.sample_rate_hz != self._rate:
             raise ValueError(f"StreamSink made for {self._rate} Hz audio got {chunk.sample_rate_hz} Hz")
         if self._audio_pts is None:

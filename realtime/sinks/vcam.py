@@ -19,7 +19,7 @@ class VcamSink:
 
     def _open(self, width: int, height: int):
         try:
-            import pyvirtualcam
+            import pyvirtualcam  # pyvirtualcam: only for --to vcam; reported here if it is missing
         except ImportError:
             raise LipsyncError("--to vcam", "the pyvirtualcam package", "it is not installed",
                                "pip install pyvirtualcam") from None

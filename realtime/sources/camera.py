@@ -15,9 +15,11 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 
 from models.errors import EngineFailure, LipsyncError
+from models.quiet import native_stderr_silenced
 from realtime.queues import BoundedQueue, Policy
 
 
@@ -28,10 +30,6 @@ class CameraLost(EngineFailure):
 class CameraCapture:
     def __init__(self, source: int | str, width: int | None = None, height: int | None = None,
                  loop: bool = True, lost_after_s: float = 2.0):
-        import cv2
-
-        from models.quiet import native_stderr_silenced
-
         self.source = source
         with native_stderr_silenced():  # OpenCV lists every backend it tried on fd 2
             self._cap = cv2.VideoCapture(source)
@@ -69,8 +67,6 @@ class CameraCapture:
             ok, frame = self._cap.read()
             if not ok:
                 if self._is_file and self._loop:  # a file stands in for a camera: loop it
-                    import cv2
-
                     self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                     continue
                 now = time.monotonic()

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from models.audio import decode_audio
+from mediaio.audio import decode_audio
 from realtime.clock import MediaClock
 
 

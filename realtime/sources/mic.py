@@ -34,7 +34,7 @@ class MicLost(EngineFailure):
 
 def _sounddevice():
     try:
-        import sounddevice as sd
+        import sounddevice as sd  # sounddevice: needs the PortAudio library; reported here if it is missing
     except (ImportError, OSError) as e:
         raise LipsyncError("--audio mic", "PortAudio and the sounddevice package", f"{e}".splitlines()[0][:100],
                            "install libportaudio2 (Debian/Ubuntu) and pip install sounddevice") from None

@@ -13,7 +13,7 @@ import sys
 import threading
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
-PACKAGES = ("realtime", "models", "export", "inference", "lipsync")  # this project's top-level names
+PACKAGES = ("lipsync", "realtime", "export", "mediaio", "models", "inference")  # this project's top-level names
 
 
 class StatusLine:

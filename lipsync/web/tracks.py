@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import av
 import numpy as np
 
 from realtime.frames import AudioChunk, VideoFrame
@@ -199,8 +200,7 @@ async def _sleep_until(t_ns: int) -> None:
 
 def make_tracks(out: WebRtcOutput):
     """(video track, audio track) for an RTCPeerConnection; aiortc is imported only here."""
-    import av
-    from aiortc import MediaStreamTrack
+    from aiortc import MediaStreamTrack  # aiortc: the web extra, needed only by lipsync serve
     from aiortc.mediastreams import MediaStreamError
 
     cfg = out.cfg

@@ -7,18 +7,34 @@ import argparse
 import json
 import logging
 import sys
+import threading
+import time
+from pathlib import Path
 
+from export.cache import ensure_exported
+from lipsync import render_command
+from lipsync.console import STATUS, configure_logging
+from lipsync.web.server import StudioConfig, run_studio
+from mediaio.audio import decode_audio
+from models import cache_limit
 from models.errors import EngineFailure, LipsyncError
-from realtime.console import STATUS, configure_logging
-from realtime.stats_log import StatsLogConfig
+from realtime import threads
+from realtime.config import EngineConfig
+from realtime.generator import RuntimeConfig
+from realtime.live import build_engine, build_playout, build_renderer, choose_engine, make_sink, make_source
+from realtime.playout import PlayoutConfig
+from realtime.service.manager import ManagerConfig, SessionManager, SessionRequest, check_request
+from realtime.service.ray_backend import NAMESPACE, init_local_ray
+from realtime.sinks.audio_out import AudioOutSink
+from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
+from realtime.stats_log import StatsLog, StatsLogConfig
+from realtime.stats_plot import plot_stats
 
 CHECKPOINT_HELP = ("default: wav2lip_gan.pth or wav2lip.pth in ./checkpoints/, else in checkpoints/ of the cache "
                    "folder ($LIPSYNC_CACHE_DIR, default ~/.cache/lipsync)")
 
 
 def _export(args) -> int:
-    from export.cache import ensure_exported
-
     paths = ensure_exported(args.checkpoint, args.layout, args.precision)
     for name, path in paths.items():
         print(f"{name}: {path}")
@@ -28,17 +44,11 @@ def _export(args) -> int:
 def _session(args, audio_rate_hz: int = 48_000):
     """What both live modes set up the same way: the thread budget, engine and runtime settings,
     and the sinks (audio passthrough included) taking audio at `audio_rate_hz`."""
-    from realtime import threads
-    from realtime.config import EngineConfig
-    from realtime.generator import RuntimeConfig
-    from realtime.live import make_sink
-
     threads.apply(threads.plan("live"))
     cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend,
                        output_audio_rate_hz=audio_rate_hz)
     runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
                             intra_op_threads=threads.current().inference_threads)
-    from realtime.sinks.encoding import LiveVideoEncoding
 
     try:
         encoding = LiveVideoEncoding(preset=args.x264_preset, bitrate_kbps=args.video_bitrate_kbps,
@@ -48,8 +58,6 @@ def _session(args, audio_rate_hz: int = 48_000):
                            "give values above zero") from None
     sinks = [make_sink(t, args.fps, audio_rate_hz, encoding) for t in (args.to or ["vcam"])]
     if args.audio_out is not None:
-        from realtime.sinks.audio_out import AudioOutSink
-
         dev = None if args.audio_out == "default" else (int(args.audio_out) if args.audio_out.isdigit()
                                                         else args.audio_out)
         sinks.append(AudioOutSink(args.audio_out_delay_ms, dev, sample_rate_hz=audio_rate_hz))
@@ -66,9 +74,6 @@ def _live(args) -> int:
             raise LipsyncError("--mode playout", "pushed audio (a file)", "--audio mic",
                                "the microphone is captured live: use --mode capture (the default)")
         return _live_playout(args)
-    import threading
-
-    from realtime.live import build_engine, make_source
 
     stats_log = _stats_log(args)  # a bad path fails now, not after the models have loaded
     try:
@@ -117,14 +122,10 @@ def _live(args) -> int:
 def _stats_log(args):
     if not args.stats_jsonl:
         return None
-    from realtime.stats_log import StatsLog
-
     return StatsLog(args.stats_jsonl, StatsLogConfig(interval_s=args.stats_interval))
 
 
 def _plot(args) -> int:
-    from realtime.stats_plot import plot_stats
-
     plot_stats(args.jsonl, args.output)
     print(f"plot: {args.output}", file=sys.stderr)
     return 0
@@ -132,7 +133,7 @@ def _plot(args) -> int:
 
 def _devices(args) -> int:
     try:
-        import sounddevice as sd
+        import sounddevice as sd  # sounddevice: needs the PortAudio library; reported below if missing
 
         devices = sd.query_devices()
         print("audio inputs:")
@@ -146,7 +147,7 @@ def _devices(args) -> int:
     except (ImportError, OSError) as e:
         print(f"audio: unavailable ({str(e).splitlines()[0]}); install libportaudio2 and sounddevice")
     try:
-        import pyvirtualcam
+        import pyvirtualcam  # pyvirtualcam: reported below if it is not installed
 
         print("virtual camera backends:", ", ".join(sorted(pyvirtualcam.camera.BACKENDS)) or "none")
     except ImportError:
@@ -156,10 +157,6 @@ def _devices(args) -> int:
 
 def _cache(args) -> int:
     """`lipsync cache list|clear`: what the cache folder holds, least recently used first."""
-    import time
-
-    from models import cache_limit
-
     root, limit = cache_limit.root(), cache_limit.limit_bytes()
     entries = [e for e in cache_limit.entries() if args.kind in (None, e.kind)]
     if args.action == "clear":
@@ -190,13 +187,6 @@ def _cache(args) -> int:
 def _live_playout(args) -> int:
     """Playout: the file pushed as a TTS engine would (burst: 1 s pieces as fast as accepted;
     realtime: 20 ms pieces at real time), frames paced by the output clock until it has played."""
-    import threading
-    import time
-
-    from models.audio import decode_audio
-    from realtime.live import build_playout
-    from realtime.playout import PlayoutConfig
-
     pcfg = PlayoutConfig()
     stats_log = _stats_log(args)
     try:
@@ -258,12 +248,6 @@ def _live_playout(args) -> int:
 
 
 def _serve(args) -> int:
-    from realtime import threads
-    from realtime.config import EngineConfig
-    from realtime.generator import RuntimeConfig
-    from realtime.live import build_renderer
-    from realtime.web.server import StudioConfig, run_studio
-
     threads.apply(threads.plan("live"))
     cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend, output_audio_rate_hz=48_000)
     runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
@@ -272,7 +256,49 @@ def _serve(args) -> int:
     def build(path: str):
         return build_renderer(path, args.checkpoint, runtime, cfg, engine=args.engine)
 
-    return run_studio(args.avatar, build, cfg, StudioConfig(host=args.host, port=args.port, token=args.token))
+    if args.avatar is None and args.sessions is None:
+        raise LipsyncError("serve", "--avatar (the browser studio) and/or --sessions FILE.json (headless sessions)",
+                           "neither", "give at least one of them")
+    requests = _session_requests(args.sessions) if args.sessions else []
+    kind, checkpoint = choose_engine(args.engine, args.checkpoint)
+    if args.backend == "ray":
+        _init_ray(args.ray_address)
+    manager = SessionManager(checkpoint if kind == "wav2lip" else None, runtime, cfg,
+                             ManagerConfig(backend=args.backend))
+    return run_studio(args.avatar, build, cfg, StudioConfig(host=args.host, port=args.port, token=args.token),
+                      manager=manager, sessions=requests)
+
+
+def _session_requests(path: str) -> list:
+    """The --sessions file: a JSON list of session objects (see README, 'Hosting several avatars')."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise LipsyncError("--sessions", "a readable JSON file", f"{path} ({e.strerror})", "check the path") from None
+    except ValueError as e:
+        raise LipsyncError("--sessions", "a JSON list of session objects", f"invalid JSON in {path} ({e})",
+                           "fix the file") from None
+    if not isinstance(doc, list):
+        raise LipsyncError("--sessions", "a JSON list of session objects", type(doc).__name__,
+                           'wrap the objects in [ ... ]')
+    requests = [SessionRequest.from_json(d) for d in doc]
+    ids = [r.session_id for r in requests]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup is not None:
+        raise LipsyncError("--sessions", "a distinct id per session", f"{dup!r} twice", "rename one")
+    for r in requests:
+        check_request(r)
+    return requests
+
+
+def _init_ray(address: str | None) -> None:
+    """A cluster's address, or a local Ray (which refuses outside a loopback-only namespace)."""
+    if address is not None:
+        import ray  # ray: the ray extra, needed only by --backend ray
+
+        ray.init(address=address, namespace=NAMESPACE)
+        return
+    init_local_ray()
 
 
 VERBOSITY = {"-v": logging.DEBUG, "--verbose": logging.DEBUG, "-q": logging.WARNING, "--quiet": logging.WARNING}
@@ -292,10 +318,8 @@ def main(argv=None) -> int:
     while argv[lead:lead + 1] and argv[lead] in VERBOSITY:
         lead += 1
     if argv[lead:lead + 1] == ["render"]:
-        import inference
-
         configure_logging(VERBOSITY[argv[lead - 1]] if lead else logging.INFO)
-        return inference.main(argv[lead + 1:])
+        return render_command.main(argv[lead + 1:])
     ap = argparse.ArgumentParser(prog="lipsync", description="Real-time lip-sync on Wav2Lip.")
     _verbosity_flags(ap, logging.INFO)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -339,7 +363,6 @@ def main(argv=None) -> int:
                          "RSS, queues, A/V offset); draw it with `lipsync plot`")
     lv.add_argument("--stats-interval", type=float, default=StatsLogConfig.interval_s, metavar="SECONDS",
                     help="interval of --stats-jsonl lines")
-    from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
 
     enc = LiveVideoEncoding()
     lv.add_argument("--video-bitrate-kbps", type=int, default=enc.bitrate_kbps,
@@ -356,7 +379,13 @@ def main(argv=None) -> int:
                     help="capture: audio is the clock, late frames skipped (microphone); playout: everything "
                          "pushed is played at the output clock's pace (TTS); auto: playout for burst pacing")
     sv = sub.add_parser("serve", help="the browser studio: talk to the avatar over WebRTC")
-    sv.add_argument("--avatar", required=True, help="photo or video (switchable from the page)")
+    sv.add_argument("--avatar", default=None, help="the browser studio's avatar: photo or video (switchable from "
+                                                    "the page); without it, only --sessions / /api/sessions")
+    sv.add_argument("--sessions", default=None, help="JSON list of headless sessions to start: "
+                                                     '[{"id", "avatar", "audio", "outputs"}, ...]')
+    sv.add_argument("--backend", default="inprocess", choices=["inprocess", "ray"],
+                    help="sessions over one generator in this process, or as Ray actors (extra ray)")
+    sv.add_argument("--ray-address", default=None, help="--backend ray: a cluster (e.g. auto); default a local Ray")
     sv.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     sv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"])
     sv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])

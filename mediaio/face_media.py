@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 
 from models.errors import LipsyncError
@@ -16,8 +18,6 @@ def is_image(path: str | Path) -> bool:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    import cv2
-
     what = f"face {path}"
     if not Path(path).is_file():
         raise LipsyncError(what, "an image or video file", "no such file", "check the path")
@@ -31,9 +31,6 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_video(path: str | Path, max_frames: int | None = None, *, resize_factor: int = 1,
                rotate: bool = False, crop=(0, -1, 0, -1)) -> tuple[list[np.ndarray], float]:
     """BGR frames (with the reference tool's resize/rotate/crop applied, in that order) and fps."""
-    import av
-    import cv2
-
     what = f"face {path}"
     if not Path(path).is_file():
         raise LipsyncError(what, "an image or video file", "no such file", "check the path")

@@ -16,6 +16,8 @@ from pipecat.frames.frames import (CancelFrame, EndFrame, InterruptionFrame, Out
                                    OutputImageRawFrame, StartFrame, TTSAudioRawFrame, TTSStoppedFrame)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
+from realtime.config import EngineConfig
+from realtime.live import build_playout
 from realtime.playout import PlayoutItem, SegmentEnd
 
 
@@ -29,9 +31,6 @@ class LipsyncVideoService(FrameProcessor):
         self._pump: asyncio.Task | None = None
 
     async def _start(self) -> None:
-        from realtime.config import EngineConfig
-        from realtime.live import build_playout
-
         s = self._spec
         # Loading the avatar (and, on first use, exporting a checkpoint) takes a while: off the loop.
         self._playout = await asyncio.to_thread(

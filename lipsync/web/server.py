@@ -7,6 +7,7 @@
   POST /api/speak        an audio file (multipart field 'file') is played through the avatar
   POST /api/interrupt    cut the file that is playing
   POST /api/bye          the page is going away (sent as a beacon)
+  /api/sessions          headless sessions (lipsync.web.sessions_api): list, start, stop
 One browser at a time: a new connection takes over from the previous one. Bound to 127.0.0.1
 by default; any other host requires the token printed at start (Bearer header or ?token=).
 """
@@ -24,12 +25,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lipsync.web.ice import is_loopback, offer_candidates_for
+from lipsync.web.session import Loaded, Session
+from lipsync.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, read_upload
+from mediaio.audio import decode_audio
 from models.errors import LipsyncError
 from realtime.config import EngineConfig
 from realtime.stats import rss_mb
-from realtime.web.ice import is_loopback, offer_candidates_for
-from realtime.web.session import Loaded, Session
-from realtime.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, read_upload
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class Studio:
         """`build(path) -> (avatar, renderer)`: blocking; run off the event loop."""
         self.cfg, self.engine_cfg, self._build = cfg, engine_cfg, build
         self.loaded: Loaded | None = None
+        self.enabled = True  # False: no --avatar, only headless sessions are served
         self.session: Session | None = None
         self._avatar_lock = asyncio.Lock()
         self._uploads = tempfile.TemporaryDirectory(prefix="lipsync-studio-")
@@ -95,13 +98,14 @@ class Studio:
 # -- HTTP handlers --------------------------------------------------------------------------------
 
 def _error(status: int, message: str):
-    from aiohttp import web
+    from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     return web.json_response({"error": message}, status=status)
 
 
-def make_app(studio: Studio):
-    from aiohttp import web
+def make_app(studio: Studio, manager=None):
+    """`manager`: a realtime.service.manager.SessionManager whose sessions /api/sessions controls."""
+    from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     @web.middleware
     async def guard(request, handler):
@@ -116,6 +120,9 @@ def make_app(studio: Studio):
             return _error(e.status, str(e))
 
     async def page(request):
+        if not studio.enabled:
+            return _error(404, "studio: expected an avatar for the browser studio, found none; start lipsync serve "
+                               "with --avatar (sessions: GET /api/sessions)")
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def offer(request):
@@ -127,6 +134,8 @@ def make_app(studio: Studio):
         except Exception:
             return _error(400, "offer: expected JSON {\"sdp\": \"v=0...\", \"type\": \"offer\"}, found something "
                                "else; send the RTCPeerConnection's localDescription")
+        if not studio.enabled:
+            return _error(404, "offer: expected a studio avatar, found none; start lipsync serve with --avatar")
         if studio.loaded is None:
             return _error(503, "offer: expected an avatar, found none loaded yet; retry in a moment")
         try:
@@ -210,6 +219,10 @@ def make_app(studio: Studio):
     app.router.add_post("/api/speak", speak)
     app.router.add_post("/api/interrupt", interrupt)
     app.router.add_post("/api/bye", bye)
+    if manager is not None:
+        from lipsync.web.sessions_api import add_session_routes
+
+        add_session_routes(app, manager, _error)
 
     async def on_shutdown(app):
         await studio.close()
@@ -219,16 +232,15 @@ def make_app(studio: Studio):
 
 
 def _decode_audio(path: str):
-    from models.audio import decode_audio
-
     d = decode_audio(path)
     return d.pcm.mean(axis=0), d.sample_rate_hz
 
 
 async def _connect(studio: Studio, sdp: str):
+    # aiortc: the web extra, needed only by lipsync serve
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    # No STUN/TURN: the studio answers with its own host address only (see realtime.web.ice).
+    # No STUN/TURN: the studio answers with its own host address only (see lipsync.web.ice).
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     loop = asyncio.get_running_loop()
     session = Session(pc, studio.loaded, studio.engine_cfg, loop)
@@ -273,7 +285,7 @@ def _release_mic_packets_at_once(pc) -> None:
     it; the capture engine tolerates jitter itself (frames late past max_lateness_ms are skipped),
     so the studio takes each packet as soon as the next one shows it is complete (~20 ms). There
     is no public option: the receiver's buffer is replaced, and left alone if aiortc renames it."""
-    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.jitterbuffer import JitterBuffer  # aiortc: the web extra, needed only by lipsync serve
 
     for t in pc.getTransceivers():
         if t.kind == "audio" and hasattr(t.receiver, "_RTCRtpReceiver__jitter_buffer"):
@@ -302,24 +314,37 @@ def secured(cfg: StudioConfig) -> StudioConfig:
     return cfg
 
 
-def run_studio(avatar: str, build, engine_cfg: EngineConfig, cfg: StudioConfig, ready=None) -> int:
-    """Serve until interrupted. `build(path) -> (avatar, renderer)` makes an avatar's renderer."""
-    from aiohttp import web
+def run_studio(avatar: str | None, build, engine_cfg: EngineConfig, cfg: StudioConfig, ready=None,
+               manager=None, sessions=()) -> int:
+    """Serve until interrupted. `build(path) -> (avatar, renderer)` makes an avatar's renderer.
+    `avatar` None: no browser studio, only the headless sessions of `manager` (started from
+    `sessions`, SessionRequests, before the server listens; all stopped when it ends)."""
+    from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     cfg = secured(cfg)
     offer_candidates_for(cfg.host)
     studio = Studio(cfg, engine_cfg, build)
+    studio.enabled = avatar is not None
 
     async def main():
-        studio.loaded = await studio.load_avatar(avatar)
-        app = make_app(studio)
+        if avatar is not None:
+            studio.loaded = await studio.load_avatar(avatar)
+        for req in sessions:
+            await asyncio.to_thread(manager.start, req)
+        app = make_app(studio, manager)
+        if manager is not None:
+            app.on_shutdown.append(lambda _app: asyncio.to_thread(manager.close))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1] if cfg.port == 0 else cfg.port
         url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}/"
-        print(f"studio: open {url}" + (f"?token={cfg.token}" if cfg.token else ""), flush=True)
+        if avatar is not None:
+            print(f"studio: open {url}" + (f"?token={cfg.token}" if cfg.token else ""), flush=True)
+        if manager is not None:
+            print(f"sessions: {len(sessions)} running; {url}api/sessions lists, starts (POST) and stops (DELETE) them",
+                  flush=True)
         if cfg.token:
             print(f"studio: token {cfg.token} (required on /offer and /api/ from non-loopback hosts)", flush=True)
         if ready is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
+import soxr
 
 from models.errors import LipsyncError
 
@@ -30,15 +32,11 @@ def to_model_rate(mono: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     mono = np.asarray(mono, dtype=np.float32)
     if sample_rate_hz == MODEL_SAMPLE_RATE_HZ:
         return mono
-    import soxr
-
     return soxr.resample(mono, sample_rate_hz, MODEL_SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
 
 
 def decode_audio(path: str | Path) -> DecodedAudio:
     """Decode the first audio stream of `path` to float32 planar at its native rate."""
-    import av
-
     what = f"audio {path}"
     if not Path(path).is_file():
         raise LipsyncError(what, "an audio or video file", "no such file", "check the path")

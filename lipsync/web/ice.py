@@ -24,7 +24,7 @@ def is_loopback(host: str) -> bool:
 
 def offer_candidates_for(host: str) -> None:
     global _installed
-    import aioice.ice
+    import aioice.ice  # aioice (comes with aiortc): the web extra, needed only by lipsync serve
 
     if _installed is not None:
         if _installed != host:

@@ -7,6 +7,7 @@ were trained on.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 FACE_SIZE = 96
@@ -14,8 +15,6 @@ FACE_SIZE = 96
 
 def crop_face(frame: np.ndarray, box) -> np.ndarray:
     """`box` is (y1, y2, x1, x2), the reference's coords order. Returns a 96x96 BGR uint8 crop."""
-    import cv2
-
     y1, y2, x1, x2 = box
     return cv2.resize(frame[y1:y2, x1:x2], (FACE_SIZE, FACE_SIZE))
 

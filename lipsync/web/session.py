@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lipsync.web.tracks import TrackConfig, WebRtcOutput, make_tracks
 from models.errors import EngineFailure
 from realtime.config import EngineConfig
-from realtime.web.tracks import TrackConfig, WebRtcOutput, make_tracks
+from realtime.engine import Engine
+from realtime.playout import Playout, PlayoutConfig, PlayoutFull
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class Session:
         self._mic_task = asyncio.ensure_future(self._consume_mic(track))
 
     async def _consume_mic(self, track) -> None:
-        from aiortc.mediastreams import MediaStreamError
+        from aiortc.mediastreams import MediaStreamError  # aiortc: the web extra, needed only by lipsync serve
 
         while True:
             try:
@@ -107,10 +109,7 @@ class Session:
     def _start_engine(self, mode: str, epoch: int):
         sink = self.out.sink(epoch)
         if mode == "mic":
-            from realtime.engine import Engine
-
             return Engine(self.loaded.avatar, self.loaded.renderer, [sink], self.cfg).start()
-        from realtime.playout import Playout, PlayoutConfig
 
         pl = Playout(self.loaded.avatar, self.loaded.renderer, [sink], self.cfg,
                      PlayoutConfig(output_rate_hz=self.cfg.output_audio_rate_hz), deliver_to_reader=False)
@@ -163,8 +162,6 @@ class Session:
         return len(pcm) / rate
 
     def _push_speech(self, engine, pcm: np.ndarray, rate: int, cancel: threading.Event) -> None:
-        from realtime.playout import PlayoutFull
-
         step = int(SPEAK_PIECE_S * rate)
         try:
             for i in range(0, len(pcm), step):

@@ -22,15 +22,14 @@ from livekit import rtc
 from livekit.agents.voice.avatar import (AudioSegmentEnd, AvatarOptions, AvatarRunner, DataStreamAudioReceiver,
                                          QueueAudioOutput, VideoGenerator)
 
+from realtime.config import EngineConfig
+from realtime.live import build_playout
 from realtime.playout import PlayoutItem, SegmentEnd
 
 
 class LipsyncVideoGenerator(VideoGenerator):
     def __init__(self, avatar: str, checkpoint: str | None = None, *, engine: str = "auto", runtime=None, cfg=None,
                  pcfg=None):
-        from realtime.config import EngineConfig
-        from realtime.live import build_playout
-
         self._playout = build_playout(avatar, [], checkpoint, runtime, cfg or EngineConfig(), pcfg,
                                       engine=engine)
         self.width, self.height = self._playout.avatar.size

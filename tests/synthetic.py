@@ -1,4 +1,5 @@
-"""Random-weight checkpoints in the official on-disk format, for tests and benchmarks.
+"""Random-weight checkpoints in the official on-disk format, for tests and benchmarks (not shipped:
+benchmarks put tests/ on sys.path for this, as for servers.py and media.py).
 
 Real weights cannot be shipped or downloaded, so tests need stand-ins that exercise the same
 loading and numeric paths. Raw random weights with default BatchNorm statistics saturate the
@@ -35,7 +36,7 @@ def calibration_batches(face_bgr: np.ndarray, box, wav16k: np.ndarray, batches: 
                         seed: int = 0):
     """Real generator inputs for BatchNorm calibration: jittered crops of one face plus speech mels."""
     from models.mel import mel_chunks, melspectrogram
-    from realtime.face_input import jittered_samples
+    from models.face_input import jittered_samples
 
     chunks = mel_chunks(melspectrogram(wav16k), 25)
     rng = np.random.default_rng(seed)
@@ -73,7 +74,7 @@ def make_embedded_calibrated_checkpoint(path: str | os.PathLike, seed: int = 0) 
 
     import cv2
 
-    from models.audio import decode_audio
+    from mediaio.audio import decode_audio
 
     media = Path(__file__).resolve().parent.parent / "media"
     batches = calibration_batches(cv2.imread(str(media / "avatar.jpg")), EMBEDDED_FACE_BOX,

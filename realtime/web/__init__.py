@@ -1,1 +1,0 @@
-"""The browser studio (`lipsync serve`): aiohttp + aiortc. Imported only by that command."""
