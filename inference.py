@@ -7,9 +7,11 @@
 
 import sys
 
+from lipsync.console import configure_logging
 from lipsync.render_command import build_parser, main, make_generator
 
 __all__ = ["build_parser", "main", "make_generator"]
 
 if __name__ == "__main__":
+    configure_logging()  # `lipsync render` has the CLI's; run on its own, the export's progress still shows
     sys.exit(main())

@@ -64,7 +64,7 @@ def child(args) -> int:
     t = time.perf_counter()
     runtime = RuntimeConfig(runtime="onnxruntime", precision="fp32")
     eng = build_engine(args.avatar, [NullSink()], args.checkpoint, runtime, EngineConfig(), clock=MonotonicClock(),
-                       log=lambda m: None, engine=args.engine)
+                       engine=args.engine)
     out["load_s"] = round(time.perf_counter() - t, 2)
     out["after_load"] = rss_mb()
     summary = eng.run(FileSource(str(ROOT / "media" / "speech.mp3"), loop=True), args.live_s)

@@ -96,13 +96,14 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     from realtime.generator import OnnxGenerator, RuntimeConfig, load_live_generator
 
     budget = threads.apply(threads.plan("live"))
-    lines: list[str] = []
     av = load_avatar(AvatarConfig(str(AVATAR)))
     first = first_shown_row(av.boxes, av.keypoints())
     samples = precision.AvatarSamples("bench-" + label, av.crops)
     cfg = RuntimeConfig(runtime="auto", precision="auto", device="auto", intra_op_threads=budget.inference_threads)
-    choice = precision.choose(ckpt, cfg, first_row=first, avatar=samples, log=lines.append, remeasure=True,
-                              exhaustive=True)
+    from common import logged_lines
+
+    with logged_lines("export") as lines:
+        choice = precision.choose(ckpt, cfg, first_row=first, avatar=samples, remeasure=True, exhaustive=True)
     for ln in lines:
         print(f"  {ln}", file=sys.stderr)
     rows = []
@@ -115,10 +116,10 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
                           psnr_db_shown_mean=t.psnr_db_shown_mean, psnr_db_shown_worst=t.psnr_db_shown_worst,
                           chosen=t.chosen, checkpoint=label))
 
-    gen = load_live_generator(ckpt, cfg, first_row=first, avatar=samples, log=lambda m: None)
+    gen = load_live_generator(ckpt, cfg, first_row=first, avatar=samples)
     av.attach_features(gen, f"bench:{gen.name}:{ckpt}")
     renderer = Wav2LipRenderer(gen, av, "feather")
-    full = OnnxGenerator(ensure_exported(ckpt, "full", log=lambda m: None)["full"],
+    full = OnnxGenerator(ensure_exported(ckpt, "full")["full"],
                          RuntimeConfig(intra_op_threads=budget.inference_threads))
     h = heldout_set(16)
     face1 = h.faces[:1]
@@ -163,8 +164,8 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
     from export.samples import heldout_set
     from export.runtime import RuntimeConfig, make_runner
 
-    full = ensure_exported(ckpt, "split", log=lambda m: None)
-    crop = ensure_exported(ckpt, "split", log=lambda m: None, first_row=first)
+    full = ensure_exported(ckpt, "split")
+    crop = ensure_exported(ckpt, "split", first_row=first)
     enc = make_runner(full["face_encoder"], RuntimeConfig(intra_op_threads=threads))
     h = heldout_set(1)
     feed = {"mel": h.mels[:1], **dict(zip(SKIPS, enc({"face": h.faces[:1]})))}

@@ -69,12 +69,12 @@ def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, e
         from servers import NginxRtmp
 
         server = NginxRtmp(workdir / "nginx").start()
-        sink = StreamSink(server.url("bench"), 25, log=lambda m: None)
+        sink = StreamSink(server.url("bench"), 25)
     else:
         sink = NullSink()
     try:
         eng = build_engine(avatar or str(ROOT / "media" / "avatar.jpg"), [sink], ckpt, runtime, EngineConfig(),
-                           clock=MonotonicClock(), log=lambda m: None, engine=engine)
+                           clock=MonotonicClock(), engine=engine)
         summary = eng.run(FileSource(str(ROOT / "media" / "speech.mp3"), loop=True), seconds)
     finally:
         if server is not None:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import standin_checkpoint, write_json  # noqa: E402
+from common import logged_lines, standin_checkpoint, write_json  # noqa: E402
 
 FPS = 25.0
 
@@ -75,12 +75,12 @@ def prepare(ckpt: str, avatars: list[str]) -> dict:
     from realtime.compositor import first_shown_row
     from realtime.live import default_runtime
 
-    lines: list[str] = []
     loaded = [load_avatar(AvatarConfig(p, fps=FPS)) for p in avatars]
     first_row = min(first_shown_row(a.boxes, a.keypoints()) for a in loaded)
     a0 = loaded[0]
     key = hashlib.sha256(f"{sha256_file(avatars[0])}:{[list(b) for b in a0.boxes]}".encode()).hexdigest()
-    c = choose(ckpt, default_runtime(), first_row=first_row, avatar=AvatarSamples(key, a0.crops), log=lines.append)
+    with logged_lines("export") as lines:
+        c = choose(ckpt, default_runtime(), first_row=first_row, avatar=AvatarSamples(key, a0.crops))
     spec = {"checkpoint": ckpt, "encoder": str(c.encoder_path), "decoder": str(c.decoder_path),
             "runtime": c.runtime, "precision": c.precision, "device": c.device, "first_row": first_row,
             "ladder": lines}

@@ -84,7 +84,7 @@ def gaps_ms(rows):
 def build(ckpt, sinks):
     from realtime.live import build_playout, default_runtime
 
-    return build_playout(str(AVATAR), sinks, ckpt, default_runtime(), log=lambda m: None, reader=False)
+    return build_playout(str(AVATAR), sinks, ckpt, default_runtime(), reader=False)
 
 
 def burst(ckpt) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +22,28 @@ def standin_checkpoint(workdir: str | os.PathLike, style: str = HARDEST_STANDIN)
             f"b.make_standin(Path({path!r}), b.STANDINS[{style!r}])")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     return path, f"random weights, official format (stand-in {style.removeprefix('standin-')}, not a test checkpoint)"
+
+
+@contextlib.contextmanager
+def logged_lines(logger: str):
+    """The messages `logger` (and its children) logs at INFO and above meanwhile, as a list:
+    the precision ladder's report, kept in a benchmark's JSON."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    target, keep = logging.getLogger(logger), Keep(logging.INFO)
+    level = target.level
+    target.addHandler(keep)
+    if target.getEffectiveLevel() > logging.INFO:
+        target.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        target.removeHandler(keep)
+        target.setLevel(level)
 
 
 def write_json(doc: dict, path: str | os.PathLike) -> None:

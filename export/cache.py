@@ -8,8 +8,8 @@ source hash differs from the checkpoint's is never used.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
 from export.metadata import decoder_variant, read_metadata
@@ -18,6 +18,8 @@ from models import cache_limit
 from models.errors import LipsyncError
 from models.face_model import cache_dir
 from models.hashing import sha256_file
+
+log = logging.getLogger(__name__)
 
 LAYOUTS = ("full", "split")
 
@@ -57,7 +59,7 @@ def _valid(path: Path, sha: str, precision: str) -> bool:
     return meta.get("lipsync.source_sha256") == sha and meta.get("lipsync.precision") == precision
 
 
-def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path], log=print) -> None:
+def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path]) -> None:
     """Export, verify and move into place; on any failure, leave no file behind."""
     from export.onnx import export_variant, verify  # torch: only when a graph must be exported; a warm cache needs none
     from models.checkpoint import load_torch_generator
@@ -67,14 +69,14 @@ def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path
         final = paths[g]
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
-        log(f"exporting {Path(checkpoint).name} -> ONNX [{i}/{len(graphs)}] {g} ...")
+        log.info(f"exporting {Path(checkpoint).name} -> ONNX [{i}/{len(graphs)}] {g} ...")
         try:
             export_variant(net, g, tmp, sha)
             rel = verify(net, g, tmp)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        log(f"  verified against torch: worst difference {rel:.1e} of the output's magnitude")
+        log.info(f"  verified against torch: worst difference {rel:.1e} of the output's magnitude")
 
 
 def checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
@@ -86,20 +88,19 @@ def checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
 
 
 def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precision: str = "fp32",
-                    log=None, first_row: int = 0, sha: str | None = None) -> dict[str, Path]:
+                    first_row: int = 0, sha: str | None = None) -> dict[str, Path]:
     """Paths of verified ONNX graphs for `checkpoint`, exporting them first if needed. `sha`: the
     checkpoint's content hash when the caller has it (hashing 145 MB takes half a second)."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
     checkpoint = Path(checkpoint)
     sha = sha or checkpoint_sha256(checkpoint)
     paths = entry_paths(sha, layout, precision, first_row)
     missing = [g for g, p in paths.items() if not _valid(p, sha, precision)]
     if missing:
         if precision == "fp32":
-            build(checkpoint, sha, missing, paths, log)
+            build(checkpoint, sha, missing, paths)
         else:
-            fp32 = ensure_exported(checkpoint, layout, "fp32", log, first_row, sha)
-            build_reduced(fp32, sha, precision, paths, log, checkpoint=checkpoint)
+            fp32 = ensure_exported(checkpoint, layout, "fp32", first_row, sha)
+            build_reduced(fp32, sha, precision, paths, checkpoint=checkpoint)
         cache_limit.added(entry_dir(sha))  # the entry grew: make room (never by removing this one)
     else:
         cache_limit.touch(entry_dir(sha))

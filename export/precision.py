@@ -35,7 +35,7 @@ from export.runtime import RuntimeConfig, graph_precision, make_runner
 from export.samples import calibration_set, heldout_set
 from models.errors import LipsyncError
 
-log_ = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 GATE_MEAN_DB = 30.0
 GATE_WORST_DB = 27.0
@@ -145,27 +145,26 @@ def _read_record(path: Path, sha: str, first_row: int, fp32: dict) -> Choice | N
                   recorded=True)
 
 
-def choose(checkpoint, cfg, first_row: int = 0, avatar: AvatarSamples | None = None, log=None,
+def choose(checkpoint, cfg, first_row: int = 0, avatar: AvatarSamples | None = None,
            shown_from_row: int | None = None, remeasure: bool = False, exhaustive: bool = False) -> Choice:
     """Run (or read back) the ladder for `checkpoint` and return the chosen decoder.
 
     `exhaustive` (benchmarks) also builds and measures the candidates the ladder would skip once a
     faster one passed; the choice stays the one the plain ladder makes.
     """
-    say = log or (lambda m: log_.info(m))
     shown_from_row = max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row) \
         if shown_from_row is None else shown_from_row
     sha = checkpoint_sha256(checkpoint)
-    fp32 = ensure_exported(checkpoint, "split", "fp32", log=say, first_row=first_row, sha=sha)
+    fp32 = ensure_exported(checkpoint, "split", "fp32", first_row=first_row, sha=sha)
     record = _record_path(sha, _record_key(cfg, first_row, shown_from_row, avatar))
     if not remeasure and record.is_file():
         got = _read_record(record, sha, first_row, {"face_encoder": fp32["face_encoder"]})
         if got is not None:
             t = got.chosen_trial
-            say(f"precision: {t.runtime} {t.precision} ({t.ms_per_frame:.1f} ms/frame, "
+            log.info(f"precision: {t.runtime} {t.precision} ({t.ms_per_frame:.1f} ms/frame, "
                 f"{t.psnr_db_shown_mean:.1f} dB; chosen earlier on this machine)")
             return got
-    choice = _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, say, exhaustive)
+    choice = _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, exhaustive)
     tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"checkpoint_sha256": sha, "first_row": first_row, "shown_from_row": shown_from_row,
                                "machine": machine.summary(), "trials": [asdict(t) for t in choice.trials]},
@@ -206,14 +205,15 @@ class _Inputs:
 
 
 def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, inputs: _Inputs,
-           avatar: AvatarSamples | None, say) -> Path:
+           avatar: AvatarSamples | None) -> Path:
     """The decoder file candidate `c` runs (built now if it is not in the cache)."""
     variant = decoder_variant(first_row)
     if c.runtime == "openvino" and c.precision in ("int8", "int8-mixed"):
         calib = avatar.key[:12] if avatar else "face-a"
         final = entry_dir(sha) / f"{variant}-ov-{c.precision}-{calib}.xml"
         if not (final.is_file() and final.with_suffix(".bin").is_file()):
-            say(f"  building {c.label} (NNCF, calibrated on {'your avatar' if avatar else 'the shipped photo'}) ...")
+            log.info(f"  building {c.label} (NNCF, calibrated on "
+                     f"{'your avatar' if avatar else 'the shipped photo'}) ...")
             tmp = final.with_name(f".{final.stem}.{os.getpid()}.partial.xml")
             try:
                 quantize_openvino(fp32[variant], tmp, inputs.calibration, c.precision, inputs.validation,
@@ -229,7 +229,7 @@ def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, input
     # ONNX Runtime int8 (the ConvTranspose-free rewrite) and fp16 for GPUs: export.quantize's builds,
     # whose own checks refuse a broken result; the gate below then judges it like the rest.
     precision = graph_precision(RuntimeConfig(runtime=c.runtime, precision=c.precision))
-    return ensure_exported(checkpoint, "split", precision, log=say, first_row=first_row, sha=sha)[variant]
+    return ensure_exported(checkpoint, "split", precision, first_row=first_row, sha=sha)[variant]
 
 
 def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int):
@@ -249,7 +249,7 @@ def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int
     return float(np.median(times) * 1000), float(per.mean()), float(per.min())
 
 
-def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, say, exhaustive=False) -> Choice:
+def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, exhaustive=False) -> Choice:
     has_ov = "openvino" in machine.runtime_versions() and "nncf" in machine.runtime_versions()
     if cfg.runtime == "openvino" and not has_ov:
         raise LipsyncError("--runtime openvino", "the openvino and nncf packages", "they are not installed",
@@ -260,7 +260,7 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, s
                            f"{cfg.runtime}/{cfg.precision}/{cfg.device}",
                            "bf16 and int8-mixed need --runtime openvino, fp16 a GPU; or leave them on auto")
     info = machine.summary()
-    say(f"choosing the generator's precision for this machine ({info['cpu']}, {info['cores']} cores, "
+    log.info(f"choosing the generator's precision for this machine ({info['cpu']}, {info['cores']} cores, "
         f"{' '.join(info['features']) or 'no AVX-512'}): gate >= {GATE_MEAN_DB:g} dB mean, "
         f">= {GATE_WORST_DB:g} dB worst frame, rows {shown_from_row}-95, held-out face and voices")
     inputs = _Inputs(fp32, first_row, avatar)
@@ -287,14 +287,14 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, s
         elif exhaustive and "no native" not in trial.reason:
             trial.reason = f"measured for the record; the ladder skips it ({trial.reason})"
         else:
-            say(f"  {c.label:<22} skipped: {trial.reason}")
+            log.info(f"  {c.label:<22} skipped: {trial.reason}")
             continue
         try:
-            path = _build(c, checkpoint, sha, first_row, fp32, inputs, avatar, say)
+            path = _build(c, checkpoint, sha, first_row, fp32, inputs, avatar)
             ms, mean, worst = _measure(path, c, inputs, shown, threads)
         except LipsyncError as e:  # a reduced build's own check refused it
             trial.status, trial.reason = "refused", str(e)
-            say(f"  {c.label:<22} refused: {e}")
+            log.info(f"  {c.label:<22} refused: {e}")
             continue
         trial.ms_per_frame, trial.psnr_db_shown_mean, trial.psnr_db_shown_worst = round(ms, 2), round(mean, 2), \
             round(worst, 2)
@@ -306,7 +306,7 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, s
             trial.reason = (f"PSNR {mean:.1f} dB mean / {worst:.1f} dB worst frame, under "
                             f"{GATE_MEAN_DB:g} / {GATE_WORST_DB:g}")
         db = "   exact (fp32 reference)" if worst >= 150 else f"{mean:5.1f} dB mean  {worst:5.1f} dB worst"
-        say(f"  {c.label:<22} {ms:6.1f} ms/frame  {db}  "
+        log.info(f"  {c.label:<22} {ms:6.1f} ms/frame  {db}  "
             + ("passes" if trial.status == "ok" else f"refused: {trial.reason}"))
     passed = [t for t in eligible if t.status == "ok"]
     if not passed:
@@ -317,7 +317,7 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, s
                            "leave --precision on auto to let the ladder fall back")
     best = min(passed, key=lambda t: t.ms_per_frame)
     best.chosen = True
-    say(f"precision: {best.runtime} {best.precision}" + (f" on {best.device}" if best.device != "cpu" else "")
+    log.info(f"precision: {best.runtime} {best.precision}" + (f" on {best.device}" if best.device != "cpu" else "")
         + f" ({best.ms_per_frame:.1f} ms/frame, {best.psnr_db_shown_mean:.1f} dB)")
     return Choice(best.runtime, best.precision, best.device, first_row, fp32["face_encoder"],
                   entry_dir(sha) / best.decoder_file, trials)

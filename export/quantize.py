@@ -36,6 +36,8 @@ from export.metadata import metadata
 from export.samples import calibration_set, heldout_set
 from models.errors import LipsyncError
 
+log = logging.getLogger(__name__)
+
 MIN_PSNR_DB = 30.0
 MIN_FP16_PSNR_DB = 40.0  # fp16 should be near-lossless; less means an overflow somewhere
 CALIBRATION_SAMPLES = 32
@@ -49,15 +51,32 @@ def psnr_db(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 @contextlib.contextmanager
-def _quiet_logging():
-    """ONNX Runtime's quantizer logs through `logging.info` (the root logger) and NNCF through
-    its own logger and progress bars; hide both while a build runs, touching nothing after."""
-    disabled = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+def _quiet_ort_quantizer():
+    """ONNX Runtime's quantizer reports per-tensor notes and advice through the module-level
+    `logging.info`/`logging.warning`, i.e. on the root logger itself. A filter on the root *logger*
+    (not its handlers) sees only records made there, never those propagated from named loggers, so
+    it drops the quantizer's records without touching levels, handlers or anyone else's output.
+    Those functions also call `logging.basicConfig()` when the root has no handler, which would
+    leave a stderr handler behind in a program that configured no logging: a NullHandler stands
+    in meanwhile."""
+    import onnxruntime.quantization
+
+    where = os.path.dirname(onnxruntime.quantization.__file__) + os.sep
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(where)
+
+    root = logging.getLogger()
+    stand_in = logging.NullHandler() if not root.handlers else None
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    root.addFilter(keep)
     try:
         yield
     finally:
-        logging.disable(disabled)
+        root.removeFilter(keep)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
 
 
 def _feeds(graph: str, mels: np.ndarray, faces: np.ndarray, encoder_path: Path | None) -> list[dict]:
@@ -97,9 +116,7 @@ def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = 
         def get_next(self):
             return next(self._it, None)
 
-    # The quantizer logs advice and per-tensor notes through the root logger; a filter on the
-    # root's handlers would touch the user's logging setup, so silence only while it runs.
-    with _quiet_logging():
+    with _quiet_ort_quantizer():
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax)
@@ -134,7 +151,7 @@ def _conv_only_fp32(checkpoint: Path, graph: str, dst: Path, sha: str) -> Path:
     return dst
 
 
-def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[str, Path], log=print,
+def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[str, Path],
                   checkpoint: Path | None = None) -> None:
     """Make `precision` versions of the verified fp32 graphs; same no-partial-file rules as fp32.
 
@@ -153,7 +170,7 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
         else:
             target_src = None
         tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
-        log(f"building {precision} {graph} ...")
+        log.info(f"building {precision} {graph} ...")
         try:
             if target_src is not None:
                 model = onnx.load(str(target_src))
@@ -167,7 +184,7 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
                     finally:
                         if src != fp32[graph]:
                             src.unlink(missing_ok=True)
-                    log(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
+                    log.info(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
                     if not psnr >= MIN_PSNR_DB:
                         raise LipsyncError(f"int8 {graph}", f"PSNR >= {MIN_PSNR_DB:g} dB vs fp32",
                                            f"{psnr:.1f} dB", "use fp32, or bf16 with --runtime openvino")
@@ -177,7 +194,7 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
                         h = heldout_set(HELDOUT_SAMPLES)
                         held = _feeds(graph, h.mels, h.faces, fp32.get("face_encoder"))
                         psnr = psnr_db(_outputs(tmp, held), _outputs(fp32[graph], held))
-                        log(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
+                        log.info(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
                         if not psnr >= MIN_FP16_PSNR_DB:
                             raise LipsyncError(f"fp16 {graph}", f"PSNR >= {MIN_FP16_PSNR_DB:g} dB vs fp32",
                                                f"{psnr:.1f} dB", "use fp32 on this GPU")
@@ -221,7 +238,7 @@ def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict]
     model = _static_ov_model(fp32_decoder, calibration[0])
     scope = nncf.IgnoredScope(patterns=list(OV_FLOAT_PATTERNS), types=list(OV_FLOAT_TYPES), validate=False)
     adv = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
-    with _quiet_logging(), _quiet_nncf():
+    with _quiet_nncf():
         if mode == "int8":
             q = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=scope,
                               advanced_parameters=adv)
@@ -247,15 +264,18 @@ def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict]
 
 @contextlib.contextmanager
 def _quiet_nncf():
+    """NNCF logs through its own "nncf" logger (not propagated: it has its own stdout handler);
+    quietened by name while a build runs, and put back as it was."""
     import nncf  # nncf: an optional extra, and it pulls in torch
 
     logger = logging.getLogger("nncf")
-    level = logger.level
+    levels = [(x, x.level) for x in (logger, *logger.handlers)]
     nncf.set_log_level(logging.ERROR)
-    # NNCF draws progress bars (rich) on the terminal; the ladder prints its own one line per step.
+    # NNCF draws progress bars (rich) on the terminal; the ladder logs its own one line per step.
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             yield
     finally:
-        logger.setLevel(level)
+        for x, level in levels:
+            x.setLevel(level)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from export.cache import ensure_exported
 from lipsync import render_command
+from lipsync.console import STATUS, configure_logging
 from lipsync.web.server import StudioConfig, run_studio
 from mediaio.audio import decode_audio
 from models import cache_limit
@@ -28,6 +29,9 @@ from realtime.sinks.audio_out import AudioOutSink
 from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
 from realtime.stats_log import StatsLog, StatsLogConfig
 from realtime.stats_plot import plot_stats
+
+CHECKPOINT_HELP = ("default: wav2lip_gan.pth or wav2lip.pth in ./checkpoints/, else in checkpoints/ of the cache "
+                   "folder ($LIPSYNC_CACHE_DIR, default ~/.cache/lipsync)")
 
 
 def _export(args) -> int:
@@ -61,9 +65,6 @@ def _session(args, audio_rate_hz: int = 48_000):
 
 
 def _live(args) -> int:
-    # Warnings from the library during a run (a stream reconnecting, the microphone gone and
-    # back) each on a line of their own, not appended to the status line (which ends in none).
-    logging.basicConfig(level=logging.WARNING, format="\n%(message)s")
     if args.audio_pacing == "burst" and args.audio == "mic":
         raise LipsyncError("--audio-pacing burst", "an audio file to push as a TTS engine would", "--audio mic",
                            "give --audio FILE, or drop --audio-pacing for the microphone")
@@ -90,7 +91,7 @@ def _live(args) -> int:
     def status():
         while not done.wait(1.0):
             extra = "  ".join(getattr(s, "status", "") for s in sinks if getattr(s, "status", ""))
-            print(f"\r{engine.stats.status_line()}  {extra}", end="", file=sys.stderr, flush=True)
+            STATUS.show(f"{engine.stats.status_line()}  {extra}")
 
     status_thread = threading.Thread(target=status, daemon=True)
 
@@ -109,7 +110,7 @@ def _live(args) -> int:
             status_thread.join(timeout=5)
         if stats_log is not None:
             stats_log.close()
-        print(file=sys.stderr)
+        STATUS.end()
     if getattr(source, "overflows", 0):
         summary["input_overflows"] = source.overflows
     if args.stats_json:
@@ -205,7 +206,7 @@ def _live_playout(args) -> int:
 
     def status():
         while not done.wait(1.0):
-            print(f"\r{pl.stats.status_line()}", end="", file=sys.stderr, flush=True)
+            STATUS.show(pl.stats.status_line())
 
     status_thread = threading.Thread(target=status, daemon=True)
     status_thread.start()
@@ -238,7 +239,7 @@ def _live_playout(args) -> int:
         status_thread.join(timeout=5)
         if stats_log is not None:
             stats_log.close()
-        print(file=sys.stderr)
+        STATUS.end()
     summary = pl.stop()  # raises EngineFailure if a thread or sink failed
     if args.stats_json:
         pl.stats.write_json(args.stats_json)
@@ -247,7 +248,6 @@ def _live_playout(args) -> int:
 
 
 def _serve(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     threads.apply(threads.plan("live"))
     cfg = EngineConfig(fps=args.fps, mel_offset_frames=args.mel_offset, blend=args.blend, output_audio_rate_hz=48_000)
     runtime = RuntimeConfig(runtime=args.runtime, precision=args.precision, device=args.device,
@@ -301,11 +301,27 @@ def _init_ray(address: str | None) -> None:
     init_local_ray()
 
 
+VERBOSITY = {"-v": logging.DEBUG, "--verbose": logging.DEBUG, "-q": logging.WARNING, "--quiet": logging.WARNING}
+
+
+def _verbosity_flags(parser, default) -> None:
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG, default=default,
+                   help="also debug messages")
+    g.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING, default=default,
+                   help="only warnings and errors (the status line stays)")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["render"]:
-        return render_command.main(argv[1:])
+    lead = 0  # `lipsync -v render ...`: render's own flags are inference.py's, so only leading ones are ours
+    while argv[lead:lead + 1] and argv[lead] in VERBOSITY:
+        lead += 1
+    if argv[lead:lead + 1] == ["render"]:
+        configure_logging(VERBOSITY[argv[lead - 1]] if lead else logging.INFO)
+        return render_command.main(argv[lead + 1:])
     ap = argparse.ArgumentParser(prog="lipsync", description="Real-time lip-sync on Wav2Lip.")
+    _verbosity_flags(ap, logging.INFO)
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("render", help="offline render; takes inference.py's flags", add_help=False)
     ex = sub.add_parser("export", help="export a checkpoint to verified ONNX graphs in the cache")
@@ -317,7 +333,7 @@ def main(argv=None) -> int:
     lv.add_argument("--audio", default="mic", help="'mic' or an audio file played in real time")
     lv.add_argument("--to", action="append", help="vcam | preview | null | rtmp://... | udp://... | srt://... | "
                                                   "FILE.mp4/.mkv (repeatable; default vcam)")
-    lv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
+    lv.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     lv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"],
                     help="auto: wav2lip with a checkpoint, else the weight-free procedural engine")
     lv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"],
@@ -370,7 +386,7 @@ def main(argv=None) -> int:
     sv.add_argument("--backend", default="inprocess", choices=["inprocess", "ray"],
                     help="sessions over one generator in this process, or as Ray actors (extra ray)")
     sv.add_argument("--ray-address", default=None, help="--backend ray: a cluster (e.g. auto); default a local Ray")
-    sv.add_argument("--checkpoint", default=None, help="default: checkpoints/wav2lip_gan.pth or wav2lip.pth")
+    sv.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     sv.add_argument("--engine", default="auto", choices=["auto", "wav2lip", "procedural"])
     sv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
     sv.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "int8-mixed", "bf16", "fp16"])
@@ -390,7 +406,11 @@ def main(argv=None) -> int:
     ca.add_argument("--kind", choices=["exports", "avatars", "detections"], default=None,
                     help="only this kind of entry (default: all; the face model is never removed)")
     ca.add_argument("--json", action="store_true", help="list: one JSON object")
+    for p in sub.choices.values():  # after the command too; given there, it wins
+        if p is not sub.choices["render"]:
+            _verbosity_flags(p, argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    configure_logging(args.log_level)
     try:
         return {"export": _export, "live": _live, "serve": _serve, "devices": _devices, "plot": _plot,
                 "cache": _cache}[args.command](args)

@@ -72,24 +72,23 @@ class SplitGenerator:
         return self.decode(mels, self.encode(faces))
 
 
-def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(), split: bool = False,
-                   log=None):
+def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(), split: bool = False):
     """A ready generator for a .pth: exported (and verified) on first use, from the cache after.
 
     torch is imported only when an export has to be made; a warm cache needs none.
     """
     if "auto" in (cfg.runtime, cfg.precision):
         raise ValueError("runtime/precision 'auto' is the live path's ladder: use load_live_generator")
-    paths = ensure_exported(checkpoint, "split" if split else "full", graph_precision(cfg), log=log)
+    paths = ensure_exported(checkpoint, "split" if split else "full", graph_precision(cfg))
     if split:
         return SplitGenerator(paths["face_encoder"], paths["decoder"], cfg)
     return OnnxGenerator(paths["full"], cfg)
 
 
-def load_live_generator(checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None, log=None):
+def load_live_generator(checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None):
     """The live path's generator: split graphs, decoder cropped to the rows shown, runtime and
     precision from the ladder (`export.precision.choose`) unless `cfg` pins them."""
-    choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar, log=log)
+    choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar)
     run_cfg = RuntimeConfig(runtime=choice.runtime, precision=choice.precision, device=choice.device,
                             intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
                             graph_optimization=cfg.graph_optimization, warmup_runs=cfg.warmup_runs)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import sys
+import logging
 from pathlib import Path
 
 from export.precision import AvatarSamples
 from models.errors import LipsyncError
+from models.face_model import cache_dir
 from models.hashing import sha256_file
 from realtime import heap, threads
 from realtime.avatar import AvatarConfig, load_avatar
@@ -29,15 +30,28 @@ from realtime.sources.camera import CameraCapture
 from realtime.sources.file import FileSource
 from realtime.sources.mic import MicSource
 
-ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAMES = ("wav2lip_gan.pth", "wav2lip.pth")
+
+
+def checkpoint_folders() -> list[Path]:
+    """Where a checkpoint is looked for when none is given: `checkpoints/` in the working folder,
+    then in the user's cache folder. Never beside the package: an installed package lives in
+    site-packages, where no user puts weights."""
+    return [Path.cwd() / "checkpoints", cache_dir() / "checkpoints"]
 
 
 def default_checkpoint() -> str:
-    for name in ("wav2lip_gan.pth", "wav2lip.pth"):
-        if (ROOT / "checkpoints" / name).is_file():
-            return str(ROOT / "checkpoints" / name)
-    raise LipsyncError("--checkpoint", "a Wav2Lip generator checkpoint", "none given and none in checkpoints/",
-                       "pass --checkpoint PATH or put wav2lip_gan.pth in checkpoints/ (see checkpoints/README.md)")
+    folders = checkpoint_folders()
+    for folder in folders:
+        for name in CHECKPOINT_NAMES:
+            if (folder / name).is_file():
+                return str(folder / name)
+    log.debug("no %s in %s", " or ".join(CHECKPOINT_NAMES), ", ".join(map(str, folders)))
+    raise LipsyncError("--checkpoint", "a Wav2Lip generator checkpoint",
+                       "none given and none in " + " or ".join(map(str, folders)),
+                       f"pass --checkpoint PATH, or put {CHECKPOINT_NAMES[0]} in one of those folders")
 
 
 def default_runtime() -> RuntimeConfig:
@@ -76,7 +90,7 @@ def make_source(audio: str, loop: bool = False, mic_device=None, mic_give_up_aft
 
 
 def choose_engine(engine: str, checkpoint: str | None) -> tuple[str, str | None]:
-    """`auto`: Wav2Lip when a checkpoint is given or present in checkpoints/, else procedural."""
+    """`auto`: Wav2Lip when a checkpoint is given or found (`checkpoint_folders`), else procedural."""
     if engine == "procedural":
         return "procedural", None
     if engine == "wav2lip":
@@ -92,33 +106,32 @@ def choose_engine(engine: str, checkpoint: str | None) -> tuple[str, str | None]
 
 
 def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                 cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None, log=None,
+                 cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None,
                  engine: str = "auto") -> Engine:
     """The capture engine (microphone-like input: the audio is the clock, late frames skipped)."""
-    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine)
+    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine)
     return Engine(av, renderer, sinks, cfg, clock)
 
 
 def build_playout(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                  cfg: EngineConfig = EngineConfig(), pcfg=None, loop: str = "forward", clock=None, log=None,
+                  cfg: EngineConfig = EngineConfig(), pcfg=None, loop: str = "forward", clock=None,
                   engine: str = "auto", reader: bool = True):
     """Playout for pushed speech (TTS, voice agents): an output clock, idle frames, interrupts.
     Sinks should take audio at `pcfg.output_rate_hz` (48 kHz by default)."""
     if avatar.startswith("camera:"):
         raise LipsyncError("--avatar", "a photo or a video for playout", repr(avatar),
                            "a live camera avatar is for capture mode (--audio mic)")
-    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine)
+    av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine)
     return Playout(av, renderer, sinks, cfg, pcfg or PlayoutConfig(), clock, deliver_to_reader=reader)
 
 
 def build_renderer(avatar: str, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                   cfg: EngineConfig = EngineConfig(), loop: str = "forward", log=None, engine: str = "auto"):
+                   cfg: EngineConfig = EngineConfig(), loop: str = "forward", engine: str = "auto"):
     """(avatar, renderer) for `avatar` with no sinks: for hosts that build engines themselves."""
-    return _avatar_and_renderer(avatar, [], checkpoint, runtime, cfg, loop, log, engine)
+    return _avatar_and_renderer(avatar, [], checkpoint, runtime, cfg, loop, engine)
 
 
-def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, engine):
-    log = log or (lambda m: print(m, file=sys.stderr))
+def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
     kind, checkpoint = choose_engine(engine, checkpoint)
     if avatar.startswith("camera:"):
         spec = avatar.removeprefix("camera:")
@@ -133,7 +146,8 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, eng
             sink.prepare(*av.size)
     if kind == "procedural":
         if engine == "auto":
-            log("engine: procedural (no Wav2Lip checkpoint given or in checkpoints/; see checkpoints/README.md)")
+            log.info("engine: procedural (no Wav2Lip checkpoint given or in %s)",
+                     " or ".join(map(str, checkpoint_folders())))
         renderer = ProceduralRenderer(av.keypoints())
         heap.release_freed()
         return av, renderer
@@ -144,9 +158,9 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, log, eng
             first_row = first_shown_row(av.boxes, av.keypoints())
         key = hashlib.sha256(f"{sha256_file(avatar)}:{[list(b) for b in av.boxes]}".encode()).hexdigest()
         samples = AvatarSamples(key, av.crops)
-    gen = load_live_generator(checkpoint, runtime, first_row=first_row, avatar=samples, log=log)
+    gen = load_live_generator(checkpoint, runtime, first_row=first_row, avatar=samples)
     if engine == "auto":
-        log(f"engine: wav2lip ({Path(checkpoint).name})")
+        log.info(f"engine: wav2lip ({Path(checkpoint).name})")
     av.attach_features(gen, f"{gen.name}:{checkpoint}")
 
     heap.release_freed()  # session building (graph optimisation) and feature encoding freed much

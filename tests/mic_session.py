@@ -16,7 +16,7 @@ def main(ckpt: str, photo: str, out_mkv: str, seconds: float) -> None:
     from realtime.sinks.recorder import FileSink
     from realtime.sources.mic import MicSource
 
-    gen = load_generator(ckpt, RuntimeConfig(runtime="openvino", precision="int8"), split=True, log=lambda m: None)
+    gen = load_generator(ckpt, RuntimeConfig(runtime="openvino", precision="int8"), split=True)
     avatar = load_avatar(AvatarConfig(photo))
     avatar.attach_features(gen, "mic-test")
     mic = MicSource()

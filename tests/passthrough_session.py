@@ -15,7 +15,7 @@ def main(ckpt: str, photo: str, speech: str, delay_ms: int) -> None:
     from realtime.sinks.base import NullSink
     from realtime.sources.file import FileSource
 
-    gen = load_generator(ckpt, RuntimeConfig(runtime="openvino", precision="int8"), split=True, log=lambda m: None)
+    gen = load_generator(ckpt, RuntimeConfig(runtime="openvino", precision="int8"), split=True)
     avatar = load_avatar(AvatarConfig(photo))
     avatar.attach_features(gen, "passthrough-test")
     out = AudioOutSink(delay_ms)

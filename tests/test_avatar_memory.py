@@ -293,7 +293,7 @@ def test_playout_on_a_pingpong_video_shows_the_decoded_frames(tmp_path, img, spe
     path = moving_video(tmp_path / "v.mp4", img, 60, "keyint=12:min-keyint=12", size=512)
     ref, _ = read_video(path)
     clock = ManualClock()
-    pl = build_playout(str(path), [], engine="procedural", clock=clock, loop="pingpong", log=lambda m: None,
+    pl = build_playout(str(path), [], engine="procedural", clock=clock, loop="pingpong",
                        pcfg=PlayoutConfig(late_frame_wait_ms=20_000)).start()
     assert isinstance(pl.avatar.frames, VideoFrames) and pl.avatar.frames._capacity < 60
     pcm = decode_audio(speech_wav).mono_16k()[:32_000]

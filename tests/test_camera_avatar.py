@@ -22,7 +22,7 @@ def test_camera_avatar_tracks_and_lip_syncs_each_frame(tmp_path, generator_ckpt,
     cam = media.video_only(tmp_path / "cam.mp4", moving)
     sink = media.CollectSink()
     engine = build_engine(f"camera:{cam}", [sink], str(generator_ckpt), cfg=EngineConfig(),
-                          clock=MonotonicClock(), log=lambda m: None, engine="wav2lip")
+                          clock=MonotonicClock(), engine="wav2lip")
     summary = engine.run(FileSource(str(speech_wav)), 2.0)
     assert summary["no_face"] == 0 and summary["frames"] >= 45  # (speed: see the benchmarks)
     assert engine.avatar.tracker.detector_calls < summary["frames"] / 5  # tracked, not detected per frame
@@ -41,7 +41,7 @@ def test_camera_without_a_face_passes_frames_through(tmp_path, generator_ckpt, s
     cam = media.video_only(tmp_path / "blank.mp4", blank)
     sink = media.CollectSink()
     engine = build_engine(f"camera:{cam}", [sink], None, cfg=EngineConfig(), clock=MonotonicClock(),
-                          log=lambda m: None, engine="procedural")
+                          engine="procedural")
     summary = engine.run(FileSource(str(speech_wav)), 1.0)
     assert summary["no_face"] == summary["frames"] >= 20
     camera_frame = engine.avatar.frames[0]

@@ -97,7 +97,7 @@ def test_entry_from_another_checkpoint_is_never_reused(tmp_path, full_path, phot
     planted = cache.entry_paths(sha, "full")["full"]
     planted.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(full_path, planted)  # a stale or foreign file sitting at the other key's path
-    path = cache.ensure_exported(other, "full", log=lambda m: None)["full"]
+    path = cache.ensure_exported(other, "full")["full"]
     assert read_metadata(path)["lipsync.source_sha256"] == sha
 
 
@@ -118,7 +118,7 @@ def test_bad_checkpoint_export_fails_cleanly(tmp_path, generator_ckpt, cache_dir
         bad.write_bytes(generator_ckpt.read_bytes()[:1_000_000])
     before = _cache_files(cache_dir)
     with pytest.raises(LipsyncError) as e:
-        ensure_exported(bad, "full", log=lambda m: None)
+        ensure_exported(bad, "full")
     assert "\n" not in str(e.value)
     assert _cache_files(cache_dir) == before
 
@@ -131,7 +131,7 @@ def test_export_past_tolerance_fails_and_leaves_nothing(tmp_path, monkeypatch, g
     monkeypatch.setattr(onnx_export, "FP32_ATOL", 0.0)
     monkeypatch.setattr(onnx_export, "FP32_RTOL", 0.0)
     with pytest.raises(LipsyncError, match=r"output \S+ of \.full-fp32\.onnx\.\d+\.partial.*worst abs"):
-        ensure_exported(generator_ckpt, "full", log=lambda m: None)
+        ensure_exported(generator_ckpt, "full")
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
 
@@ -151,7 +151,7 @@ def test_int8_keeps_30db_on_heldout_real_inputs(generator_ckpt, full_path, heldo
         pytest.importorskip("openvino")
     mels, faces = heldout  # seed 7: neither the calibration (1) nor the build's own check (2)
     ref = OnnxGenerator(full_path)(mels, faces)
-    gen = load_generator(generator_ckpt, RuntimeConfig(runtime=runtime, precision="int8"), log=lambda m: None)
+    gen = load_generator(generator_ckpt, RuntimeConfig(runtime=runtime, precision="int8"))
     assert psnr_db(gen(mels, faces), ref) >= 30.0
 
 
@@ -216,7 +216,7 @@ def test_fp16_export_for_gpus_is_near_lossless(generator_ckpt, full_path, heldou
     from export.quantize import psnr_db
     from realtime.generator import OnnxGenerator
 
-    path = ensure_exported(generator_ckpt, "full", "fp16", log=lambda m: None)["full"]
+    path = ensure_exported(generator_ckpt, "full", "fp16")["full"]
     model = onnx.load(str(path))
     assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input)

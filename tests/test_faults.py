@@ -60,7 +60,7 @@ def test_stop_closes_every_sink_when_one_close_raises_and_can_be_called_again(tm
     before, after = tmp_path / "before.mp4", tmp_path / "after.mkv"
     sinks = [FileSink(str(before), FPS), VcamSink(FPS, backend="lipsync-failing-close"), FileSink(str(after), FPS)]
     clock = ManualClock()
-    eng = build_engine(str(photo), sinks, engine="procedural", clock=clock, log=lambda m: None).start()
+    eng = build_engine(str(photo), sinks, engine="procedural", clock=clock).start()
     drive(eng, clock, decode_audio(speech_wav).mono_16k(), 1.0)
     with pytest.raises(EngineFailure) as first:
         eng.stop()
@@ -85,7 +85,7 @@ def test_stop_twice_returns_the_same_summary(photo, speech_wav):
 
     sink = media.CollectSink()
     clock = ManualClock()
-    eng = build_engine(str(photo), [sink], engine="procedural", clock=clock, log=lambda m: None).start()
+    eng = build_engine(str(photo), [sink], engine="procedural", clock=clock).start()
     drive(eng, clock, decode_audio(speech_wav).mono_16k(), 0.5)
     first = eng.stop()
     assert eng.stop() == first and first["frames"] == len(sink.frames) > 0
@@ -226,7 +226,7 @@ def test_a_sink_hung_for_5_s_leaves_the_others_at_25_fps(tmp_path, photo, speech
     pyvirtualcam.register_backend("lipsync-timed", TimedCamera)
     out = tmp_path / "rec.mp4"
     sinks = [VcamSink(FPS, backend="lipsync-hanging"), VcamSink(FPS, backend="lipsync-timed"), FileSink(str(out), FPS)]
-    eng = build_engine(str(photo), sinks, engine="procedural", clock=MonotonicClock(), log=lambda m: None)
+    eng = build_engine(str(photo), sinks, engine="procedural", clock=MonotonicClock())
     summary = eng.run(FileSource(str(speech_wav), loop=True), duration_s=8.0)
     hung, timed = HangingCamera.instances[-1], TimedCamera.instances[-1]
     t0, t1 = hung.hung_ns
@@ -278,7 +278,7 @@ def test_a_sink_too_slow_for_the_frame_rate_drops_its_own_video_never_audio(tmp_
     pyvirtualcam.register_backend("lipsync-timed", TimedCamera)
     out = tmp_path / "slow.mp4"
     eng = build_engine(str(photo), [SlowFileSink(out), VcamSink(FPS, backend="lipsync-timed")], engine="procedural",
-                       clock=MonotonicClock(), log=lambda m: None)
+                       clock=MonotonicClock())
     seconds = 4.0
     summary = eng.run(FileSource(str(speech_wav), loop=True), duration_s=seconds)
     slow, cam = summary["sinks"]["slow-file"], summary["sinks"]["vcam:lipsync-timed"]

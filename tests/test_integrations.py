@@ -65,7 +65,7 @@ def test_livekit_avatar_runner_plays_and_interrupts_our_generator(photo, speech_
     from lipsync.integrations.livekit import LipsyncVideoGenerator
 
     async def scenario():
-        gen = LipsyncVideoGenerator(str(photo), engine="procedural", log=lambda m: None)
+        gen = LipsyncVideoGenerator(str(photo), engine="procedural")
         room = StandInRoom()
         audio_out = QueueAudioOutput()
         finished = asyncio.Queue()
@@ -109,8 +109,7 @@ def test_livekit_agent_session_say_then_interrupt_reports_interrupted(photo, spe
 
     async def scenario():
         session = AgentSession()
-        avatar = await LipsyncAvatarSession(avatar=str(photo), engine="procedural",
-                                            log=lambda m: None).start(session, StandInRoom())
+        avatar = await LipsyncAvatarSession(avatar=str(photo), engine="procedural").start(session, StandInRoom())
         try:
             await session.start(agent=Agent(instructions="You are a face."))
             pcm = tts_pcm(speech_wav, 4.0)
@@ -146,7 +145,7 @@ def test_pipecat_processor_turns_tts_audio_into_paired_frames(photo, speech_wav)
     pcm = tts_pcm(speech_wav, 1.0)
     frames = [TTSStartedFrame()] + [TTSAudioRawFrame(pcm[i:i + 2400].tobytes(), 24_000, 1)
                                     for i in range(0, len(pcm), 2400)] + [TTSStoppedFrame(), SleepFrame(sleep=1.5)]
-    svc = LipsyncVideoService(str(photo), engine="procedural", log=lambda m: None)
+    svc = LipsyncVideoService(str(photo), engine="procedural")
     down, _ = asyncio.run(run_test(svc, frames_to_send=frames, expected_down_frames=None))
 
     assert not any(isinstance(f, TTSAudioRawFrame) for f in down)  # replaced by the paired audio
@@ -180,7 +179,7 @@ def test_pipecat_interruption_stops_the_speech_at_once(photo, speech_wav):
     frames = [TTSStartedFrame()] + [TTSAudioRawFrame(pcm[i:i + 2400].tobytes(), 24_000, 1)
                                     for i in range(0, len(pcm), 2400)]
     frames += [SleepFrame(sleep=1.0), InterruptionFrame(), SleepFrame(sleep=1.0)]
-    svc = LipsyncVideoService(str(photo), engine="procedural", log=lambda m: None)
+    svc = LipsyncVideoService(str(photo), engine="procedural")
     down, _ = asyncio.run(run_test(svc, frames_to_send=frames, expected_down_frames=None))
     assert any(isinstance(f, InterruptionFrame) for f in down)
     spoken_s = sum(len(f.audio) // 2 for f in down if isinstance(f, OutputAudioRawFrame)) / 48_000
@@ -278,8 +277,7 @@ def test_livekit_remote_avatar_worker_over_data_streams(photo, speech_wav):
 
     async def scenario():
         agent_room, avatar_room = LinkedRoom.pair()
-        worker = await run_avatar_worker(avatar_room, str(photo), engine="procedural", sender_identity="agent",
-                                         log=lambda m: None)
+        worker = await run_avatar_worker(avatar_room, str(photo), engine="procedural", sender_identity="agent")
         out = DataStreamAudioOutput(agent_room, destination_identity="avatar")
         finished = asyncio.Queue()
         out.on("playback_finished", lambda ev: finished.put_nowait(ev))

@@ -214,7 +214,7 @@ def test_vcam_without_loopback_is_one_clear_line():
     assert "modprobe v4l2loopback" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_unreachable_rtmp_retries_with_status():
+def test_unreachable_rtmp_retries_with_status(caplog):
     from realtime.frames import AudioChunk, VideoFrame
     from realtime.sinks.stream import StreamSink
 
@@ -223,12 +223,12 @@ def test_unreachable_rtmp_retries_with_status():
     with socket.socket() as s:  # a port on loopback that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    lines = []
-    sink = StreamSink(f"rtmp://127.0.0.1:{port}/live/test", 25, log=lines.append)
+    sink = StreamSink(f"rtmp://127.0.0.1:{port}/live/test", 25)
     sink.send_audio(AudioChunk(np.zeros(1920, np.float32), 48000, 0, 0))
     sink.send_video(VideoFrame(np.zeros((64, 64, 3), np.uint8), 0))
     sink.send_video(VideoFrame(np.zeros((64, 64, 3), np.uint8), 1))
     assert sink.status.startswith("reconnecting")
     assert sink.frames_sent == 0 and sink.frames_lost == 2
-    assert lines and "reconnecting" in lines[0]
+    said = [r for r in caplog.records if r.name == "realtime.sinks.stream"]
+    assert said and said[0].levelname == "WARNING" and "reconnecting" in said[0].getMessage()
     sink.close()

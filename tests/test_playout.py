@@ -62,7 +62,7 @@ def make_playout(photo, sinks=(), renderer=None, **pcfg):
     from realtime.playout import Playout, PlayoutConfig
 
     clock = ManualClock()
-    base = build_playout(str(photo), list(sinks), engine="procedural", clock=clock, log=lambda m: None,
+    base = build_playout(str(photo), list(sinks), engine="procedural", clock=clock,
                          pcfg=PlayoutConfig(**pcfg))
     if renderer is not None:
         base = Playout(base.avatar, renderer, list(sinks), base.cfg, base.pcfg, clock)
@@ -343,7 +343,7 @@ def test_capture_engine_stops_its_source_when_a_sink_fails(photo, speech_wav):
     from realtime.sources.file import FileSource
 
     sink = FailingSink(after=5)
-    eng = build_engine(str(photo), [sink], engine="procedural", clock=MonotonicClock(), log=lambda m: None)
+    eng = build_engine(str(photo), [sink], engine="procedural", clock=MonotonicClock())
     with pytest.raises(EngineFailure, match="sink failing failed: ConnectionResetError: the server went away"):
         eng.run(FileSource(str(speech_wav), loop=True), duration_s=60)
     # The source stopped right away instead of playing on for a minute into a dead engine.
@@ -357,7 +357,7 @@ def test_capture_engine_keeps_feeding_other_sinks_while_one_is_blocked(photo, sp
 
     blocked, fine = BlockedSink(), WatchedSink()
     clock = ManualClock()
-    eng = build_engine(str(photo), [blocked, fine], engine="procedural", clock=clock, log=lambda m: None).start()
+    eng = build_engine(str(photo), [blocked, fine], engine="procedural", clock=clock).start()
     wav = decode_audio(speech_wav).mono_16k()[:48_000]
     try:
         for start in range(0, len(wav), 320):  # 20 ms blocks, arriving when they end

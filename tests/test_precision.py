@@ -8,6 +8,7 @@ project's calibration nor its own gate uses (LFW faces from scikit-image, anothe
 """
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -164,7 +165,7 @@ def test_ladder_records_its_choice_and_honours_pins(family, monkeypatch):
 
     ckpt = family["affine"]
     auto = RuntimeConfig(runtime="auto", precision="auto", device="auto")
-    first = precision.choose(ckpt, auto, first_row=48, log=lambda m: None)
+    first = precision.choose(ckpt, auto, first_row=48)
     assert not first.recorded and first.decoder_path.is_file()
 
     def no_ladder(*a, **k):
@@ -172,12 +173,12 @@ def test_ladder_records_its_choice_and_honours_pins(family, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(precision, "_run_ladder", no_ladder)
-        again = precision.choose(ckpt, auto, first_row=48, log=lambda m: None)
+        again = precision.choose(ckpt, auto, first_row=48)
     assert again.recorded and (again.runtime, again.precision) == (first.runtime, first.precision)
     # A warm start reads the record without loading torch or NNCF (a second of start-up, ~300 MB).
     code = ("import sys; from export import precision; from realtime.generator import RuntimeConfig, SplitGenerator;"
             f"c = precision.choose({str(ckpt)!r}, RuntimeConfig(runtime='auto', precision='auto', device='auto'),"
-            " first_row=48, log=print);"
+            " first_row=48);"
             "SplitGenerator(c.encoder_path, c.decoder_path, RuntimeConfig(runtime=c.runtime, precision=c.precision),"
             " first_row=48); print(c.recorded, 'torch' in sys.modules, 'nncf' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -186,18 +187,17 @@ def test_ladder_records_its_choice_and_honours_pins(family, monkeypatch):
 
     bf16 = RuntimeConfig(runtime="openvino", precision="bf16", device="auto")
     if machine.has_bf16():  # a pin is honoured exactly, with the figures it was judged on
-        pinned = precision.choose(ckpt, bf16, first_row=48, log=lambda m: None)
+        pinned = precision.choose(ckpt, bf16, first_row=48)
         assert (pinned.runtime, pinned.precision) == ("openvino", "bf16")
         assert [t.precision for t in pinned.trials] == ["bf16"] and pinned.chosen_trial.psnr_db_shown_mean >= 30
     else:  # or refused in one line, never swapped for another precision
         with pytest.raises(LipsyncError, match="bf16"):
-            precision.choose(ckpt, bf16, first_row=48, log=lambda m: None)
+            precision.choose(ckpt, bf16, first_row=48)
     with pytest.raises(LipsyncError, match="--runtime"):
-        precision.choose(ckpt, RuntimeConfig(runtime="onnxruntime", precision="bf16", device="cpu"), first_row=48,
-                         log=lambda m: None)
+        precision.choose(ckpt, RuntimeConfig(runtime="onnxruntime", precision="bf16", device="cpu"), first_row=48)
 
 
-def test_failing_reduced_precision_falls_back_but_a_pinned_one_is_refused(family, monkeypatch):
+def test_failing_reduced_precision_falls_back_but_a_pinned_one_is_refused(family, monkeypatch, caplog):
     from export import precision
     from realtime.generator import RuntimeConfig
 
@@ -207,14 +207,15 @@ def test_failing_reduced_precision_falls_back_but_a_pinned_one_is_refused(family
     every = precision.candidates
     monkeypatch.setattr(precision, "candidates",
                         lambda *a, **k: [c for c in every(*a, **k) if c.precision != "int8-mixed"])
-    lines = []
+    caplog.set_level(logging.INFO, logger="export")
     got = precision.choose(ckpt, RuntimeConfig(runtime="auto", precision="auto", device="auto"), first_row=48,
-                           log=lines.append, remeasure=True)
+                           remeasure=True)
     assert got.precision == "fp32"
+    lines = [r.getMessage() for r in caplog.records if r.name == "export.precision"]
     assert any("refused" in ln and "int8" in ln for ln in lines)
     with pytest.raises(LipsyncError) as e:
         precision.choose(ckpt, RuntimeConfig(runtime="openvino", precision="int8", device="auto"), first_row=48,
-                         log=lambda m: None, remeasure=True)
+                         remeasure=True)
     assert "dB" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -234,8 +235,8 @@ def test_first_shown_row_is_below_the_nose_and_cropping_does_not_change_the_pict
     nose_row96 = (av.keypoints()[0][2][1] - y1) * 96 / (y2 - y1)
     assert first % 8 == 0 and 16 <= first <= nose_row96 + 8
     ckpt = family["affine-x10"]
-    full = ensure_exported(ckpt, "split", log=lambda m: None)
-    crop = ensure_exported(ckpt, "split", log=lambda m: None, first_row=first)
+    full = ensure_exported(ckpt, "split")
+    crop = ensure_exported(ckpt, "split", first_row=first)
     g_full = SplitGenerator(full["face_encoder"], full["decoder"])
     g_crop = SplitGenerator(crop["face_encoder"], crop[f"decoder_r{first}"], first_row=first)
     feats = g_full.encode(model_faces(av.crops[:1]))

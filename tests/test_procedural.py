@@ -64,10 +64,32 @@ def test_idle_frames_are_the_photo_untouched(run_with_pause):
     assert idle and all(np.array_equal(f.bgr, avatar.frames[0]) for f in idle)
 
 
+def test_the_default_checkpoint_is_looked_for_in_the_working_folder_then_the_cache(tmp_path, monkeypatch):
+    """Never beside the package (site-packages once installed): ./checkpoints, then the cache's."""
+    from models.errors import LipsyncError
+    from realtime import live
+
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("LIPSYNC_CACHE_DIR", str(cache))
+    with pytest.raises(LipsyncError) as e:
+        live.default_checkpoint()
+    msg = str(e.value)
+    assert "\n" not in msg and str(work / "checkpoints") in msg and str(cache / "checkpoints") in msg
+    assert "--checkpoint" in msg
+    (cache / "checkpoints").mkdir(parents=True)
+    (cache / "checkpoints" / "wav2lip.pth").write_bytes(b"x")
+    assert live.default_checkpoint() == str(cache / "checkpoints" / "wav2lip.pth")
+    (work / "checkpoints").mkdir()
+    (work / "checkpoints" / "wav2lip_gan.pth").write_bytes(b"x")
+    assert live.default_checkpoint() == str(work / "checkpoints" / "wav2lip_gan.pth")
+
+
 def test_auto_engine_without_checkpoint_says_procedural(tmp_path, photo, speech_wav, monkeypatch):
     from realtime import live
 
-    monkeypatch.setattr(live, "ROOT", tmp_path)  # no checkpoints/ there
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ there, nor in the session's empty cache folder
     assert live.choose_engine("auto", None) == ("procedural", None)
     assert live.choose_engine("auto", "x.pth") == ("wav2lip", "x.pth")
     stats = tmp_path / "stats.json"

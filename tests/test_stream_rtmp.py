@@ -1,6 +1,7 @@
 """RTMP for real: the engine publishes to nginx-rtmp on loopback, a separate process watches."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,7 @@ def engine_parts(generator_ckpt, photo):
     from realtime.avatar import AvatarConfig, load_avatar
     from realtime.generator import RuntimeConfig, load_generator
 
-    gen = load_generator(generator_ckpt, RuntimeConfig(runtime="openvino", precision="int8"), split=True,
-                         log=lambda m: None)
+    gen = load_generator(generator_ckpt, RuntimeConfig(runtime="openvino", precision="int8"), split=True)
     avatar = load_avatar(AvatarConfig(str(photo)))
     avatar.attach_features(gen, "rtmp-test")
     return gen, avatar
@@ -49,7 +49,7 @@ def test_publish_and_read_back_in_sync(nginx, engine_parts, speech_wav):
 
     gen, avatar = engine_parts
     viewer = reader(nginx.url(), 60)
-    sink = StreamSink(nginx.url(), 25, log=lambda m: None)
+    sink = StreamSink(nginx.url(), 25)
     summary = Engine(avatar, gen, [sink], EngineConfig(), MonotonicClock()).run(FileSource(str(speech_wav)), 3.0)
     got = json.loads(viewer.communicate(timeout=60)[0])
     assert got["error"] is None or got["video_frames"] >= 60, got["error"]
@@ -72,7 +72,7 @@ def test_engine_survives_a_server_restart(nginx, engine_parts, speech_wav):
     from realtime.sources.file import FileSource
 
     gen, avatar = engine_parts
-    sink = StreamSink(nginx.url(), 25, log=lambda m: None)
+    sink = StreamSink(nginx.url(), 25)
     engine = Engine(avatar, gen, [sink], EngineConfig(), MonotonicClock())
     source = FileSource(str(speech_wav), loop=True)
     events = {}
@@ -99,7 +99,7 @@ def test_engine_survives_a_server_restart(nginx, engine_parts, speech_wav):
     assert summary["frames"] >= 170  # the engine itself never stopped making frames
 
 
-def test_an_error_that_is_not_the_networks_fails_at_once_instead_of_reconnecting(nginx):
+def test_an_error_that_is_not_the_networks_fails_at_once_instead_of_reconnecting(nginx, caplog):
     """Timestamps going backwards are a bug upstream: reconnecting cannot cure it, so the sink
     raises (and its runner fails the engine) instead of looping through reconnects."""
     import numpy as np
@@ -107,8 +107,8 @@ def test_an_error_that_is_not_the_networks_fails_at_once_instead_of_reconnecting
     from realtime.frames import VideoFrame
     from realtime.sinks.stream import StreamSink
 
-    lines = []
-    sink = StreamSink(nginx.url(), 25, log=lines.append)
+    caplog.set_level(logging.INFO, logger="realtime.sinks.stream")
+    sink = StreamSink(nginx.url(), 25)
     sink.prepare(64, 64)
     assert sink.status == "live"
     img = np.zeros((64, 64, 3), np.uint8)
@@ -116,7 +116,8 @@ def test_an_error_that_is_not_the_networks_fails_at_once_instead_of_reconnecting
         sink.send_video(VideoFrame(img, pts))
     with pytest.raises(ValueError, match="Invalid argument"):  # PyAV's ArgumentError (EINVAL) from the muxer
         sink.send_video(VideoFrame(img, 3))
-    assert sink.reconnects == 0 and sink.frames_lost == 0 and lines == []
+    assert sink.reconnects == 0 and sink.frames_lost == 0
+    assert not [r for r in caplog.records if r.name == "realtime.sinks.stream"]  # no reconnecting, no reconnected
     assert sink.status == "live"  # it never went into "reconnecting"
     sink.close()
 
@@ -130,8 +131,7 @@ def test_live_encoding_settings_reach_the_stream(nginx):
     from realtime.sinks.stream import StreamSink
 
     viewer = reader(nginx.url(), 40)
-    sink = StreamSink(nginx.url(), 25, encoding=LiveVideoEncoding(keyframe_interval_s=0.4, bitrate_kbps=300),
-                      log=lambda m: None)
+    sink = StreamSink(nginx.url(), 25, encoding=LiveVideoEncoding(keyframe_interval_s=0.4, bitrate_kbps=300))
     sink.prepare(64, 64)
     clock, rng = MonotonicClock(), np.random.default_rng(0)
     t0, pts = clock.now_ns(), 0

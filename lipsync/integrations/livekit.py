@@ -29,8 +29,8 @@ from realtime.playout import PlayoutItem, SegmentEnd
 
 class LipsyncVideoGenerator(VideoGenerator):
     def __init__(self, avatar: str, checkpoint: str | None = None, *, engine: str = "auto", runtime=None, cfg=None,
-                 pcfg=None, log=None):
-        self._playout = build_playout(avatar, [], checkpoint, runtime, cfg or EngineConfig(), pcfg, log=log,
+                 pcfg=None):
+        self._playout = build_playout(avatar, [], checkpoint, runtime, cfg or EngineConfig(), pcfg,
                                       engine=engine)
         self.width, self.height = self._playout.avatar.size
         self.fps = self._playout.cfg.fps

@@ -23,10 +23,10 @@ from realtime.playout import PlayoutItem, SegmentEnd
 
 class LipsyncVideoService(FrameProcessor):
     def __init__(self, avatar: str, checkpoint: str | None = None, *, engine: str = "auto", runtime=None,
-                 cfg=None, pcfg=None, log=None, **kwargs):
+                 cfg=None, pcfg=None, **kwargs):
         super().__init__(**kwargs)
         self._spec = dict(avatar=avatar, checkpoint=checkpoint, engine=engine, runtime=runtime, cfg=cfg,
-                          pcfg=pcfg, log=log)
+                          pcfg=pcfg)
         self._playout = None
         self._pump: asyncio.Task | None = None
 
@@ -35,7 +35,7 @@ class LipsyncVideoService(FrameProcessor):
         # Loading the avatar (and, on first use, exporting a checkpoint) takes a while: off the loop.
         self._playout = await asyncio.to_thread(
             build_playout, s["avatar"], [], s["checkpoint"], s["runtime"], s["cfg"] or EngineConfig(), s["pcfg"],
-            log=s["log"], engine=s["engine"])
+            engine=s["engine"])
         self._playout.start()
         self._pump = self.create_task(self._forward_output(), "lipsync-output")
 

@@ -11,7 +11,7 @@ instead of turning into an endless reconnect loop.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from fractions import Fraction
 
@@ -20,6 +20,8 @@ import numpy as np
 
 from realtime.frames import AudioChunk, AudioTimeline, VideoFrame
 from realtime.sinks.encoding import LiveVideoEncoding
+
+log = logging.getLogger(__name__)
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -49,12 +51,11 @@ def container_format(url: str) -> str:
 
 class StreamSink:
     def __init__(self, url: str, fps: float, sample_rate_hz: int = 48_000,
-                 encoding: LiveVideoEncoding = LiveVideoEncoding(), log=lambda msg: print(msg, file=sys.stderr)):
+                 encoding: LiveVideoEncoding = LiveVideoEncoding()):
         self.name = f"stream:{url}"
         self.url, self._fps, self._rate = url, Fraction(fps).limit_denominator(1001), sample_rate_hz
         self._enc = encoding
         self._fmt = container_format(url)
-        self._log = log
         self._out = None
         self._size = None
         self._audio_buf = np.zeros(0, np.float32)
@@ -105,7 +106,7 @@ class StreamSink:
         self._failures += 1
         self._retry_at = time.monotonic() + delay
         self.status = f"reconnecting in {delay:g}s ({type(err).__name__}: {str(err)[:60]})"
-        self._log(f"stream {self.url}: {self.status}")
+        log.warning("stream %s: %s", self.url, self.status)
 
     def _ensure(self) -> bool:
         if self._out is not None:
@@ -115,7 +116,7 @@ class StreamSink:
         if self._connect():
             if self._failures:
                 self.reconnects += 1
-                self._log(f"stream {self.url}: connected again")
+                log.info("stream %s: connected again", self.url)
             self.status = "live"
             return True
         return False
