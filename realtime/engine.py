@@ -129,7 +129,7 @@ class Engine:
         return ok
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         # Sinks that must connect or open a device do it now, not on the first frame, where
         # the wait would make the first frames late.
         if self.offline:

@@ -283,7 +283,7 @@ class Playout:
         return await self.recv()
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> "Playout":
+    def start(self) -> Playout:
         for r in self._runners:
             r.start(*self.avatar.size)
         for fn, name in ((self._generate_loop, "playout-generator"), (self._pace_loop, "playout-pacer")):
@@ -385,7 +385,8 @@ class Playout:
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
-                self._cv.wait_for(lambda: self._pending or self._stop.is_set() or self._epoch != epoch, 0.05)
+                # wait_for calls the predicate before returning: `epoch` is this iteration's.
+                self._cv.wait_for(lambda: self._pending or self._stop.is_set() or self._epoch != epoch, 0.05)  # noqa: B023
                 if self._epoch != epoch:
                     epoch, seg = self._epoch, None
                     self._alpha = 0.0  # an interrupted utterance fades out in the pacer

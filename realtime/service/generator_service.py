@@ -221,7 +221,7 @@ class GeneratorService:
         return self._down
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "GeneratorService":
+    def start(self) -> GeneratorService:
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="lipsync-generator-service", daemon=True)
             self._thread.start()
@@ -262,7 +262,7 @@ class GeneratorService:
         for r in gone:
             _resolve(r.future, DROPPED)
 
-    def __enter__(self) -> "GeneratorService":
+    def __enter__(self) -> GeneratorService:
         return self.start()
 
     def __exit__(self, *exc) -> None:

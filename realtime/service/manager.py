@@ -47,7 +47,7 @@ class SessionRequest:
     duration_s: float | None = None
 
     @staticmethod
-    def from_json(doc: dict) -> "SessionRequest":
+    def from_json(doc: dict) -> SessionRequest:
         """From a JSON object (the --sessions file, POST /api/sessions); unknown keys refused."""
         if not isinstance(doc, dict):
             raise LipsyncError("session", "a JSON object with id, avatar, audio, outputs", type(doc).__name__,

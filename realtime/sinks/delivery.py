@@ -24,7 +24,6 @@ import time
 from models.errors import EngineFailure
 from realtime.frames import AudioChunk, VideoFrame
 
-
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +48,7 @@ class SinkRunner:
         self._ended_s: float | None = None
         self._close_called = False
 
-    def start(self, width: int, height: int) -> "SinkRunner":
+    def start(self, width: int, height: int) -> SinkRunner:
         # Sinks that connect or open a device do it now, not on the first frame, which would be late.
         if hasattr(self.sink, "prepare"):
             self.sink.prepare(width, height)
