@@ -97,9 +97,9 @@ def fidelity(gen, av, frames: int = 24) -> dict:
     import numpy as np
 
     from mediaio.audio import decode_audio
+    from models.face_input import model_faces
     from models.mel import melspectrogram
     from realtime.compositor import to_uint8_faces
-    from models.face_input import model_faces
 
     mel = melspectrogram(decode_audio(str(ROOT / "media" / "speech.mp3")).mono_16k())
     worst_float, worst_u8, psnrs = 0.0, 0, []
@@ -174,8 +174,8 @@ def main() -> int:
         # The same face model for every child, resolved once here (no download per fresh cache).
         env.setdefault("LIPSYNC_FACE_MODEL", str(resolve_face_model()))
         ckpt, weights = standin_checkpoint(tmp)
-        doc = {"code_root": args.code_root, "label": args.label, "weights": weights, "runtime": "onnxruntime fp32 (pinned)",
-               "live_s": args.live_s, "avatars": {}}
+        doc = {"code_root": args.code_root, "label": args.label, "weights": weights,
+               "runtime": "onnxruntime fp32 (pinned)", "live_s": args.live_s, "avatars": {}}
         for seconds in args.seconds:
             avatar = moving_avatar(tmp / f"moving-{seconds:g}s.mp4", seconds)
             warm_up(args.code_root, avatar, ckpt, env)

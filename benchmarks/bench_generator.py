@@ -145,7 +145,8 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
                       reason="reference: the whole generator at batch 1, timed interleaved with the live path"))
     t = choice.chosen_trial
     rows.append(entry(runtime=t.runtime, precision=t.precision, layout=f"live path per frame (split rows {first}-95 "
-                      "decoder on cached face features, uint8, feathered colour-matched paste)", ms_per_frame_median=round(live_ms, 2),
+                      "decoder on cached face features, uint8, feathered colour-matched paste)",
+                      ms_per_frame_median=round(live_ms, 2),
                       ms_per_frame_p95=round(float(np.percentile(wl, 95) * 1000), 2),
                       cpu_ms_per_frame=round(float(np.mean(cl) * 1000), 2), psnr_db_shown_mean=t.psnr_db_shown_mean,
                       psnr_db_shown_worst=t.psnr_db_shown_worst, checkpoint=label,
@@ -161,8 +162,8 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
     from export import machine
     from export.cache import ensure_exported
     from export.metadata import SKIPS, decoder_variant
-    from export.samples import heldout_set
     from export.runtime import RuntimeConfig, make_runner
+    from export.samples import heldout_set
 
     full = ensure_exported(ckpt, "split")
     crop = ensure_exported(ckpt, "split", first_row=first)
@@ -176,7 +177,8 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
     for rt, prec in pairs:
         cfg = RuntimeConfig(runtime=rt, precision=prec, intra_op_threads=threads)
         a, b = make_runner(full["decoder"], cfg), make_runner(crop[decoder_variant(first)], cfg)
-        (wa, _), (wb, _) = timed_interleaved([lambda: a(feed), lambda: b(feed)], max(reps // 3, 20))
+        # The lambdas run inside this iteration, on this iteration's runners.
+        (wa, _), (wb, _) = timed_interleaved([lambda: a(feed), lambda: b(feed)], max(reps // 3, 20))  # noqa: B023
         ma, mb = float(np.median(wa) * 1000), float(np.median(wb) * 1000)
         for layout, ms in (("split decoder, all rows", ma), (f"split decoder, rows {first}-95", mb)):
             out.append(entry(runtime=rt, precision=prec, layout=layout, ms_per_frame_median=round(ms, 2),

@@ -110,7 +110,8 @@ def main() -> int:
         weights = "none (procedural engine)"
     elif ckpt is None:
         ckpt, weights = standin_checkpoint(tmp.name)
-    avatar = str(moving_avatar(Path(tmp.name) / "moving.mp4")) if args.moving_avatar else str(ROOT / "media" / "avatar.jpg")
+    avatar = (str(moving_avatar(Path(tmp.name) / "moving.mp4")) if args.moving_avatar
+              else str(ROOT / "media" / "avatar.jpg"))
     ladder = ""
     if args.engine == "wav2lip":
         ladder = warm_up(ckpt, avatar)

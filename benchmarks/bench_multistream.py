@@ -194,14 +194,20 @@ def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger:
 
     from models.errors import LipsyncError
     from realtime.config import EngineConfig
-    from realtime.service.ray_backend import GeneratorSpec, RaySessionHost, SessionPlacement, SessionSpec, init_local_ray
+    from realtime.service.ray_backend import (
+        GeneratorSpec,
+        RaySessionHost,
+        SessionPlacement,
+        SessionSpec,
+        init_local_ray,
+    )
 
     n = len(avatars)
     if not ray.is_initialized():
         try:
             init_local_ray(num_cpus=2, log_to_driver=False)
         except LipsyncError as e:
-            raise SystemExit(f"--backend ray: {e}")
+            raise SystemExit(f"--backend ray: {e}") from None
     deployment = None
     if serve_batch_wait_ms is None:
         gen = GeneratorSpec(functools.partial(load_spec, spec), spec["checkpoint"], num_cpus=1.0)
@@ -234,7 +240,8 @@ def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger:
     for k in range(n):
         s = out[f"s{k}"]
         streams.append({**per_stream(s), "actor_hop_ms": s.get("hop_ms"), "face_timeouts": s.get("face_timeouts")})
-    hop_p95 = [s["actor_hop_ms"]["p95"] for s in streams if s.get("actor_hop_ms") and s["actor_hop_ms"]["p95"] is not None]
+    hop_p95 = [s["actor_hop_ms"]["p95"] for s in streams
+               if s.get("actor_hop_ms") and s["actor_hop_ms"]["p95"] is not None]
     failed = {f"s{k}": out[f"s{k}"].get("error") for k in range(n) if out[f"s{k}"].get("error")}
     return {"streams": n, "backend": "ray" if deployment is None else "ray-serve", "stagger": stagger,
             "per_stream": streams,

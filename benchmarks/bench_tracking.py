@@ -214,8 +214,8 @@ def main() -> int:
         "whole_frame": whole,
         "held_out": {"frames": args.held_out_frames, "paths": {
             "sway": "dx = 40 sin(2 pi t / 4 s), dy = 18 sin(2 pi t / 2.5 s)",
-            "sway_turn_zoom": "dx = 45 sin(2 pi t / 3.1 s), dy = 20 sin(2 pi t / 2.3 s), scale 1 + 0.12 sin(2 pi t / "
-                              "4.3 s), rotation 6 sin(2 pi t / 2.9 s) degrees",
+            "sway_turn_zoom": "dx = 45 sin(2 pi t / 3.1 s), dy = 20 sin(2 pi t / 2.3 s), "
+                              "scale 1 + 0.12 sin(2 pi t / 4.3 s), rotation 6 sin(2 pi t / 2.9 s) degrees",
             "slow_drift": "dx = 25 sin(2 pi t / 6 s), dy = 10 sin(2 pi t / 5 s)"},
             "backgrounds": "skimage grass / brick, static", "videos": held_out},
     }

@@ -12,12 +12,17 @@ are counted instead of sent to a transport.
 import asyncio
 
 import numpy as np
-from pipecat.frames.frames import OutputAudioRawFrame, OutputImageRawFrame, TTSAudioRawFrame, TTSStartedFrame, \
-    TTSStoppedFrame
+from pipecat.frames.frames import (
+    OutputAudioRawFrame,
+    OutputImageRawFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
 from pipecat.tests.utils import SleepFrame, run_test
 
-from mediaio.audio import decode_audio
 from lipsync.integrations.pipecat import LipsyncVideoService
+from mediaio.audio import decode_audio
 
 
 async def main():

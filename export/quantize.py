@@ -103,8 +103,13 @@ def _outputs(path: Path, feeds: list[dict]) -> np.ndarray:
 def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = None) -> float:
     """Write an int8 QDQ version of `src` to `dst`; returns its held-out PSNR vs `src`."""
     # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     c = calibration_set(CALIBRATION_SAMPLES)
     cal = _feeds(graph, c.mels, c.faces, encoder_fp32)

@@ -154,7 +154,7 @@ class OpenVinoRunner:
             raise LipsyncError("--runtime openvino", "the openvino package", "it is not installed",
                                "pip install 'lipsync-rt[openvino]' or use --runtime onnxruntime") from None
         self._core, self._path = ov.Core(), str(path)
-        self._cfg = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        self._cfg: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._cfg["INFERENCE_NUM_THREADS"] = threads
         self._compiled = self._core.compile_model(self._core.read_model(self._path), "CPU", self._cfg)

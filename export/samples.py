@@ -12,7 +12,7 @@ held-out set never shares a face or a voice with the calibration set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -36,7 +36,7 @@ class Samples:
         return len(self.mels)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _image(name: str) -> np.ndarray:
     img = cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)
     if img is None:
@@ -44,7 +44,7 @@ def _image(name: str) -> np.ndarray:
     return img
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mel_windows(name: str, fps: float = 25.0) -> tuple:
     chunks = mel_chunks(melspectrogram(decode_audio(DATA / name).mono_16k()), fps)
     # Voiced windows only: silence is never sent to the generator (the engine shows the idle

@@ -5,9 +5,9 @@ This is the reference tool's pipeline, step for step, with a pluggable generator
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

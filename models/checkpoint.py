@@ -22,7 +22,8 @@ from models.errors import LipsyncError
 NETWORKS = {
     "Wav2Lip": ("a Wav2Lip generator (wav2lip.pth / wav2lip_gan.pth)", "models.wav2lip", "Wav2Lip"),
     "SyncNet_color": ("the SyncNet lip-sync expert (lipsync_expert.pth)", "models.syncnet", "SyncNetColor"),
-    "Wav2Lip_disc_qual": ("the visual-quality discriminator (visual_quality_disc.pth)", "models.disc", "Wav2LipDiscQual"),
+    "Wav2Lip_disc_qual": ("the visual-quality discriminator (visual_quality_disc.pth)", "models.disc",
+                          "Wav2LipDiscQual"),
 }
 
 

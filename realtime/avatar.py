@@ -88,8 +88,9 @@ class Avatar:
                     out.append(found.keypoints)
                     continue
                 w, h = x2 - x1, y2 - y1
-                fx = lambda u: x1 + u * w  # noqa: E731
-                fy = lambda v: y1 + v * h  # noqa: E731
+                # Called within this iteration only, so the loop variables they read are this box's.
+                fx = lambda u: x1 + u * w  # noqa: E731, B023
+                fy = lambda v: y1 + v * h  # noqa: E731, B023
                 out.append(np.array([[fx(.3), fy(.3)], [fx(.7), fy(.3)], [fx(.5), fy(.5)], [fx(.5), fy(.72)],
                                      [fx(0), fy(.4)], [fx(1), fy(.4)]]))
         self._keypoints = out

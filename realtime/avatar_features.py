@@ -107,7 +107,7 @@ class FeatureStore:
 
     # -- building --------------------------------------------------------------------------------
     @classmethod
-    def build(cls, path: Path, crops: np.ndarray, encoder, batch: int = 16, cache_frames: int = 32) -> "FeatureStore":
+    def build(cls, path: Path, crops: np.ndarray, encoder, batch: int = 16, cache_frames: int = 32) -> FeatureStore:
         """Encode `crops` (N, 96, 96, 3) a batch at a time into a new store at `path`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

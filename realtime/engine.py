@@ -19,6 +19,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import soxr
@@ -30,8 +32,9 @@ from realtime.avatar import Avatar
 from realtime.clock import FreeRunClock, MediaClock, MonotonicClock
 from realtime.compositor import crossfade, full_face, paste_feathered, paste_hard, to_uint8_faces
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
-from realtime.frames import AudioChunk, VideoFrame
+from realtime.frames import AudioChunk, FrameKind, FrameMeta, VideoFrame
 from realtime.mel_stream import MelStream
+from realtime.protocols import AudioSource, DeadlineRenderer, FaceDecoder, PreparableSink, Renderer, Sink
 from realtime.queues import BoundedQueue, Closed, Policy
 from realtime.sinks.delivery import SinkRunner, close_all
 from realtime.stats import Stats
@@ -43,13 +46,14 @@ log = logging.getLogger(__name__)
 class Wav2LipRenderer:
     """The neural lips: the split generator's decoder on cached face features, pasted back."""
 
-    def __init__(self, generator, avatar: Avatar, blend: str = "hard"):
+    def __init__(self, generator: FaceDecoder, avatar: Avatar, blend: str = "hard"):
         self.gen, self.avatar, self.blend = generator, avatar, blend
         self.name = getattr(generator, "name", "wav2lip")
         if blend == "feather":
             avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
 
-    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float):
+    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int,
+               fps: float) -> np.ndarray:
         face = self.face_u8(idx, mel_window)
         if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
             face = full_face(face, self.avatar.crops[idx])
@@ -68,17 +72,27 @@ class Wav2LipRenderer:
         return self.gen.decode(mel_window[None, None], self.avatar.features_at(idx))
 
 
+@dataclass(frozen=True, slots=True)
+class _InputPiece:
+    """Where one piece of input audio sits on the 16 kHz sample axis, and when it came."""
+
+    end: int  # one past its last 16 kHz sample
+    arrival_ns: int
+    capture0_ns: int  # capture time of its first sample
+    start: int  # its first 16 kHz sample
+
+
 class FrameDropped(Exception):
     """A renderer gave up on a frame that would be too late anyway (a shared generator dropped
     it past its deadline); the engine shows the previous frame and counts a drop."""
 
 
 class Engine:
-    def __init__(self, avatar: Avatar, renderer, sinks: list, cfg: EngineConfig = EngineConfig(),
-                 clock: MediaClock | None = None):
-        """`renderer`: anything with `render(frame, avatar_index, mel_window, offset, fps)`, or a
-        split generator (anything with `decode`), which is wrapped in a Wav2LipRenderer."""
-        if not hasattr(renderer, "render"):
+    def __init__(self, avatar: Avatar, renderer: Renderer | FaceDecoder, sinks: list[Sink],
+                 cfg: EngineConfig = EngineConfig(), clock: MediaClock | None = None):
+        """`renderer`: a Renderer (`render(frame, avatar_index, mel_window, offset, fps)`), or a
+        split generator (a FaceDecoder: `decode`), which is wrapped in a Wav2LipRenderer."""
+        if not isinstance(renderer, Renderer):
             renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
         self.avatar, self.renderer, self.sinks, self.cfg = avatar, renderer, list(sinks), cfg
         # Offline runs write files in order and wait for them; live, each sink gets its own thread.
@@ -96,7 +110,7 @@ class Engine:
         self.mel = MelStream(history_frames=history_frames)
         self._hist = np.zeros(cfg.history_ms * SR // 1000, np.float32)  # 16 kHz audio ring for RMS
         self._samples = 0
-        self._chunks: collections.deque = collections.deque(maxlen=4096)  # (end_sample, arrival_ns, capture0_ns)
+        self._chunks: collections.deque[_InputPiece] = collections.deque(maxlen=4096)
         self._resamplers: dict = {}
         self._out_samples = 0  # audio handed to the sinks, at output_audio_rate_hz
         self._next_pts = 0
@@ -106,11 +120,13 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._flush = True
         self._error: BaseException | None = None
-        self._source = None
+        self._source: AudioSource | None = None
         self._stopped: tuple[dict | None, BaseException | None] | None = None  # what stop() gave
         self.stats.add_section("sinks", lambda: {r.sink.name: r.counts() for r in self._runners})
         # Media time (s) of the end of the last frame and of the last audio handed to the sinks.
-        self._sent_video_s = self._sent_audio_s = None
+        self._sent_video_s: float | None = None
+        self._sent_audio_s: float | None = None
+        self._decided_ns = 0  # when the worker decided the latest frame
 
     # -- input ----------------------------------------------------------------------------------
     def push_audio(self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None,
@@ -129,12 +145,12 @@ class Engine:
         return ok
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         # Sinks that must connect or open a device do it now, not on the first frame, where
         # the wait would make the first frames late.
         if self.offline:
             for sink in self.sinks:
-                if hasattr(sink, "prepare"):
+                if isinstance(sink, PreparableSink):
                     sink.prepare(*self.avatar.size)
         else:  # each runner prepares its sink before its thread starts
             self._runners = [SinkRunner(s, self.cfg.fps, on_error=self._fail).start(*self.avatar.size)
@@ -171,6 +187,7 @@ class Engine:
         summary, error = self._stopped
         if error is not None:
             raise error
+        assert summary is not None  # _stop_once gives a summary or an error
         return summary
 
     def _stop_once(self, flush: bool) -> tuple[dict | None, BaseException | None]:
@@ -190,7 +207,7 @@ class Engine:
             return None, closing
         return self.stats.summary(), None
 
-    def run(self, source, duration_s: float | None = None, on_started=None) -> dict:
+    def run(self, source: AudioSource, duration_s: float | None = None, on_started=None) -> dict:
         self._source = source
         self.start()
         if on_started is not None:
@@ -276,7 +293,7 @@ class Engine:
             piece = pcm16[off:off + step]
             start = self._samples
             self._samples += len(piece)
-            self._chunks.append((self._samples, arrival_ns, capture_ns + off * 1_000_000_000 // SR, start))
+            self._chunks.append(_InputPiece(self._samples, arrival_ns, capture_ns + off * 1_000_000_000 // SR, start))
             idx = np.arange(start, self._samples) % len(self._hist)
             self._hist[idx] = piece
             self.mel.push(piece)
@@ -290,19 +307,19 @@ class Engine:
             self._decide(self._next_pts)
             self._next_pts += 1
 
-    def _chunk_of(self, sample: int):
-        """(end, arrival_ns, capture0_ns, start) of the input chunk holding 16 kHz `sample`."""
+    def _chunk_of(self, sample: int) -> _InputPiece:
+        """The input piece holding 16 kHz `sample` (the nearest one when none does)."""
         for chunk in reversed(self._chunks):
-            if chunk[3] <= sample < chunk[0]:
+            if chunk.start <= sample < chunk.end:
                 return chunk
-        return self._chunks[-1] if sample >= self._chunks[-1][0] else self._chunks[0]
+        return self._chunks[-1] if sample >= self._chunks[-1].end else self._chunks[0]
 
     def _arrival_of(self, sample: int) -> int:
-        return self._chunk_of(sample)[1]
+        return self._chunk_of(sample).arrival_ns
 
     def _capture_of(self, sample: int) -> int:
-        end, _, capture0, start = self._chunk_of(sample)
-        return capture0 + (min(sample, end - 1) - start) * 1_000_000_000 // SR
+        c = self._chunk_of(sample)
+        return c.capture0_ns + (min(sample, c.end - 1) - c.start) * 1_000_000_000 // SR
 
     def _decide(self, pts: int) -> None:
         s = self._window_start(pts)
@@ -313,7 +330,7 @@ class Engine:
         lateness_ms = (self.clock.now_ns() - ready_ns) / 1e6
         self._decided_ns = self.clock.now_ns()
         if not self.offline and lateness_ms > self.cfg.max_lateness_ms and self._last is not None:
-            self._put(self._last, pts, ready_ns, capture_ns, "dropped")
+            self._put(self._last, pts, ready_ns, capture_ns, FrameKind.DROPPED)
             return
         if hasattr(self.avatar, "advance"):  # a live camera: newest frame, tracked, encoded
             self.avatar.advance(pts)
@@ -326,32 +343,34 @@ class Engine:
         speaking = dbfs > self.cfg.silence_threshold_dbfs
         self._alpha = min(1.0, self._alpha + step) if speaking else max(0.0, self._alpha - step)
         idle = self.avatar.frames[idx]
+        kind: FrameKind
         if not getattr(self.avatar, "has_face", True):
-            out, kind = idle, "no_face"  # passed through unchanged, counted
+            out, kind = idle, FrameKind.NO_FACE  # passed through unchanged, counted
         elif self._alpha == 0.0:
-            out, kind = idle, "idle"
+            out, kind = idle, FrameKind.IDLE
         else:
             self.mel.window(s, out=self._mel_buf)
             if getattr(self.renderer, "wants_deadline", False):  # a shared generator schedules by it
-                self.renderer.deadline_ns = None if self.offline else ready_ns + int(self.cfg.max_lateness_ms * 1e6)
+                cast(DeadlineRenderer, self.renderer).deadline_ns = (
+                    None if self.offline else ready_ns + int(self.cfg.max_lateness_ms * 1e6))
             try:
                 out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
             except FrameDropped:
-                self._put(self._last if self._last is not None else idle, pts, ready_ns, capture_ns, "dropped")
+                self._put(self._last if self._last is not None else idle, pts, ready_ns, capture_ns, FrameKind.DROPPED)
                 return
             if self._alpha < 1.0:
                 out = crossfade(out, idle, self._alpha)
-            kind = "generated"
+            kind = FrameKind.GENERATED
         self._last = out
         self._put(out, pts, ready_ns, capture_ns, kind)
 
-    def _put(self, bgr, pts, ready_ns, capture_ns, kind) -> None:
+    def _put(self, bgr: np.ndarray, pts: int, ready_ns: int, capture_ns: int, kind: FrameKind) -> None:
         if self.offline:
-            self.frames_q.put_wait(VideoFrame(bgr, pts, {"ready_ns": None, "capture_ns": None, "kind": kind}))
+            self.frames_q.put_wait(VideoFrame(bgr, pts, FrameMeta(ready_ns=None, capture_ns=None, kind=kind)))
             return
-        if not self.frames_q.put(VideoFrame(bgr, pts, {"ready_ns": ready_ns, "capture_ns": capture_ns,
-                                                       "kind": kind, "decided_ns": self._decided_ns})):
-            self.stats.record(self.clock.now_ns(), None, None, "dropped")
+        if not self.frames_q.put(VideoFrame(bgr, pts, FrameMeta(ready_ns=ready_ns, capture_ns=capture_ns, kind=kind,
+                                                                decided_ns=self._decided_ns))):
+            self.stats.record(self.clock.now_ns(), None, None, FrameKind.DROPPED)
 
     # -- sinks ------------------------------------------------------------------------------------
     def _drain_audio(self) -> None:

@@ -6,9 +6,44 @@ video timestamps count frames at the output rate. `*_ns` fields are clock readin
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
+
+
+class FrameKind(str, enum.Enum):
+    """Why a frame looks the way it does; counted per kind in the stats. A `str` enum: it compares
+    equal to (and hashes like) its value, and JSON writes the value, so reports read as before."""
+
+    GENERATED = "generated"  # lips made from this frame's audio (possibly crossfading in or out)
+    IDLE = "idle"  # the avatar's own frame: silence
+    DROPPED = "dropped"  # capture: too late to generate, the previous frame is shown again
+    NO_FACE = "no_face"  # capture: a live camera frame without a face, passed through
+    CROSSFADE = "crossfade"  # playout: fading from the last speech frame back to idle
+    HELD = "held"  # playout: the next speech frame was late, the last one is held
+
+    # The value, as enum.StrEnum (Python 3.11+) would give; a plain (str, Enum) gives "FrameKind.IDLE".
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, format_spec: str) -> str:
+        return format(self.value, format_spec)
+
+
+class FrameMeta(TypedDict, total=False):
+    """What the engine and the playout attach to each video frame. A plain dict at run time;
+    which keys are set depends on who made the frame (see each key)."""
+
+    kind: FrameKind  # both
+    ready_ns: int | None  # capture: when the frame's audio window was complete (None offline)
+    capture_ns: int | None  # capture: when the frame's own audio was captured (None offline)
+    decided_ns: int  # capture, live: when the worker decided the frame
+    emitted_ns: int  # playout: when the pacer sent it
+    segment: int | None  # playout: the utterance it belongs to; None while idle or fading out
+    epoch: int  # playout, before the pacer: the interrupt generation it was made in
+    alpha: float  # playout, before the pacer: the lips' blend weight
 
 
 @dataclass(frozen=True)
@@ -27,7 +62,7 @@ class AudioChunk:
 class VideoFrame:
     bgr: np.ndarray  # uint8 (H, W, 3)
     pts: int  # frame index at the engine's fps
-    meta: dict = field(default_factory=dict)
+    meta: FrameMeta = field(default_factory=lambda: FrameMeta())
 
 
 class AudioTimeline:

@@ -62,13 +62,13 @@ class LogHistogram:
         self.counts = array.array("q", bytes(8 * len(self.counts)))
         self.count, self.total, self.min, self.max = 0, 0.0, math.inf, -math.inf
 
-    def copy(self) -> "LogHistogram":
+    def copy(self) -> LogHistogram:
         other = LogHistogram.__new__(LogHistogram)
         other.__dict__.update(self.__dict__)
         other.counts = self.counts[:]
         return other
 
-    def merge(self, other: "LogHistogram") -> None:
+    def merge(self, other: LogHistogram) -> None:
         if len(other.counts) != len(self.counts) or other._gamma != self._gamma:
             raise ValueError("histograms with different buckets cannot be merged")
         merged = np.frombuffer(self.counts, np.int64) + np.frombuffer(other.counts, np.int64)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +36,9 @@ from realtime.clock import MediaClock, MonotonicClock
 from realtime.compositor import crossfade
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.engine import Wav2LipRenderer
-from realtime.frames import AudioChunk, VideoFrame
+from realtime.frames import AudioChunk, FrameKind, FrameMeta, VideoFrame
 from realtime.mel_stream import MelStream
+from realtime.protocols import FaceDecoder, Renderer, Sink
 from realtime.queues import BoundedQueue, Closed, Policy
 from realtime.sinks.delivery import SinkRunner, close_all
 from realtime.stats import Stats
@@ -77,6 +79,22 @@ class _End:
     epoch: int
 
 
+@dataclass(frozen=True)
+class _PushedAudio:
+    """A push_audio call, waiting for the generator thread."""
+
+    segment: int
+    pcm: np.ndarray  # float32 mono at rate_hz
+    rate_hz: int
+
+
+@dataclass(frozen=True)
+class _EndSegment:
+    """end_segment(), or an utterance nobody ended, for the generator thread."""
+
+    segment: int
+
+
 class PlayoutFull(RuntimeError):
     """push_audio could not queue the audio in time: more than max_pending_s is waiting."""
 
@@ -92,7 +110,7 @@ class _Segment:
             if rate != out_rate else None
         self.hist = np.zeros(history_ms * SR // 1000, np.float32)
         self.samples16 = 0
-        self.out = collections.deque()  # output-rate audio not yet paired with a frame
+        self.out: collections.deque[np.ndarray] = collections.deque()  # output-rate audio not yet paired with a frame
         self.out_len = 0
         self.in_samples = 0  # at the input rate: the segment's length
         self.frames = 0  # frames made
@@ -145,9 +163,9 @@ class _Segment:
 class Playout:
     """Pushed speech in, paced and paired frames + audio out; see the module docstring."""
 
-    def __init__(self, avatar, renderer, sinks: list, cfg: EngineConfig = EngineConfig(),
+    def __init__(self, avatar, renderer: Renderer | FaceDecoder, sinks: list[Sink], cfg: EngineConfig = EngineConfig(),
                  pcfg: PlayoutConfig = PlayoutConfig(), clock: MediaClock | None = None, deliver_to_reader=True):
-        if not hasattr(renderer, "render"):
+        if not isinstance(renderer, Renderer):
             renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
         self.avatar, self.renderer, self.cfg, self.pcfg = avatar, renderer, cfg, pcfg
         self.clock = clock or MonotonicClock()
@@ -164,19 +182,19 @@ class Playout:
         self._reader = BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out") \
             if deliver_to_reader else None
         self._cv = threading.Condition()
-        self._pending: collections.deque = collections.deque()  # ("audio", seg, pcm, rate) | ("end", seg)
+        self._pending: collections.deque[_PushedAudio | _EndSegment] = collections.deque()
         self._pending_s = 0.0
         self._ahead = BoundedQueue(cfg.frames_in(pcfg.lookahead_ms), Policy.NEVER_DROP, "playout_ahead")
         self._seg_in = 0  # segment id new pushes go to
         self._seg_open = False
         self._epoch = 0  # bumped by interrupt(): older work is discarded
-        self._speaking_seg = None  # segment whose frames the pacer is emitting
+        self._speaking_seg: int | None = None  # segment whose frames the pacer is emitting
         self._seg_played: dict[int, int] = {}
         self._alpha = 0.0
         self._last_speech: np.ndarray | None = None
         self._fade_from: np.ndarray | None = None
         self._fade_alpha = 0.0
-        self._listeners = []
+        self._listeners: list[Callable[[str, object], None]] = []
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._closing = False
@@ -187,7 +205,7 @@ class Playout:
         self._alpha_shown = 0.0  # blend weight of the last speech frame shown (where a fade starts)
         self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
         self._silence = np.zeros(self._spf_out, np.float32)
-        self._av_offset_ms = None  # media time of the audio sent minus that of the video, at _emit
+        self._av_offset_ms: float | None = None  # media time of the audio sent minus that of the video, at _emit
 
     # -- API ----------------------------------------------------------------------------------------
     def on_event(self, callback) -> None:
@@ -214,7 +232,7 @@ class Playout:
                                   f"{self._pending_s:.1f} s already waiting (max_pending_s "
                                   f"{self.pcfg.max_pending_s:g}); push as playback proceeds or raise max_pending_s")
             self._seg_open = True
-            self._pending.append(("audio", self._seg_in, a, int(sample_rate_hz)))
+            self._pending.append(_PushedAudio(self._seg_in, a, int(sample_rate_hz)))
             self._pending_s += dur
             self._cv.notify_all()
         return True
@@ -232,7 +250,7 @@ class Playout:
         """The current utterance is complete: its last frames are made without waiting for more."""
         with self._cv:
             if self._seg_open:
-                self._pending.append(("end", self._seg_in))
+                self._pending.append(_EndSegment(self._seg_in))
                 self._seg_in += 1
                 self._seg_open = False
                 self._cv.notify_all()
@@ -254,22 +272,28 @@ class Playout:
     clear_buffer = interrupt
 
     # -- output stream (for transports that take frames themselves) -------------------------------
-    def frames(self, timeout_s: float | None = None):
+    def frames(self, timeout_s: float | None = None) -> Iterator[PlayoutItem | SegmentEnd]:
         """Yields PlayoutItem and SegmentEnd in output order until the playout is stopped."""
+        reader = self._reader
+        if reader is None:
+            raise RuntimeError("frames(): this playout was made with deliver_to_reader=False")
         while True:
             try:
-                item = self._reader.get(timeout_s)
+                item = reader.get(timeout_s)
             except Closed:
                 return
             if item is None:
                 return
             yield item
 
-    async def recv(self):
+    async def recv(self) -> PlayoutItem | SegmentEnd:
         """The next PlayoutItem or SegmentEnd (aiortc's track shape); raises StopAsyncIteration at the end."""
+        reader = self._reader
+        if reader is None:
+            raise RuntimeError("recv(): this playout was made with deliver_to_reader=False")
         while True:
             try:
-                item = self._reader.get(timeout_s=0)
+                item = reader.get(timeout_s=0)
             except Closed:
                 raise StopAsyncIteration from None
             if item is not None:
@@ -283,7 +307,7 @@ class Playout:
         return await self.recv()
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> "Playout":
+    def start(self) -> Playout:
         for r in self._runners:
             r.start(*self.avatar.size)
         for fn, name in ((self._generate_loop, "playout-generator"), (self._pace_loop, "playout-pacer")):
@@ -316,6 +340,7 @@ class Playout:
         summary, error = self._stopped
         if error is not None:
             raise error
+        assert summary is not None  # _stop_once gives a summary or raises
         return summary
 
     def _stop_once(self) -> dict:
@@ -385,7 +410,8 @@ class Playout:
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
-                self._cv.wait_for(lambda: self._pending or self._stop.is_set() or self._epoch != epoch, 0.05)
+                # wait_for calls the predicate before returning: `epoch` is this iteration's.
+                self._cv.wait_for(lambda: self._pending or self._stop.is_set() or self._epoch != epoch, 0.05)  # noqa: B023
                 if self._epoch != epoch:
                     epoch, seg = self._epoch, None
                     self._alpha = 0.0  # an interrupted utterance fades out in the pacer
@@ -396,17 +422,17 @@ class Playout:
                         if self._seg_open and self._seg_in == seg.id:
                             self._seg_in += 1
                             self._seg_open = False
-                        cmd = ("end", seg.id)
+                        cmd: _PushedAudio | _EndSegment = _EndSegment(seg.id)
                     else:
                         continue
                 else:
                     cmd = self._pending.popleft()
-                    if cmd[0] == "audio":
-                        self._pending_s = max(0.0, self._pending_s - len(cmd[2]) / cmd[3])
+                    if isinstance(cmd, _PushedAudio):
+                        self._pending_s = max(0.0, self._pending_s - len(cmd.pcm) / cmd.rate_hz)
                 self._busy = True
                 self._cv.notify_all()
-            if cmd[0] == "audio":
-                _, seg_id, pcm, rate = cmd
+            if isinstance(cmd, _PushedAudio):
+                seg_id, pcm, rate = cmd.segment, cmd.pcm, cmd.rate_hz
                 last_audio_ns = self.clock.now_ns()
                 if seg is None or seg.id != seg_id or seg.rate != rate:
                     if seg is not None and not seg.ended:  # a rate change inside an utterance: close it
@@ -421,7 +447,7 @@ class Playout:
                     seg.mel.push(seg.add(pcm[off:off + step]))
                     self._make_frames(seg, epoch, final=False)
             else:
-                if seg is not None and seg.id == cmd[1] and not seg.ended:
+                if seg is not None and seg.id == cmd.segment and not seg.ended:
                     self._finish_segment(seg, epoch)
                 seg = None
 
@@ -470,18 +496,18 @@ class Playout:
         step = 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms)
         speaking = dbfs > self.cfg.silence_threshold_dbfs
         self._alpha = min(1.0, self._alpha + step) if speaking else max(0.0, self._alpha - step)
+        kind: FrameKind
         if self._alpha == 0.0 or not getattr(self.avatar, "has_face", True):
-            out, kind = idle, "idle"
+            out, kind = idle, FrameKind.IDLE
         else:
             if s + WINDOW_FRAMES <= seg.mel.frames_ready:
                 seg.mel.window(s, out=self._mel_buf)
             out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
             if self._alpha < 1.0:
                 out = crossfade(out, idle, self._alpha)
-            kind = "generated"
+            kind = FrameKind.GENERATED
         audio = seg.take_out(self._spf_out)
-        return PlayoutItem(VideoFrame(out, -1, {"kind": kind, "segment": seg.id, "epoch": epoch,
-                                                   "alpha": self._alpha}),
+        return PlayoutItem(VideoFrame(out, -1, FrameMeta(kind=kind, segment=seg.id, epoch=epoch, alpha=self._alpha)),
                            AudioChunk(audio, self.pcfg.output_rate_hz, -1, 0))
 
     # -- pacer thread -------------------------------------------------------------------------------
@@ -516,6 +542,7 @@ class Playout:
         idle = self.avatar.frames[self.avatar.index(pts)]
         if isinstance(item, PlayoutItem):
             seg = item.video.meta["segment"]
+            assert seg is not None  # _frame() sets the utterance of every speech frame
             if self._speaking_seg != seg:
                 if self._speaking_seg is not None:  # a segment without its end marker (rate change)
                     self._finish_playback(self._speaking_seg, False)
@@ -527,21 +554,21 @@ class Playout:
             self._last_speech, self._alpha_shown = bgr, item.video.meta["alpha"]
             self._fade_from = None
         else:
-            bgr, audio, kind = idle, self._silence, "idle"
+            bgr, audio, kind = idle, self._silence, FrameKind.IDLE
             if self._fade_from is not None:
                 self._fade_alpha = max(0.0, self._fade_alpha - 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms))
                 if self._fade_alpha > 1e-6:  # thirds do not sum to exactly 1
                     bgr = crossfade(self._fade_from, idle, self._fade_alpha)
-                    kind = "crossfade"
+                    kind = FrameKind.CROSSFADE
                 else:
                     self._fade_from = None
             elif item == "late":
-                bgr, kind = self._last_speech if self._last_speech is not None else idle, "held"
+                bgr, kind = self._last_speech if self._last_speech is not None else idle, FrameKind.HELD
         # "segment": the utterance this frame belongs to (None while idle or fading out), so
         # that adapters can send audio only while speaking.
         seg_now = item.video.meta["segment"] if isinstance(item, PlayoutItem) else (
-            self._speaking_seg if kind == "held" else None)
-        self._emit(VideoFrame(bgr, pts, {"kind": kind, "emitted_ns": now, "segment": seg_now}),
+            self._speaking_seg if kind == FrameKind.HELD else None)
+        self._emit(VideoFrame(bgr, pts, FrameMeta(kind=kind, emitted_ns=now, segment=seg_now)),
                    AudioChunk(audio, self.pcfg.output_rate_hz, pts * self._spf_out, now))
         self._out_pts += 1
         with self._cv:

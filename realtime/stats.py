@@ -15,10 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+from realtime.frames import FrameKind
 from realtime.histogram import LogHistogram
 
 _METRICS = ("processing", "audio_to_frame", "gap")
-_KINDS = ("generated", "idle", "dropped", "no_face")
+# Always reported per interval (0 when absent); further kinds only when seen.
+_KINDS = tuple(k.value for k in (FrameKind.GENERATED, FrameKind.IDLE, FrameKind.DROPPED, FrameKind.NO_FACE))
 
 
 def _round(v):
@@ -79,7 +81,8 @@ class Stats:
         self.late = 0  # playout: ticks whose speech frame was not made in time (previous frame held)
         self.other: dict[str, int] = {}  # further frame kinds (playout: crossfade, held)
         self._all, self._win = _Window(), _Window()
-        self._first_ns = self._last_ns = None
+        self._first_ns: int | None = None  # accepted_ns of the first and the latest frame recorded
+        self._last_ns: int | None = None
         self._cpu0 = time.process_time()
         self._wall0 = time.monotonic()
         # Where the current interval started, and the counters that are bumped from outside
@@ -92,16 +95,17 @@ class Stats:
         """Report `fn()` under `name` in every summary; `fn` takes its own locks, not this one's."""
         self._sections[name] = fn
 
-    def record(self, accepted_ns: int, ready_ns: int | None, capture_ns: int | None, kind: str) -> None:
+    def record(self, accepted_ns: int, ready_ns: int | None, capture_ns: int | None, kind: FrameKind | str) -> None:
+        kind = str(kind)  # the value: counts are keyed (and reported) by plain strings
         with self._lock:
             self.frames += 1
-            if kind == "generated":
+            if kind == FrameKind.GENERATED:
                 self.generated += 1
-            elif kind == "idle":
+            elif kind == FrameKind.IDLE:
                 self.idle += 1
-            elif kind == "dropped":
+            elif kind == FrameKind.DROPPED:
                 self.dropped += 1
-            elif kind == "no_face":
+            elif kind == FrameKind.NO_FACE:
                 self.no_face += 1
             else:
                 self.other[kind] = self.other.get(kind, 0) + 1
@@ -111,9 +115,9 @@ class Stats:
             values = []
             if self._last_ns is not None:
                 values.append(("gap", (accepted_ns - self._last_ns) / 1e6))
-            if ready_ns is not None and kind != "dropped":
+            if ready_ns is not None and kind != FrameKind.DROPPED:
                 values.append(("processing", (accepted_ns - ready_ns) / 1e6))
-            if capture_ns is not None and kind != "dropped":
+            if capture_ns is not None and kind != FrameKind.DROPPED:
                 values.append(("audio_to_frame", (accepted_ns - capture_ns) / 1e6))
             for metric, ms in values:
                 h = self._all.hists[metric]
@@ -135,7 +139,8 @@ class Stats:
         thread never waits on a percentile."""
         with self._lock:
             hists = {m: h.copy() for m, h in self._all.hists.items()}
-            frames, span_ns = self.frames, (self._last_ns - self._first_ns) if self.frames > 1 else 0
+            frames, first, last = self.frames, self._first_ns, self._last_ns
+            span_ns = (last - first) if frames > 1 and first is not None and last is not None else 0
             counts = {"frames": self.frames, "generated": self.generated, "idle": self.idle,
                       "dropped": self.dropped, "no_face": self.no_face, "audio_overruns": self.audio_overruns}
             late, other = self.late, dict(self.other)

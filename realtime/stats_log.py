@@ -43,7 +43,7 @@ class StatsLog:
         self._stats = self._probe = None
         self.lines = 0
 
-    def start(self, stats, probe=None) -> "StatsLog":
+    def start(self, stats, probe=None) -> StatsLog:
         """Begin the first interval now (what came before, e.g. model loading, is not counted)."""
         self._stats, self._probe = stats, probe
         stats.take_interval()

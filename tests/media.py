@@ -33,8 +33,9 @@ def speech_wav(path: Path, text: str, rate_hz: int = 16000, voice: str | None = 
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng); the test media needs it")
     raw = path.with_suffix(".espeak.wav")
     subprocess.run([espeak, *(["-v", voice] if voice else []), "-w", str(raw), text], check=True)
-    from mediaio.audio import decode_audio
     import soxr
+
+    from mediaio.audio import decode_audio
 
     dec = decode_audio(raw)
     mono = soxr.resample(dec.pcm.mean(axis=0), dec.sample_rate_hz, rate_hz, quality="HQ")

@@ -44,9 +44,10 @@ def main(ckpt: str, photo: str, audio: str, out: str) -> None:
     # A request already past its deadline is answered with a drop, never decoded.
     loaded = handle.options(multiplexed_model_id=avatar_key(photo)).load.remote().result(timeout_s=300)
     mel = np.zeros((80, 16), np.float32)
-    face, _ = handle.options(multiplexed_model_id=avatar_key(photo)).face.remote(0, mel, 0, "probe").result(timeout_s=60)
+    by_avatar = handle.options(multiplexed_model_id=avatar_key(photo))
+    face, _ = by_avatar.face.remote(0, mel, 0, "probe").result(timeout_s=60)
     doc["expired_request"] = None if face is None else list(face.shape)
-    face, _ = handle.options(multiplexed_model_id=avatar_key(photo)).face.remote(0, mel, None, "probe").result(timeout_s=60)
+    face, _ = by_avatar.face.remote(0, mel, None, "probe").result(timeout_s=60)
     doc["no_deadline_face"] = None if face is None else list(face.shape)
     doc["loaded"] = loaded
 

@@ -58,7 +58,7 @@ rtmp {{ server {{ listen 127.0.0.1:{self.port}; chunk_size 4096;
     def url(self, name: str = "test") -> str:
         return f"rtmp://127.0.0.1:{self.port}/live/{name}"
 
-    def start(self) -> "NginxRtmp":
+    def start(self) -> NginxRtmp:
         self.proc = subprocess.Popen(["nginx", "-c", str(self.conf), "-p", str(self.dir)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: _accepts(self.port), 10, "nginx-rtmp listening")
@@ -88,7 +88,7 @@ class PulseAudio:
         self.env = dict(os.environ, HOME=str(self.dir), XDG_RUNTIME_DIR=str(self.dir / "xdg"))
         self.proc = None
 
-    def start(self) -> "PulseAudio":
+    def start(self) -> PulseAudio:
         self.proc = subprocess.Popen(["pulseaudio", "-n", "-F", str(self.dir / "pulse.pa"), "--exit-idle-time=-1",
                                       "--daemonize=no"], env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

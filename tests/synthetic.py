@@ -35,8 +35,8 @@ def calibrate_batchnorm(net: nn.Module, batches) -> None:
 def calibration_batches(face_bgr: np.ndarray, box, wav16k: np.ndarray, batches: int = 4, batch: int = 8,
                         seed: int = 0):
     """Real generator inputs for BatchNorm calibration: jittered crops of one face plus speech mels."""
-    from models.mel import mel_chunks, melspectrogram
     from models.face_input import jittered_samples
+    from models.mel import mel_chunks, melspectrogram
 
     chunks = mel_chunks(melspectrogram(wav16k), 25)
     rng = np.random.default_rng(seed)
@@ -113,7 +113,8 @@ def smooth_field_batches(batches: int = 4, batch: int = 8, seed: int = 0):
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(batches):
-        faces = np.stack([cv2.GaussianBlur(rng.random((96, 96, 6)).astype(np.float32), (0, 0), 6) for _ in range(batch)])
+        faces = np.stack([cv2.GaussianBlur(rng.random((96, 96, 6)).astype(np.float32), (0, 0), 6)
+                          for _ in range(batch)])
         faces = (faces - faces.min()) / (faces.max() - faces.min() + 1e-6)
         mels = np.stack([cv2.GaussianBlur(rng.standard_normal((80, 16)).astype(np.float32), (0, 0), 2)
                          for _ in range(batch)])

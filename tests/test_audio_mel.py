@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import media
-from models import mel as M
 from mediaio.audio import decode_audio
+from models import mel as M
 from models.errors import LipsyncError
 
 

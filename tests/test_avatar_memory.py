@@ -42,7 +42,8 @@ def img(photo):
 
 # Default x264 (one long GOP), short GOPs with B-frames, and open GOPs (keyframes whose leading
 # B-frames refer to the previous GOP: decoding from such a keyframe alone cannot show them).
-@pytest.mark.parametrize("params", ["", "keyint=8:min-keyint=8:bframes=3", "keyint=8:min-keyint=8:bframes=3:open-gop=1"])
+@pytest.mark.parametrize("params", ["", "keyint=8:min-keyint=8:bframes=3",
+                                    "keyint=8:min-keyint=8:bframes=3:open-gop=1"])
 def test_frames_decoded_on_demand_equal_a_full_decode_in_any_order(tmp_path, img, params):
     path = moving_video(tmp_path / "v.mp4", img, 60, params)
     ref, _ = read_video(path, 50)
@@ -68,7 +69,7 @@ def test_forward_loop_decodes_each_frame_once(tmp_path, img):
     vf = VideoFrames(moving_video(tmp_path / "v.mp4", img, 40), cache_mb=0, min_cached_frames=4)
     for _ in vf.scan():
         pass
-    for loop in range(3):
+    for _ in range(3):
         for i in range(len(vf)):
             vf[i]
     assert vf.decoded == 3 * 40 and vf.seeks == 2  # back to the first keyframe at each wrap but the first
@@ -86,8 +87,8 @@ def test_unreadable_video_is_a_clear_error(tmp_path):
 def test_video_avatar_same_boxes_crops_and_frames_as_reading_every_frame(tmp_path, img):
     """The avatar a video gives: the same frames, boxes and crops as when every frame was read
     into memory first (the previous way), for the tracked and the reference framing."""
-    from realtime.avatar import AvatarConfig, load_avatar, track_faces
     from models.face_input import crop_face
+    from realtime.avatar import AvatarConfig, load_avatar, track_faces
     from realtime.framing import RenderOptions, face_boxes
 
     path = str(moving_video(tmp_path / "v.mp4", img, 40, size=256))
@@ -125,10 +126,10 @@ class CountingEncoder:
 
 def test_fp16_features_change_the_generated_face_by_rounding_only(tmp_path, split_gen, img, speech_wav):
     from mediaio.audio import decode_audio
+    from models.face_input import model_faces
     from models.mel import melspectrogram
     from realtime.avatar_features import FeatureStore
     from realtime.compositor import to_uint8_faces
-    from models.face_input import model_faces
 
     crops = np.stack([cv2.resize(np.roll(img, 9 * k, axis=1)[60:230, 150:290], (96, 96)) for k in range(20)])
     store = FeatureStore.build(tmp_path / "feat", crops, split_gen, batch=8, cache_frames=4)
@@ -153,8 +154,8 @@ def test_fp16_features_change_the_generated_face_by_rounding_only(tmp_path, spli
 
 
 def test_features_out_of_fp16_range_are_stored_in_fp32(tmp_path, split_gen, img):
-    from realtime.avatar_features import FeatureStore
     from models.face_input import model_faces
+    from realtime.avatar_features import FeatureStore
 
     crops = np.stack([cv2.resize(img[60:230, 150:290], (96, 96))] * 3)
     big = CountingEncoder(split_gen, scale=1e6)

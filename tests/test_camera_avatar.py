@@ -12,7 +12,6 @@ from realtime.clock import MonotonicClock
 from realtime.config import EngineConfig
 
 
-
 def test_camera_avatar_tracks_and_lip_syncs_each_frame(tmp_path, generator_ckpt, photo, speech_wav):
     from realtime.live import build_engine
     from realtime.sources.file import FileSource

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import inference
 import media
 from conftest import ROOT
-
-import inference
 
 
 def reference_frames(ckpt, photo_path, audio_path, box, fps=25.0):

@@ -136,8 +136,13 @@ def test_livekit_agent_session_say_then_interrupt_reports_interrupted(photo, spe
 # -- Pipecat ----------------------------------------------------------------------------------------
 def test_pipecat_processor_turns_tts_audio_into_paired_frames(photo, speech_wav):
     pytest.importorskip("pipecat")
-    from pipecat.frames.frames import (OutputAudioRawFrame, OutputImageRawFrame, TTSAudioRawFrame, TTSStartedFrame,
-                                       TTSStoppedFrame)
+    from pipecat.frames.frames import (
+        OutputAudioRawFrame,
+        OutputImageRawFrame,
+        TTSAudioRawFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+    )
     from pipecat.tests.utils import SleepFrame, run_test
 
     from lipsync.integrations.pipecat import LipsyncVideoService

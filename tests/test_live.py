@@ -215,10 +215,10 @@ def test_vcam_without_loopback_is_one_clear_line():
 
 
 def test_unreachable_rtmp_retries_with_status(caplog):
+    import socket
+
     from realtime.frames import AudioChunk, VideoFrame
     from realtime.sinks.stream import StreamSink
-
-    import socket
 
     with socket.socket() as s:  # a port on loopback that nothing listens on
         s.bind(("127.0.0.1", 0))

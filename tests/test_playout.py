@@ -311,7 +311,7 @@ def test_cli_burst_pacing_plays_a_file_pushed_like_tts(generator_ckpt, photo, sp
 
     clip_s = decode_audio(speech_wav).duration_s
     with av.open(str(out)) as c:
-        v, a = c.streams.video[0], c.streams.audio[0]
+        a = c.streams.audio[0]
         assert a.rate == 48_000
         n_video = sum(1 for _ in c.decode(video=0))
     # The whole clip played, at 25 fps, plus at most the idle lead-in and the crossfade out.

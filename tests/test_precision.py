@@ -50,8 +50,8 @@ def judge_inputs(assets):
     from skimage.data import lfw_subset
 
     from mediaio.audio import decode_audio
-    from models.mel import mel_chunks, melspectrogram
     from models.face_input import model_faces, model_mels
+    from models.mel import mel_chunks, melspectrogram
 
     faces = lfw_subset()[:24]
     rng = np.random.default_rng(5)
@@ -224,10 +224,10 @@ def test_first_shown_row_is_below_the_nose_and_cropping_does_not_change_the_pict
     import cv2
 
     from export.cache import ensure_exported
+    from models.face_input import model_faces
     from realtime.avatar import AvatarConfig, load_avatar
     from realtime.compositor import first_shown_row, full_face, paste_feathered, to_uint8_faces
     from realtime.generator import SplitGenerator
-    from models.face_input import model_faces
 
     av = load_avatar(AvatarConfig(str(photo)))
     first = first_shown_row(av.boxes, av.keypoints())

@@ -14,7 +14,6 @@ from realtime.clock import FreeRunClock
 from realtime.config import EngineConfig
 
 
-
 @pytest.fixture(scope="module")
 def run_with_pause(photo, speech_wav):
     from realtime.avatar import AvatarConfig, load_avatar

@@ -93,10 +93,10 @@ def test_uploads_are_recognised_by_content_not_by_name():
 # -- the HTTP API, in-process (no browser) ----------------------------------------------------------
 
 def _studio_app(token=None):
-    from realtime.config import EngineConfig
-    from realtime.live import build_renderer
     from lipsync.web.server import Studio, StudioConfig, make_app
     from lipsync.web.session import Loaded
+    from realtime.config import EngineConfig
+    from realtime.live import build_renderer
 
     cfg = EngineConfig()
 

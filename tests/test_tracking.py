@@ -154,7 +154,8 @@ def face_over_texture(img, box, n):
     frames, transforms = [], []
     for i in range(n):
         t = i / 25
-        m = cv2.getRotationMatrix2D((w / 2, h / 2), 6 * np.sin(2 * np.pi * t / 2.9), 1 + 0.12 * np.sin(2 * np.pi * t / 4.3))
+        angle, scale = 6 * np.sin(2 * np.pi * t / 2.9), 1 + 0.12 * np.sin(2 * np.pi * t / 4.3)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
         m[:, 2] += (45 * np.sin(2 * np.pi * t / 3.1), 20 * np.sin(2 * np.pi * t / 2.3))
         fg = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
         a = cv2.warpAffine(mask, m, (w, h))[..., None]

@@ -19,8 +19,14 @@ import asyncio
 
 import numpy as np
 from livekit import rtc
-from livekit.agents.voice.avatar import (AudioSegmentEnd, AvatarOptions, AvatarRunner, DataStreamAudioReceiver,
-                                         QueueAudioOutput, VideoGenerator)
+from livekit.agents.voice.avatar import (
+    AudioSegmentEnd,
+    AvatarOptions,
+    AvatarRunner,
+    DataStreamAudioReceiver,
+    QueueAudioOutput,
+    VideoGenerator,
+)
 
 from realtime.config import EngineConfig
 from realtime.live import build_playout
@@ -98,7 +104,7 @@ class LipsyncAvatarSession:
         self.runner: AvatarRunner | None = None
         self.audio: QueueAudioOutput | None = None
 
-    async def start(self, session, room) -> "LipsyncAvatarSession":
+    async def start(self, session, room) -> LipsyncAvatarSession:
         avatar, checkpoint, opts = self._spec
         self.generator = await asyncio.to_thread(LipsyncVideoGenerator, avatar, checkpoint, **opts)
         self.audio = QueueAudioOutput(sample_rate=None)

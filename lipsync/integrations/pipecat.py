@@ -12,8 +12,16 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from pipecat.frames.frames import (CancelFrame, EndFrame, InterruptionFrame, OutputAudioRawFrame,
-                                   OutputImageRawFrame, StartFrame, TTSAudioRawFrame, TTSStoppedFrame)
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    OutputImageRawFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from realtime.config import EngineConfig

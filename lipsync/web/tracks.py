@@ -99,7 +99,7 @@ class WebRtcOutput:
         self.video_sent = self.audio_sent = self.audio_underrun_frames = 0
         self.closed = False
 
-    def sink(self, epoch: int) -> "_EpochSink":
+    def sink(self, epoch: int) -> _EpochSink:
         return _EpochSink(self, epoch)
 
     # -- engine side (sink threads) ---------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 
 from models.errors import EngineFailure
 from realtime.clock import MediaClock, MonotonicClock
+from realtime.protocols import FaceDecoder, FeatureSource
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +117,17 @@ class ServiceStats:
 
 
 class GeneratorService:
-    """`generator`: a split generator (anything with `decode(mels (B,1,80,16), 7 feature arrays
-    (B, ...))`). Avatars: anything with `features_at(i)` -> 7 arrays (1, ...)."""
+    """`generator`: a split generator (a FaceDecoder: `decode(mels (B,1,80,16), 7 feature arrays
+    (B, ...))`). Avatars: FeatureSources (`features_at(i)` -> 7 arrays (1, ...))."""
 
-    def __init__(self, generator, cfg: ServiceConfig = ServiceConfig(), clock: MediaClock | None = None):
+    def __init__(self, generator: FaceDecoder, cfg: ServiceConfig = ServiceConfig(), clock: MediaClock | None = None):
         if cfg.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {cfg.max_batch}")
         self.gen, self.cfg = generator, cfg
         self.clock = clock or MonotonicClock()
         self.name = getattr(generator, "name", "generator") + f"+service(b{cfg.max_batch})"
         self.first_row = getattr(generator, "first_row", 0)
-        self._avatars: dict[str, object] = {}
+        self._avatars: dict[str, FeatureSource] = {}
         self._pending: list[_Request] = []
         self._cv = threading.Condition()
         self._closed = False
@@ -139,7 +140,7 @@ class GeneratorService:
         self.stats = ServiceStats(cfg.stats_window)
 
     # -- registry ---------------------------------------------------------------------------------
-    def register_avatar(self, avatar_id: str, avatar) -> None:
+    def register_avatar(self, avatar_id: str, avatar: FeatureSource) -> None:
         with self._cv:
             if avatar_id in self._avatars and self._avatars[avatar_id] is not avatar:
                 raise ValueError(f"avatar id {avatar_id!r} is already registered with another avatar")
@@ -221,7 +222,7 @@ class GeneratorService:
         return self._down
 
     # -- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> "GeneratorService":
+    def start(self) -> GeneratorService:
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="lipsync-generator-service", daemon=True)
             self._thread.start()
@@ -262,7 +263,7 @@ class GeneratorService:
         for r in gone:
             _resolve(r.future, DROPPED)
 
-    def __enter__(self) -> "GeneratorService":
+    def __enter__(self) -> GeneratorService:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -367,7 +368,7 @@ class GeneratorService:
         missing = [r.avatar_id for r, a in zip(batch, avatars) if a is None]
         if missing:
             raise KeyError(f"avatar {missing[0]!r} was unregistered while its request was queued")
-        feats = [a.features_at(r.frame_index) for r, a in zip(batch, avatars)]
+        feats = [a.features_at(r.frame_index) for r, a in zip(batch, avatars) if a is not None]  # none is
         mels = np.stack([r.mel for r in batch])[:, None]
         if len(batch) > 1 and self._batchable:
             try:

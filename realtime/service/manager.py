@@ -32,6 +32,7 @@ from realtime.live import build_engine, default_runtime, make_sink, make_source
 from realtime.service import GeneratorService, SessionHost
 from realtime.service.ray_backend import GeneratorSpec, RaySessionHost, SessionSpec
 from realtime.service.sessions import LiveSession, prepare_avatar
+from realtime.sinks.base import PreparableSink
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class SessionRequest:
     duration_s: float | None = None
 
     @staticmethod
-    def from_json(doc: dict) -> "SessionRequest":
+    def from_json(doc: dict) -> SessionRequest:
         """From a JSON object (the --sessions file, POST /api/sessions); unknown keys refused."""
         if not isinstance(doc, dict):
             raise LipsyncError("session", "a JSON object with id, avatar, audio, outputs", type(doc).__name__,
@@ -120,9 +121,10 @@ class SessionManager:
         self.local_outputs = dict(local_outputs or {})
         self.requests: dict[str, SessionRequest] = {}
         self._lock = threading.RLock()
-        self._gen = None  # the shared split generator (inprocess) or its GeneratorSpec (ray)
-        self._host = None
-        self._solo: dict[str, object] = {}  # procedural sessions: LiveSession each, no service
+        # The shared split generator (inprocess) or its spec (ray); made with the first Wav2Lip session.
+        self._gen: SplitGenerator | GeneratorSpec | None = None
+        self._host: SessionHost | RaySessionHost | None = None
+        self._solo: dict[str, LiveSession] = {}  # procedural sessions: LiveSession each, no service
 
     # -- the shared generator -----------------------------------------------------------------------
     def _generator(self, avatar_path: str):
@@ -183,10 +185,12 @@ class SessionManager:
         av = prepare_avatar(req.avatar, gen, str(self.checkpoint), self.cfg, req.avatar_loop)
         sinks = self._sinks(req)
         for sink in sinks:
-            if hasattr(sink, "prepare"):
+            if isinstance(sink, PreparableSink):
                 sink.prepare(*av.size)
-        self._host.add(req.session_id, av, sinks, make_input(req.audio, req.loop_audio), req.duration_s)
-        self._host.start(req.session_id)
+        host = self._host
+        assert isinstance(host, SessionHost)  # made by _generator() above, backend "inprocess"
+        host.add(req.session_id, av, sinks, make_input(req.audio, req.loop_audio), req.duration_s)
+        host.start(req.session_id)
 
     def _sinks(self, req: SessionRequest) -> list:
         return [self.local_outputs[o](req.session_id) if o in self.local_outputs
@@ -198,9 +202,11 @@ class SessionManager:
             raise LipsyncError(f"session {req.session_id!r} outputs", "outputs a Ray session actor can open itself",
                                repr(local[0]), "use --backend inprocess for it, or stream to rtmp:// / udp://")
         self._generator(req.avatar)
-        if req.session_id in self._host.actors:  # a session of that id that ended by itself: its actor goes
-            self._host.stop(req.session_id)
-        self._host.add(SessionSpec(req.session_id, str(Path(req.avatar).resolve()),
+        host = self._host
+        assert isinstance(host, RaySessionHost)  # made by _generator() above, backend "ray"
+        if req.session_id in host.actors:  # a session of that id that ended by itself: its actor goes
+            host.stop(req.session_id)
+        host.add(SessionSpec(req.session_id, str(Path(req.avatar).resolve()),
                                    functools.partial(make_input, req.audio, req.loop_audio),
                                    functools.partial(make_sinks, req.outputs, self.cfg.fps, self.mcfg.audio_rate_hz),
                                    req.duration_s, req.avatar_loop))
@@ -214,9 +220,9 @@ class SessionManager:
                 s = self._solo[session_id]
                 s.stop()
                 s.wait(timeout_s)
-            elif self.mcfg.backend == "ray" and self._host is not None and session_id in self._host.actors:
+            elif isinstance(self._host, RaySessionHost) and session_id in self._host.actors:
                 desc["summary"] = self._host.stop(session_id, timeout_s)
-            elif self._host is not None and session_id in self._host.sessions:
+            elif isinstance(self._host, SessionHost) and session_id in self._host.sessions:
                 self._host.stop(session_id, timeout_s)
             desc.update(self.describe(session_id))
         log.info("session %s stopped", session_id)
@@ -230,10 +236,10 @@ class SessionManager:
             raise KeyError(session_id)
         return s.wait(timeout_s)
 
-    def _live_session(self, session_id: str):
+    def _live_session(self, session_id: str) -> LiveSession | None:
         if session_id in self._solo:
             return self._solo[session_id]
-        if self._host is not None and self.mcfg.backend == "inprocess":
+        if isinstance(self._host, SessionHost):  # backend "inprocess"
             return self._host.sessions.get(session_id)
         return None
 
@@ -241,7 +247,7 @@ class SessionManager:
         s = self._live_session(session_id)
         if s is not None:
             return s.state
-        if self.mcfg.backend == "ray" and self._host is not None and session_id in self._host.actors:
+        if isinstance(self._host, RaySessionHost) and session_id in self._host.actors:
             return "running"  # the actor's own state is one call away; see describe()
         return "stopped"
 
@@ -258,7 +264,7 @@ class SessionManager:
                             for name, c in (summary.get("sinks") or {}).items()}
             if s.error is not None:
                 out["error"] = str(s.error)
-        elif self.mcfg.backend == "ray" and self._host is not None and session_id in self._host.actors:
+        elif isinstance(self._host, RaySessionHost) and session_id in self._host.actors:
             import ray  # ray: an optional extra; importing this module needs none
 
             try:
@@ -273,7 +279,7 @@ class SessionManager:
             return [self.describe(sid) for sid in self.requests]
 
     def service_summary(self) -> dict | None:
-        if self._host is None or self.mcfg.backend != "inprocess":
+        if not isinstance(self._host, SessionHost):  # none yet, or backend "ray"
             return None
         return self._host.service.summary()
 

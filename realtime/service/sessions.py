@@ -109,7 +109,7 @@ class LiveSession:
         self._on_end = on_end
         self._thread = threading.Thread(target=self._run, name=f"lipsync-session-{session_id}", daemon=True)
 
-    def start(self) -> "LiveSession":
+    def start(self) -> LiveSession:
         self.state = "waiting"
         self._thread.start()
         return self

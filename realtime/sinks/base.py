@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from realtime.frames import AudioChunk, VideoFrame
 
@@ -15,6 +15,14 @@ class Sink(Protocol):
     def send_audio(self, chunk: AudioChunk) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PreparableSink(Protocol):
+    """The optional part of a sink: one that connects or opens a device does it in `prepare`,
+    called once before the first frame (so the wait does not make the first frames late)."""
+
+    def prepare(self, width: int, height: int) -> None: ...
 
 
 class NullSink:

@@ -23,7 +23,7 @@ import time
 
 from models.errors import EngineFailure
 from realtime.frames import AudioChunk, VideoFrame
-
+from realtime.sinks.base import PreparableSink
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ class SinkRunner:
         self._ended_s: float | None = None
         self._close_called = False
 
-    def start(self, width: int, height: int) -> "SinkRunner":
+    def start(self, width: int, height: int) -> SinkRunner:
         # Sinks that connect or open a device do it now, not on the first frame, which would be late.
-        if hasattr(self.sink, "prepare"):
+        if isinstance(self.sink, PreparableSink):
             self.sink.prepare(width, height)
         self._started_s = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"sink:{self.sink.name}", daemon=True)

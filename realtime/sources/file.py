@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
-
 from mediaio.audio import decode_audio
 from realtime.clock import MediaClock
 
