@@ -137,8 +137,7 @@ class SessionManager:
             first_row = first_shown_row(av.boxes, av.keypoints()) if self.cfg.blend == "feather" else 0
         key = hashlib.sha256(f"{sha256_file(avatar_path)}:{[list(b) for b in av.boxes]}".encode()).hexdigest()
         runtime = self.runtime or default_runtime()
-        choice = choose(self.checkpoint, runtime, first_row=first_row, avatar=AvatarSamples(key, av.crops),
-                        log=log.info)
+        choice = choose(self.checkpoint, runtime, first_row=first_row, avatar=AvatarSamples(key, av.crops))
         run_cfg = dataclasses.replace(runtime, runtime=choice.runtime, precision=choice.precision,
                                       device=choice.device)
         make = functools.partial(SplitGenerator, choice.encoder_path, choice.decoder_path, run_cfg,
@@ -175,8 +174,7 @@ class SessionManager:
 
     def _start_procedural(self, req: SessionRequest) -> None:
         sinks = self._sinks(req)
-        engine = build_engine(req.avatar, sinks, None, None, self.cfg, loop=req.avatar_loop, engine="procedural",
-                              log=log.info)
+        engine = build_engine(req.avatar, sinks, None, None, self.cfg, loop=req.avatar_loop, engine="procedural")
         self._solo[req.session_id] = LiveSession(req.session_id, engine, make_input(req.audio, req.loop_audio),
                                                  req.duration_s).start()
 
