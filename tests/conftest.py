@@ -70,6 +70,10 @@ def _forget_test_camera_backends():
     yield
     mod = sys.modules.get("pyvirtualcam.camera")
     if mod is not None:
+        # Imported during the test: pyvirtualcam's own backends are those not named by a test.
+        # (Read before clearing: clearing first left an empty registry, so a later test asking
+        # for v4l2loopback got a KeyError instead of the missing device.)
+        keep = before if before is not None else {k: v for k, v in mod.BACKENDS.items()
+                                                  if not k.startswith("lipsync-")}
         mod.BACKENDS.clear()
-        mod.BACKENDS.update(before if before is not None else
-                            {k: v for k, v in mod.BACKENDS.items() if not k.startswith("lipsync-")})
+        mod.BACKENDS.update(keep)

@@ -1,6 +1,7 @@
 """The live engine's parts: streaming mel, queues, scheduling on a manual clock, sinks."""
 
 import glob
+import threading
 
 import numpy as np
 import pytest
@@ -160,46 +161,94 @@ def test_silence_shows_the_idle_avatar_without_running_the_generator(live_parts,
 
 
 class RecordingCamera:
-    """A pyvirtualcam backend (its documented register_backend interface) that keeps frames."""
+    """A pyvirtualcam backend (its documented register_backend interface) that reads each frame
+    as a device would: in the pixel format it was opened with (the fourcc pyvirtualcam passes
+    on), refusing formats it cannot read; and notes the media clock when each frame reached it."""
 
     instances = []
+    clock = None  # set by the test: arrival times are read from the engine's own clock
 
     def __init__(self, width, height, fps, fourcc, device, **kw):
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self.frames = []
+        from pyvirtualcam.util import decode_fourcc
+
+        self.width, self.height, self.fps = width, height, fps
+        self.fmt = decode_fourcc(fourcc)
+        if self.fmt not in ("24BG", "raw "):  # BGR, RGB: what a test frame here can be read as
+            raise ValueError(f"pixel format {self.fmt!r} not supported by this test device")
+        self.rgb, self.arrived_ns = [], []
+        self._cv = threading.Condition()
         RecordingCamera.instances.append(self)
 
     def device(self):
         return "recording"
 
     def send(self, frame):
-        self.frames.append(np.array(frame))
+        img = np.array(frame).reshape(self.height, self.width, 3)
+        with self._cv:
+            self.rgb.append(img[:, :, ::-1] if self.fmt == "24BG" else img)
+            self.arrived_ns.append(self.clock.now_ns())
+            self._cv.notify_all()
+
+    def wait_for(self, n, timeout_s=10.0):
+        with self._cv:
+            return self._cv.wait_for(lambda: len(self.rgb) >= n, timeout_s)
 
     def close(self):
         pass
 
 
-def test_virtual_camera_gets_frames_at_size_and_rate(live_parts, speech_wav):
+def test_virtual_camera_gets_every_frame_in_its_byte_order_at_the_output_rate(tmp_path, photo, speech_wav):
+    """Through pyvirtualcam's real API: the device reads the colours the avatar has (a strip of
+    pure red, green and blue across the top), every frame the engine made, and the frames reach it
+    at 25 per second of the media clock: a manual clock the test moves as the microphone's 20 ms
+    blocks arrive, waiting (on a condition) for each block's frames to reach the device."""
+    import cv2
     import pyvirtualcam
 
-    from realtime.clock import FreeRunClock
-    from realtime.engine import Engine
+    import media
+    from realtime.live import build_engine
     from realtime.sinks.vcam import VcamSink
-    from realtime.sources.file import FileSource
 
+    img = cv2.imread(str(photo))
+    w = img.shape[1]
+    for k, bgr in enumerate([(0, 0, 255), (0, 255, 0), (255, 0, 0)]):  # red, green, blue
+        img[:24, k * w // 3:(k + 1) * w // 3] = bgr
+    painted = tmp_path / "painted.png"
+    cv2.imwrite(str(painted), img)
+    clock = ManualClock(10**12)
+    RecordingCamera.clock = clock
     pyvirtualcam.register_backend("lipsync-test", RecordingCamera)
-    gen, avatar = live_parts
-    engine = Engine(avatar, gen, [VcamSink(25, backend="lipsync-test")], EngineConfig(), FreeRunClock())
-    summary = engine.run(FileSource(str(speech_wav)), duration_s=2.0)
+    made = media.CollectSink()  # what the engine handed to its sinks
+    eng = build_engine(str(painted), [VcamSink(25, backend="lipsync-test"), made], engine="procedural",
+                       clock=clock, log=lambda m: None).start()
     cam = RecordingCamera.instances[-1]
-    assert (cam.width, cam.height, cam.fps) == (avatar.size[0], avatar.size[1], 25)
-    assert len(cam.frames) == summary["frames"] >= 45
-    w, h = avatar.size
-    assert cam.frames[0].size == w * h * 3
-    # Outside the face box the picture is the avatar's own, in the camera's byte order.
-    got = cam.frames[-1].reshape(h, w, 3)[:40]
-    want = avatar.frames[0][:40]
-    assert np.array_equal(got, want) or np.array_equal(got, want[:, :, ::-1])
+    wav = decode_audio(speech_wav).mono_16k()[:3 * 16000]
+    try:
+        for start in range(0, len(wav), 320):
+            clock.advance_ns(20_000_000)
+            eng.process_audio(wav[start:start + 320], 16000, clock.now_ns(), None)
+            # process_audio decides this block's frames before it returns; wait until they are out
+            assert cam.wait_for(eng._next_pts), f"{eng._next_pts - len(cam.rgb)} frames did not reach the camera"
+        driven = len(cam.rgb)
+    finally:
+        eng.stop()
+    h, w = eng.avatar.size[1], eng.avatar.size[0]
+    assert (cam.width, cam.height, cam.fps) == (w, h, 25)
+    # Every frame the engine made, in order, with red, green and blue where the avatar has them.
+    assert len(cam.rgb) == len(made.frames) > 60
+    for got, frame in zip(cam.rgb, made.frames):
+        assert np.array_equal(got, frame.bgr[:, :, ::-1])
+    strip = cam.rgb[driven // 2][:24]
+    for k, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        assert (strip[:, k * w // 3 + 2:(k + 1) * w // 3 - 2] == rgb).all(), (k, strip[0, k * w // 3 + 2])
+    assert sum(f.meta["kind"] == "generated" for f in made.frames) > 20  # and the lips moved
+    # The rate they arrived at, on the media clock. Frames 0 and 1 leave together, at the first
+    # complete mel window (frame 0's window would start before the audio does); from then on one
+    # frame per 40 ms of audio, give or take the 20 ms the audio comes in: 25 per second.
+    gaps_ms = np.diff(np.array(cam.arrived_ns[:driven])) / 1e6
+    assert gaps_ms[0] == 0 and np.all(np.abs(gaps_ms[1:] - 40) <= 20), np.unique(gaps_ms)
+    rate = (driven - 2) / (gaps_ms[1:].sum() / 1000)
+    assert abs(rate - 25) < 0.25, rate
 
 
 @pytest.mark.skipif(bool(glob.glob("/dev/video*")), reason="a video device exists here: the missing-loopback "
@@ -211,7 +260,11 @@ def test_vcam_without_loopback_is_one_clear_line():
     sink = VcamSink(25, backend="v4l2loopback")
     with pytest.raises(LipsyncError) as e:
         sink.send_video(VideoFrame(np.zeros((64, 64, 3), np.uint8), 0))
-    assert "modprobe v4l2loopback" in str(e.value) and "\n" not in str(e.value)
+    msg = str(e.value)
+    # pyvirtualcam's own v4l2loopback backend was asked and found no device (not, say, a registry
+    # that no longer knows the backend), and the one line says how to load the module.
+    assert "'v4l2loopback' backend: No v4l2 loopback device found" in msg, msg
+    assert "modprobe v4l2loopback" in msg and "\n" not in msg
 
 
 def test_unreachable_rtmp_retries_with_status(caplog):
