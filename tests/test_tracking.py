@@ -90,8 +90,10 @@ def test_feathered_paste_leaves_no_seam_and_keeps_the_rest(detector, img):
 
     hard = paste_hard(img.copy(), fake, box)
     soft = paste_feathered(img.copy(), fake, box, det.keypoints)
-    assert seam(soft) <= 1.2 < seam(hard) or seam(soft) < seam(hard)
-    assert seam(soft) <= 1.2
+    # The measure can fail: the hard paste of this tinted face leaves an edge it sees. The
+    # feathered one leaves none: no stronger than the photo's own gradients there (+20%).
+    assert seam(hard) > 1.5, seam(hard)
+    assert seam(soft) <= 1.2, (seam(soft), seam(hard))
     outside = np.ones(img.shape[:2], bool)
     outside[y1:y2, x1:x2] = False
     assert np.array_equal(soft[outside], img[outside])
