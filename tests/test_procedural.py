@@ -1,6 +1,7 @@
 """The weight-free lip engine: the mouth follows the speech envelope and rests in silence."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -92,10 +93,19 @@ def test_auto_engine_without_checkpoint_says_procedural(tmp_path, photo, speech_
     assert live.choose_engine("auto", None) == ("procedural", None)
     assert live.choose_engine("auto", "x.pth") == ("wav2lip", "x.pth")
     stats = tmp_path / "stats.json"
+    # The command line as a user runs it, with neither --engine nor --checkpoint: auto decides.
+    # Its working folder is tmp_path: no checkpoints/ there (a developer's own ./checkpoints
+    # might hold one), and the session's cache folder holds none either.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
-                           str(speech_wav), "--to", "null", "--engine", "procedural", "--stats-json", str(stats),
-                           "--duration", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           str(speech_wav), "--to", "null", "--stats-json", str(stats), "--duration", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "procedural" in proc.stderr
+    lines = proc.stderr.splitlines()
+    said = [ln for ln in lines if "engine: " in ln]
+    assert len(said) == 1 and "engine: procedural (no Wav2Lip checkpoint given or in " in said[0], proc.stderr
+    assert str(tmp_path / "checkpoints") in said[0], proc.stderr
+    started = [ln for ln in lines if ln.startswith("live: ")]
+    assert len(started) == 1 and started[0].endswith(" with procedural (Ctrl-C stops)"), proc.stderr
     s = json.loads(stats.read_text())
-    assert s["dropped"] == 0 and s["frames"] >= 45
+    assert s["dropped"] == 0 and s["frames"] >= 45 and s["generated"] > 20
