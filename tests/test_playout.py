@@ -31,7 +31,13 @@ def speech10(speech_wav):
 
 
 class Ticker:
-    """Drives a playout on a ManualClock: one `step()` = one output frame."""
+    """Drives a playout on a ManualClock: one `step()` = one output frame, the one that tick made.
+
+    The pacer emits its first frame (pts 0) as it starts, before the clock moves; it is read here
+    (`first`). Each step then waits for the frame of the tick it caused, so the pacer has finished
+    that tick before the test acts again. (Reading one frame behind, as this did, let a test's
+    interrupt() race the pacer's next tick: under load the pacer sometimes won, and a speech frame
+    made before the interrupt came out after it.)"""
 
     def __init__(self, pl, clock):
         self.pl, self.clock = pl, clock
@@ -39,11 +45,19 @@ class Ticker:
         pl.on_event(lambda kind, payload: self.events.append((kind, payload)))
         self._it = pl.frames(timeout_s=20)
         self.ends = []
+        self.first = self._next()
+        assert self.first.video.pts == 0
 
     def step(self):
+        pts = self.clock.now_ns() // TICK_NS + 1  # the tick this step makes due
+        self.clock.advance_ns(TICK_NS)
+        item = self._next()
+        assert item.video.pts == pts, (item.video.pts, pts)
+        return item
+
+    def _next(self):
         from realtime.playout import PlayoutItem, SegmentEnd
 
-        self.clock.advance_ns(TICK_NS)
         while True:
             item = next(self._it)
             if isinstance(item, SegmentEnd):
@@ -85,7 +99,7 @@ def test_every_pushed_sample_plays_once_paired_with_its_frame(photo, speech10):
     t = Ticker(pl, clock)
     try:
         push_all(pl, speech10)
-        items = []
+        items = [t.first]
         while not t.ends:
             items.append(t.step())
             assert len(items) < 400, "the utterance never finished"
@@ -246,9 +260,9 @@ def test_a_blocked_sink_does_not_hold_up_the_others(photo, speech10):
     finally:
         blocked.release.set()
         summary = pl.stop()
-    # 60 steps: ticks 0..60 are due, the last may or may not be out when stop() comes.
+    # 60 steps: ticks 0..60 were emitted (each step read its own) and stop() delivers what is queued.
     n = len(fine.frames)
-    assert n in (60, 61) and [f.pts for f in fine.frames] == list(range(n))
+    assert n == 61 and [f.pts for f in fine.frames] == list(range(n))
     assert len(blocked.pts) < 60 and summary["sink_frames_dropped"]["blocked"] > 0
     assert blocked.pts == sorted(blocked.pts) and blocked.pts[-1] == n - 1  # the newest, in order
 
