@@ -56,9 +56,16 @@ def test_speech_through_pulseaudio_reaches_the_engine_in_real_time(tmp_path, gen
     assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.95
 
 
-def test_audio_passthrough_plays_the_input_to_an_output_device(tmp_path, generator_ckpt, photo, speech_wav):
-    """The engine plays the input through PulseAudio's null sink; parec records its monitor."""
+def test_audio_passthrough_plays_the_input_200_ms_late_to_an_output_device(tmp_path, generator_ckpt, photo,
+                                                                            speech_wav):
+    """The engine plays the input through PulseAudio's null sink; parec records its monitor.
+
+    The sink's head start of silence is the delay. The session marks it with a short tone 50 ms
+    before its end, so in the recording the speech must begin 50 ms after the tone: the head start
+    as the device played it (see passthrough_session for why the mark is not at its start)."""
     import scipy.signal
+
+    from passthrough_session import MARK_BEFORE_MS, mark
 
     try:
         pulse = PulseAudio(tmp_path / "pulse").start()
@@ -80,13 +87,24 @@ def test_audio_passthrough_plays_the_input_to_an_output_device(tmp_path, generat
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["overruns"] == 0 and report["frames"] > 100
     heard = np.frombuffer(raw.read_bytes(), np.int16).astype(np.float32) / 32768
-    want = decode_audio(speech_wav).pcm[0]
+    want = decode_audio(speech_wav)
+    assert want.sample_rate_hz == 16_000
+    want = want.pcm[0]
     xc = scipy.signal.correlate(heard, want, mode="full", method="fft")
     lag = int(np.argmax(np.abs(xc))) - (len(want) - 1)
     assert lag >= 0
     seg = heard[lag:lag + len(want)]
     assert len(seg) > 0.9 * len(want)
-    assert np.corrcoef(seg, want[:len(seg)])[0, 1] > 0.95
+    assert np.corrcoef(seg, want[:len(seg)])[0, 1] > 0.95  # what is heard is the input
+    # The tone, heard just before the speech: the last 50 ms of a 200 ms head start.
+    tone = mark(16_000)
+    before = heard[max(0, lag - 16 * 400):lag]
+    xm = np.abs(scipy.signal.correlate(before, tone, mode="valid"))
+    at = int(np.argmax(xm))
+    energy = float(np.sum(tone * tone))
+    assert xm[at] > 0.8 * energy, f"the tone in the head start was not heard ({xm[at] / energy:.2f} of it)"
+    gap_ms = (len(before) - at) / 16
+    assert abs(gap_ms - MARK_BEFORE_MS) <= 5, gap_ms
 
 
 class StderrWatch:
