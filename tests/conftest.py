@@ -1,6 +1,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,3 +78,29 @@ def _forget_test_camera_backends():
                                                   if not k.startswith("lipsync-")}
         mod.BACKENDS.clear()
         mod.BACKENDS.update(keep)
+
+
+@pytest.fixture(scope="session")
+def judge_inputs(assets):
+    """Faces and a voice that no calibration or gate in the product (export.samples) and no test
+    checkpoint's BatchNorm statistics (the photo and speech above) use: 24 LFW faces (other people;
+    25x25 grey, upscaled and tinted) and a female espeak-ng voice. For judging reduced precision."""
+    import cv2
+    from skimage.data import lfw_subset
+
+    from mediaio.audio import decode_audio
+    from models.face_input import model_faces, model_mels
+    from models.mel import mel_chunks, melspectrogram
+
+    faces = lfw_subset()[:24]
+    rng = np.random.default_rng(5)
+    crops = []
+    for f in faces:
+        grey = cv2.resize((f * 255).astype(np.uint8), (96, 96), interpolation=cv2.INTER_CUBIC)
+        tint = rng.uniform(0.8, 1.15, 3)
+        crops.append(np.clip(np.repeat(grey[..., None], 3, axis=2) * tint, 0, 255).astype(np.uint8))
+    wav = media.speech_wav(assets / "judge-voice.wav", "Seven silver swans swam south, singing softly "
+                           "while the shepherd counted sheep beside the shallow stream.", voice="en-us+f4")
+    chunks = [c for c in mel_chunks(melspectrogram(decode_audio(wav).mono_16k()), 25) if c.mean() > -2.5]
+    mels = model_mels([chunks[i] for i in rng.integers(0, len(chunks), len(crops))])
+    return mels, model_faces(np.stack(crops))

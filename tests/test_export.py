@@ -25,13 +25,15 @@ def full_path(generator_ckpt):
 
 
 @pytest.fixture(scope="module")
-def heldout():
+def parity_inputs():
+    """Face A and voice A (export.samples): real inputs for exact-parity checks. int8 calibration
+    takes its ranges from these same sources, so they never judge reduced precision."""
     from export.onnx import verification_inputs
 
     return verification_inputs(8, seed=7)
 
 
-def test_full_export_matches_torch_and_carries_metadata(generator_ckpt, full_path, heldout):
+def test_full_export_matches_torch_and_carries_metadata(generator_ckpt, full_path, parity_inputs):
     import torch
 
     from export.metadata import read_metadata
@@ -39,7 +41,7 @@ def test_full_export_matches_torch_and_carries_metadata(generator_ckpt, full_pat
     from models.hashing import sha256_file
     from realtime.generator import OnnxGenerator
 
-    mels, faces = heldout
+    mels, faces = parity_inputs
     with torch.no_grad():
         want = load_torch_generator(generator_ckpt)(torch.from_numpy(mels), torch.from_numpy(faces)).numpy()
     got = OnnxGenerator(full_path)(mels, faces)
@@ -52,20 +54,20 @@ def test_full_export_matches_torch_and_carries_metadata(generator_ckpt, full_pat
     assert '"n_fft": 800' in meta["lipsync.mel"] and '"pad": "reflect"' in meta["lipsync.mel"]
 
 
-def test_dynamic_batch(full_path, heldout):
+def test_dynamic_batch(full_path, parity_inputs):
     from realtime.generator import OnnxGenerator
 
     gen = OnnxGenerator(full_path)
-    mels, faces = heldout
+    mels, faces = parity_inputs
     whole = gen(mels, faces)
     assert whole.shape == (8, 3, 96, 96)
     assert np.abs(gen(mels[:3], faces[:3]) - whole[:3]).max() < 1e-5
 
 
-def test_split_path_with_cached_features_equals_full_graph(full_path, split_paths, heldout):
+def test_split_path_with_cached_features_equals_full_graph(full_path, split_paths, parity_inputs):
     from realtime.generator import OnnxGenerator, SplitGenerator
 
-    mels, faces = heldout
+    mels, faces = parity_inputs
     split = SplitGenerator(split_paths["face_encoder"], split_paths["decoder"])
     feats = split.encode(faces[:1].repeat(8, axis=0))  # one avatar frame, cached
     full = OnnxGenerator(full_path)(mels, faces[:1].repeat(8, axis=0))
@@ -143,29 +145,43 @@ def test_export_cli(generator_ckpt, full_path):
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_int8_keeps_30db_on_heldout_real_inputs(generator_ckpt, full_path, heldout, runtime):
+def test_int8_keeps_30db_on_faces_and_a_voice_it_was_not_calibrated_on(generator_ckpt, full_path, judge_inputs,
+                                                                        runtime):
+    """int8 takes its ranges from face A with voice A (export.samples.calibration_set) and the build
+    checks itself on face B with voices B and C; judged here on neither: other people's faces (LFW)
+    and another voice. The error is measured against the picture's own contrast as well as the
+    gate's fixed peak of 1, so an output with little contrast cannot pass by having little to lose."""
     from export.quantize import psnr_db
     from realtime.generator import OnnxGenerator, RuntimeConfig, load_generator
 
     if runtime == "openvino":
         pytest.importorskip("openvino")
-    mels, faces = heldout  # seed 7: neither the calibration (1) nor the build's own check (2)
-    ref = OnnxGenerator(full_path)(mels, faces)
+    mels, faces = judge_inputs
+    ref = OnnxGenerator(full_path)(mels, faces).astype(np.float64)
     gen = load_generator(generator_ckpt, RuntimeConfig(runtime=runtime, precision="int8"))
-    assert psnr_db(gen(mels, faces), ref) >= 30.0
+    got = gen(mels, faces).astype(np.float64)
+    assert psnr_db(got, ref) >= 30.0
+    # Per picture, the error against that picture's own spread: 30 dB against a peak of 1 is an
+    # error of 0.03, which is little on a picture spanning 0..1 and a third of one spanning
+    # 0.4..0.6. Measured here (random weights): contrast 0.08-0.12, error 0.27 of it on average,
+    # 0.33 at worst, on both runtimes; trained weights give pictures of more contrast.
+    rms = np.sqrt(((got - ref) ** 2).mean(axis=(1, 2, 3)))
+    contrast = ref.std(axis=(1, 2, 3))
+    assert contrast.min() > 0.02, contrast.min()  # pictures, not flat colours
+    assert (rms <= 0.4 * contrast).all(), (rms / contrast).max()
 
 
-def test_openvino_bf16_runs_the_fp32_graph(generator_ckpt, full_path, heldout):
+def test_openvino_bf16_runs_the_fp32_graph(generator_ckpt, full_path, parity_inputs):
     pytest.importorskip("openvino")
     from export.quantize import psnr_db
     from realtime.generator import OnnxGenerator, RuntimeConfig, load_generator
 
-    mels, faces = heldout
+    mels, faces = parity_inputs
     gen = load_generator(generator_ckpt, RuntimeConfig(runtime="openvino", precision="bf16"))
     assert psnr_db(gen(mels, faces), OnnxGenerator(full_path)(mels, faces)) >= 30.0
 
 
-def test_rewrite_without_convtranspose_is_exact(generator_ckpt, heldout):
+def test_rewrite_without_convtranspose_is_exact(generator_ckpt, parity_inputs):
     import torch
 
     from export.rewrite import convtranspose_as_conv
@@ -174,7 +190,7 @@ def test_rewrite_without_convtranspose_is_exact(generator_ckpt, heldout):
     net = load_torch_generator(generator_ckpt)
     rw = convtranspose_as_conv(net)
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in rw.modules())
-    mels, faces = map(torch.from_numpy, heldout)
+    mels, faces = map(torch.from_numpy, parity_inputs)
     with torch.no_grad():
         assert (net(mels, faces) - rw(mels, faces)).abs().max() < 1e-5
 
@@ -208,7 +224,7 @@ def test_live_path_loads_from_warm_cache_without_torch(generator_ckpt, full_path
     assert proc.stdout.strip() == "False"
 
 
-def test_fp16_export_for_gpus_is_near_lossless(generator_ckpt, full_path, heldout):
+def test_fp16_export_for_gpus_is_near_lossless(generator_ckpt, full_path, parity_inputs):
     """Built for CUDA/TensorRT; ONNX Runtime's CPU provider runs it too, which lets it be checked here."""
     import onnx
 
@@ -220,5 +236,5 @@ def test_fp16_export_for_gpus_is_near_lossless(generator_ckpt, full_path, heldou
     model = onnx.load(str(path))
     assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input)
-    mels, faces = heldout
+    mels, faces = parity_inputs
     assert psnr_db(OnnxGenerator(path)(mels, faces), OnnxGenerator(full_path)(mels, faces)) >= 40.0
