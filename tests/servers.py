@@ -30,6 +30,18 @@ def wait_for(cond, timeout_s: float, what: str):
     raise TimeoutError(f"{what} did not happen within {timeout_s} s")
 
 
+def udp_bound(port: int) -> bool:
+    """Whether a local UDP socket is bound to `port` (a viewer listening), from the kernel's table."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(int(row.split()[1].rsplit(":", 1)[1], 16) == port for row in rows):
+            return True
+    return False
+
+
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):

@@ -12,7 +12,7 @@ import pytest
 
 import media
 from conftest import ROOT
-from servers import free_port
+from servers import free_port, udp_bound, wait_for
 
 READER = ROOT / "tests" / "rtmp_reader.py"
 
@@ -63,13 +63,25 @@ def test_video_avatar_pingpong_to_udp_mpegts(tmp_path, generator_ckpt, photo, sp
     avatar = media.video_only(tmp_path / "idle.mp4", frames)
     port = free_port()
     url = f"udp://127.0.0.1:{port}"
-    viewer = subprocess.Popen([sys.executable, str(READER), url + "?timeout=20000000", "40", "20"],
+    # The viewer listens first, so it sees the stream from its first packet and keyframe (UDP has
+    # no handshake: a late listener waits for the next keyframe, 2 s on). Its wait for data is
+    # ended by the data, not by a guess at how long `live` takes to start (a first use runs the
+    # precision ladder: tens of seconds on a busy machine); 120 s only bounds a broken run, and a
+    # run that fails ends the viewer at once.
+    viewer = subprocess.Popen([sys.executable, str(READER), url + "?timeout=120000000", "40", "120"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    proc = live("--avatar", avatar, "--avatar-loop", "pingpong", "--audio", speech_wav, "--to", url,
-                "--checkpoint", generator_ckpt, "--duration", 4)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    got = json.loads(viewer.communicate(timeout=60)[0])
+    try:
+        wait_for(lambda: udp_bound(port) or viewer.poll() is not None, 60, "the viewer listening")
+        assert viewer.poll() is None, "the viewer exited before listening"
+        proc = live("--avatar", avatar, "--avatar-loop", "pingpong", "--audio", speech_wav, "--to", url,
+                    "--checkpoint", generator_ckpt, "--duration", 4)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        got = json.loads(viewer.communicate(timeout=60)[0])
+    finally:
+        if viewer.poll() is None:
+            viewer.kill()
+            viewer.wait()
     assert got["video_frames"] >= 40, got["error"]
     assert got["size"] == [img.shape[1], img.shape[0]]
 
