@@ -127,6 +127,16 @@ class StderrWatch:
         with self._cv:
             return self._cv.wait_for(lambda: needle in self.text, timeout_s)
 
+    def wait_for_frames(self, timeout_s: float) -> bool:
+        """Until a status line reports frames made from the microphone's audio. (The first status
+        line comes a second after the start whatever the input does: " 0.0 fps" while the stream
+        is still opening, or open but not yet delivering.)"""
+        import re
+
+        with self._cv:
+            return self._cv.wait_for(lambda: any(float(v) > 0 for v in re.findall(r"(\d+\.\d) fps", self.text)),
+                                     timeout_s)
+
     def done(self) -> str:
         self._thread.join(timeout=10)
         return self.text
@@ -147,7 +157,7 @@ def test_audio_server_gone_mid_run_one_line_then_recovery_when_it_returns(tmp_pa
                              str(stats)], cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
     watch = StderrWatch(proc)
     try:
-        assert watch.wait_for("fps", 60), watch.text  # frames are flowing
+        assert watch.wait_for_frames(60), watch.text  # the microphone delivers and frames are made
         pulse.stop()
         assert watch.wait_for("stopped delivering audio", 10), watch.text
         pulse.start()
@@ -187,7 +197,10 @@ def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, phot
                             cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
     watch = StderrWatch(proc)
     try:
-        assert watch.wait_for("fps", 60), watch.text
+        # Only once the microphone delivers: stopping the server earlier (the first status line
+        # comes at 1 s, often before any audio) gave a recording of the 2 s of silence alone, and
+        # sometimes a stream that never opened.
+        assert watch.wait_for_frames(60), watch.text
         pulse.stop()  # and it never comes back
         code = proc.wait(timeout=60)
     finally:
@@ -199,4 +212,6 @@ def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, phot
                                             "server went away and did not come back); the session stops")
     from mediaio.audio import decode_audio
 
-    assert decode_audio(out).duration_s > 2  # the recording, idle frames while it waited included, is finalised
+    # The recording is finalised: what was captured, then the 2 s of idle frames and silence
+    # while it waited (a little of which may still have been queued when the session stopped).
+    assert decode_audio(out).duration_s > 2
