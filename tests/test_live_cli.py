@@ -22,6 +22,7 @@ def live(*args, env=None, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
+@pytest.mark.slow
 def test_file_output_with_stats_json(tmp_path, generator_ckpt, photo, speech_wav):
     out, stats = tmp_path / "live.mkv", tmp_path / "stats.json"
     proc = live("--avatar", photo, "--audio", speech_wav, "--to", out, "--to", "null", "--checkpoint",
@@ -55,6 +56,7 @@ def test_ctrl_c_stops_cleanly_and_finalises_the_file(tmp_path, generator_ckpt, p
     assert not list(tmp_path.glob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_video_avatar_pingpong_to_udp_mpegts(tmp_path, generator_ckpt, photo, speech_wav):
     import cv2
 

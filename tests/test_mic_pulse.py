@@ -14,6 +14,7 @@ from servers import PulseAudio
 SESSION = Path(__file__).with_name("mic_session.py")
 
 
+@pytest.mark.slow
 def test_speech_through_pulseaudio_reaches_the_engine_in_real_time(tmp_path, generator_ckpt, photo, speech_wav):
     try:
         pulse = PulseAudio(tmp_path / "pulse").start()

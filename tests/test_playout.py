@@ -310,6 +310,7 @@ def test_file_sink_writes_by_timestamp_so_losses_leave_gaps_not_shifts(tmp_path)
     assert [bool(v > 0.1 * np.abs(audio).max()) for v in per_frame] == [p in (0, 1, 2, 5, 6, 9) for p in range(10)]
 
 
+@pytest.mark.slow
 def test_cli_burst_pacing_plays_a_file_pushed_like_tts(generator_ckpt, photo, speech_wav, tmp_path):
     import av
 

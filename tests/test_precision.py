@@ -90,6 +90,7 @@ def test_parity_tolerance_scales_with_magnitude_but_catches_real_mismatches():
         check_parity("out", off, img, image=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILY))
 def test_family_member_exports_chooses_and_runs_live_with_defaults(name, family, photo, speech_wav, judge_inputs,
                                                                    tmp_path, cache_dir):
@@ -134,6 +135,7 @@ def test_family_member_exports_chooses_and_runs_live_with_defaults(name, family,
     assert per.mean() >= GATE_MEAN_DB and per.min() >= GATE_WORST_DB, (c, per.mean(), per.min())
 
 
+@pytest.mark.slow
 def test_ladder_records_its_choice_and_honours_pins(family, monkeypatch):
     from export import machine, precision
     from realtime.generator import RuntimeConfig
