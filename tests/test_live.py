@@ -220,7 +220,7 @@ def test_virtual_camera_gets_every_frame_in_its_byte_order_at_the_output_rate(tm
     pyvirtualcam.register_backend("lipsync-test", RecordingCamera)
     made = media.CollectSink()  # what the engine handed to its sinks
     eng = build_engine(str(painted), [VcamSink(25, backend="lipsync-test"), made], engine="procedural",
-                       clock=clock, log=lambda m: None).start()
+                       clock=clock).start()
     cam = RecordingCamera.instances[-1]
     wav = decode_audio(speech_wav).mono_16k()[:3 * 16000]
     try:
