@@ -63,14 +63,17 @@ def child(args) -> int:
     out = {"start": rss_mb()}
     t = time.perf_counter()
     runtime = RuntimeConfig(runtime="onnxruntime", precision="fp32")
-    eng = build_engine(args.avatar, [NullSink()], args.checkpoint, runtime, EngineConfig(), clock=MonotonicClock(),
-                       engine=args.engine)
+    eng = build_engine(
+        args.avatar, [NullSink()], args.checkpoint, runtime, EngineConfig(), clock=MonotonicClock(), engine=args.engine
+    )
     out["load_s"] = round(time.perf_counter() - t, 2)
     out["after_load"] = rss_mb()
     summary = eng.run(FileSource(str(ROOT / "media" / "speech.mp3"), loop=True), args.live_s)
     out["after_live"] = rss_mb()
-    out["live"] = {k: summary.get(k) for k in ("fps_sustained", "frames", "generated", "dropped", "cpu_percent",
-                                               "processing_latency_ms")}
+    out["live"] = {
+        k: summary.get(k)
+        for k in ("fps_sustained", "frames", "generated", "dropped", "cpu_percent", "processing_latency_ms")
+    }
     av, n = eng.avatar, len(eng.avatar.frames)
     t = time.perf_counter()
     if args.engine == "procedural":
@@ -105,18 +108,22 @@ def fidelity(gen, av, frames: int = 24) -> dict:
     worst_float, worst_u8, psnrs = 0.0, 0, []
     for k, i in enumerate(np.linspace(0, len(av.crops) - 1, frames).astype(int)):
         s = (k * 37) % (mel.shape[1] - 16)
-        window = np.ascontiguousarray(mel[:, s:s + 16][None, None], np.float32)
-        ref = gen.decode(window, [np.asarray(f) for f in gen.encode(model_faces(av.crops[i:i + 1]))])
+        window = np.ascontiguousarray(mel[:, s : s + 16][None, None], np.float32)
+        ref = gen.decode(window, [np.asarray(f) for f in gen.encode(model_faces(av.crops[i : i + 1]))])
         got = gen.decode(window, av.features_at(int(i)))
         worst_float = max(worst_float, float(np.abs(ref - got).max()))
         a, b = to_uint8_faces(ref).astype(np.int16), to_uint8_faces(got).astype(np.int16)
         worst_u8 = max(worst_u8, int(np.abs(a - b).max()))
         mse = float(np.mean((a - b) ** 2))
-        psnrs.append(float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse))
-    return {"frames": frames, "max_abs_diff_output_0_1": round(worst_float, 6), "max_abs_diff_uint8": worst_u8,
-            "psnr_db_min": round(min(psnrs), 2), "psnr_db_mean_finite": round(float(np.mean(
-                [p for p in psnrs if np.isfinite(p)] or [float("inf")])), 2),
-            "identical_frames": int(sum(not np.isfinite(p) for p in psnrs))}
+        psnrs.append(float("inf") if mse == 0 else 10 * np.log10(255**2 / mse))
+    return {
+        "frames": frames,
+        "max_abs_diff_output_0_1": round(worst_float, 6),
+        "max_abs_diff_uint8": worst_u8,
+        "psnr_db_min": round(min(psnrs), 2),
+        "psnr_db_mean_finite": round(float(np.mean([p for p in psnrs if np.isfinite(p)] or [float("inf")])), 2),
+        "identical_frames": int(sum(not np.isfinite(p) for p in psnrs)),
+    }
 
 
 def moving_avatar(path: Path, seconds: float) -> Path:
@@ -130,8 +137,21 @@ def moving_avatar(path: Path, seconds: float) -> Path:
 
 
 def measure(code_root: str, avatar: Path, ckpt: str, engine: str, live_s: float, env: dict) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--code-root", code_root, "--avatar", str(avatar),
-           "--checkpoint", ckpt, "--engine", engine, "--live-s", str(live_s)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--code-root",
+        code_root,
+        "--avatar",
+        str(avatar),
+        "--checkpoint",
+        ckpt,
+        "--engine",
+        engine,
+        "--live-s",
+        str(live_s),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=code_root)
     if proc.returncode != 0:
         raise SystemExit(f"child failed: {proc.stderr[-3000:]}")
@@ -140,10 +160,32 @@ def measure(code_root: str, avatar: Path, ckpt: str, engine: str, live_s: float,
 
 def warm_up(code_root: str, avatar: Path, ckpt: str, env: dict) -> None:
     """The export (torch, in a child) for this avatar's decoder rows, so no measured process has it."""
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(avatar), "--audio",
-                           str(ROOT / "media" / "speech.mp3"), "--checkpoint", ckpt, "--to", "null", "--duration",
-                           "1", "--runtime", "onnxruntime", "--precision", "fp32"], cwd=code_root, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(avatar),
+            "--audio",
+            str(ROOT / "media" / "speech.mp3"),
+            "--checkpoint",
+            ckpt,
+            "--to",
+            "null",
+            "--duration",
+            "1",
+            "--runtime",
+            "onnxruntime",
+            "--precision",
+            "fp32",
+        ],
+        cwd=code_root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"warm-up run failed: {proc.stderr[-3000:]}")
 
@@ -174,8 +216,14 @@ def main() -> int:
         # The same face model for every child, resolved once here (no download per fresh cache).
         env.setdefault("LIPSYNC_FACE_MODEL", str(resolve_face_model()))
         ckpt, weights = standin_checkpoint(tmp)
-        doc = {"code_root": args.code_root, "label": args.label, "weights": weights,
-               "runtime": "onnxruntime fp32 (pinned)", "live_s": args.live_s, "avatars": {}}
+        doc = {
+            "code_root": args.code_root,
+            "label": args.label,
+            "weights": weights,
+            "runtime": "onnxruntime fp32 (pinned)",
+            "live_s": args.live_s,
+            "avatars": {},
+        }
         for seconds in args.seconds:
             avatar = moving_avatar(tmp / f"moving-{seconds:g}s.mp4", seconds)
             warm_up(args.code_root, avatar, ckpt, env)
@@ -188,8 +236,11 @@ def main() -> int:
                         shutil.rmtree(tmp / "cache" / sub, ignore_errors=True)
                 runs[label] = measure(args.code_root, avatar, ckpt, engine, args.live_s, env)
                 print(json.dumps(runs[label]), file=sys.stderr)
-            doc["avatars"][f"{seconds:g}s"] = {"frames": int(seconds * 25), "video_mb": round(
-                avatar.stat().st_size / 1e6, 2), "runs": runs}
+            doc["avatars"][f"{seconds:g}s"] = {
+                "frames": int(seconds * 25),
+                "video_mb": round(avatar.stat().st_size / 1e6, 2),
+                "runs": runs,
+            }
         write_json(doc, args.json)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

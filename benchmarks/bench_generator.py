@@ -55,14 +55,25 @@ def make_standin(path: Path, style: dict) -> None:
 
     # BatchNorm statistics from face B and voice C: not what the product calibrates on (face A /
     # the avatar, voice A), not what the tests use.
-    batches = calibration_batches(samples._image("face_b.png"), samples.FACE_B_BOX,
-                                  decode_audio(samples.DATA / "voice_c.mp3").mono_16k())
+    batches = calibration_batches(
+        samples._image("face_b.png"), samples.FACE_B_BOX, decode_audio(samples.DATA / "voice_c.mp3").mono_16k()
+    )
     make_styled_checkpoint(path, CheckpointStyle(**style), batches)
 
 
 def entry(**kw) -> dict:
-    base = {"runtime": None, "precision": None, "layout": None, "batch": 1, "ms_per_frame_median": None,
-            "status": "ok", "reason": "", "psnr_db_shown_mean": None, "psnr_db_shown_worst": None, "chosen": False}
+    base = {
+        "runtime": None,
+        "precision": None,
+        "layout": None,
+        "batch": 1,
+        "ms_per_frame_median": None,
+        "status": "ok",
+        "reason": "",
+        "psnr_db_shown_mean": None,
+        "psnr_db_shown_worst": None,
+        "chosen": False,
+    }
     base.update(kw)
     return base
 
@@ -111,16 +122,27 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
         # The contract knows ok/refused: a candidate this machine cannot run at all is a refusal.
         status = "ok" if t.status == "ok" else "refused"
         reason = t.reason if t.status != "skipped" else f"not built: {t.reason}"
-        rows.append(entry(runtime=t.runtime, precision=t.precision, layout=f"split, rows {first}-95",
-                          ms_per_frame_median=t.ms_per_frame, status=status, reason=reason,
-                          psnr_db_shown_mean=t.psnr_db_shown_mean, psnr_db_shown_worst=t.psnr_db_shown_worst,
-                          chosen=t.chosen, checkpoint=label))
+        rows.append(
+            entry(
+                runtime=t.runtime,
+                precision=t.precision,
+                layout=f"split, rows {first}-95",
+                ms_per_frame_median=t.ms_per_frame,
+                status=status,
+                reason=reason,
+                psnr_db_shown_mean=t.psnr_db_shown_mean,
+                psnr_db_shown_worst=t.psnr_db_shown_worst,
+                chosen=t.chosen,
+                checkpoint=label,
+            )
+        )
 
     gen = load_live_generator(ckpt, cfg, first_row=first, avatar=samples)
     av.attach_features(gen, f"bench:{gen.name}:{ckpt}")
     renderer = Wav2LipRenderer(gen, av, "feather")
-    full = OnnxGenerator(ensure_exported(ckpt, "full")["full"],
-                         RuntimeConfig(intra_op_threads=budget.inference_threads))
+    full = OnnxGenerator(
+        ensure_exported(ckpt, "full")["full"], RuntimeConfig(intra_op_threads=budget.inference_threads)
+    )
     h = heldout_set(16)
     face1 = h.faces[:1]
     i = [0]
@@ -132,27 +154,43 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
 
     def decoder_only():
         k = i[0] % len(h)
-        gen.decode(h.mels[k:k + 1], av.features_at(0))
+        gen.decode(h.mels[k : k + 1], av.features_at(0))
 
     def ort_full():
         full(h.mels[:1], face1)
 
     (wl, cl), (wd, cd), (wf, cf) = timed_interleaved([live_frame, decoder_only, ort_full], reps)
     live_ms, full_ms = float(np.median(wl) * 1000), float(np.median(wf) * 1000)
-    rows.append(entry(runtime="onnxruntime", precision="fp32", layout="full", ms_per_frame_median=round(full_ms, 2),
-                      ms_per_frame_p95=round(float(np.percentile(wf, 95) * 1000), 2),
-                      cpu_ms_per_frame=round(float(np.mean(cf) * 1000), 2), checkpoint=label,
-                      reason="reference: the whole generator at batch 1, timed interleaved with the live path"))
+    rows.append(
+        entry(
+            runtime="onnxruntime",
+            precision="fp32",
+            layout="full",
+            ms_per_frame_median=round(full_ms, 2),
+            ms_per_frame_p95=round(float(np.percentile(wf, 95) * 1000), 2),
+            cpu_ms_per_frame=round(float(np.mean(cf) * 1000), 2),
+            checkpoint=label,
+            reason="reference: the whole generator at batch 1, timed interleaved with the live path",
+        )
+    )
     t = choice.chosen_trial
-    rows.append(entry(runtime=t.runtime, precision=t.precision, layout=f"live path per frame (split rows {first}-95 "
-                      "decoder on cached face features, uint8, feathered colour-matched paste)",
-                      ms_per_frame_median=round(live_ms, 2),
-                      ms_per_frame_p95=round(float(np.percentile(wl, 95) * 1000), 2),
-                      cpu_ms_per_frame=round(float(np.mean(cl) * 1000), 2), psnr_db_shown_mean=t.psnr_db_shown_mean,
-                      psnr_db_shown_worst=t.psnr_db_shown_worst, checkpoint=label,
-                      speedup_vs_ort_fp32_full=round(full_ms / live_ms, 2),
-                      generator_only_ms_per_frame=round(float(np.median(wd) * 1000), 2),
-                      generator_only_cpu_ms_per_frame=round(float(np.mean(cd) * 1000), 2)))
+    rows.append(
+        entry(
+            runtime=t.runtime,
+            precision=t.precision,
+            layout=f"live path per frame (split rows {first}-95 "
+            "decoder on cached face features, uint8, feathered colour-matched paste)",
+            ms_per_frame_median=round(live_ms, 2),
+            ms_per_frame_p95=round(float(np.percentile(wl, 95) * 1000), 2),
+            cpu_ms_per_frame=round(float(np.mean(cl) * 1000), 2),
+            psnr_db_shown_mean=t.psnr_db_shown_mean,
+            psnr_db_shown_worst=t.psnr_db_shown_worst,
+            checkpoint=label,
+            speedup_vs_ort_fp32_full=round(full_ms / live_ms, 2),
+            generator_only_ms_per_frame=round(float(np.median(wd) * 1000), 2),
+            generator_only_cpu_ms_per_frame=round(float(np.mean(cd) * 1000), 2),
+        )
+    )
     rows += row_crop_rows(ckpt, label, first, budget.inference_threads, reps)
     return rows
 
@@ -181,9 +219,17 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
         (wa, _), (wb, _) = timed_interleaved([lambda: a(feed), lambda: b(feed)], max(reps // 3, 20))  # noqa: B023
         ma, mb = float(np.median(wa) * 1000), float(np.median(wb) * 1000)
         for layout, ms in (("split decoder, all rows", ma), (f"split decoder, rows {first}-95", mb)):
-            out.append(entry(runtime=rt, precision=prec, layout=layout, ms_per_frame_median=round(ms, 2),
-                             checkpoint=label, reason="row-crop comparison, timed interleaved",
-                             row_crop_speedup=round(ma / mb, 2)))
+            out.append(
+                entry(
+                    runtime=rt,
+                    precision=prec,
+                    layout=layout,
+                    ms_per_frame_median=round(ms, 2),
+                    checkpoint=label,
+                    reason="row-crop comparison, timed interleaved",
+                    row_crop_speedup=round(ma / mb, 2),
+                )
+            )
     return out
 
 
@@ -199,8 +245,7 @@ def main() -> int:
         try:
             rows = measure_checkpoint(args.one[0], args.one[1], args.reps)
         except Exception as e:  # recorded, never a crash: the other checkpoints still run
-            rows = [entry(checkpoint=args.one[1], status="refused",
-                          reason=f"run failed: {type(e).__name__}: {e}")]
+            rows = [entry(checkpoint=args.one[1], status="refused", reason=f"run failed: {type(e).__name__}: {e}")]
         print(json.dumps(rows))
         return 0
 
@@ -217,31 +262,52 @@ def main() -> int:
     results = []
     for ckpt, label in todo:
         print(f"[{label}]", file=sys.stderr)
-        proc = subprocess.run([sys.executable, __file__, "--reps", str(args.reps), "--one", ckpt, label],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--reps", str(args.reps), "--one", ckpt, label], capture_output=True, text=True
+        )
         sys.stderr.write(proc.stderr)
         try:
             rows = json.loads(proc.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
-            rows = [entry(checkpoint=label, status="refused",
-                          reason=f"run failed, exit {proc.returncode}: {proc.stderr[-300:]}")]
+            rows = [
+                entry(
+                    checkpoint=label,
+                    status="refused",
+                    reason=f"run failed, exit {proc.returncode}: {proc.stderr[-300:]}",
+                )
+            ]
         # The reference is always there, even when the run failed before timing it.
         if not any(r["runtime"] == "onnxruntime" and r["precision"] == "fp32" and r["layout"] == "full" for r in rows):
-            rows.append(entry(runtime="onnxruntime", precision="fp32", layout="full", status="refused",
-                              reason="not measured: the run failed before timing", checkpoint=label))
+            rows.append(
+                entry(
+                    runtime="onnxruntime",
+                    precision="fp32",
+                    layout="full",
+                    status="refused",
+                    reason="not measured: the run failed before timing",
+                    checkpoint=label,
+                )
+            )
         for r in rows:
             ms = "-" if r["ms_per_frame_median"] is None else f"{r['ms_per_frame_median']:.2f}"
             db = "" if r["psnr_db_shown_mean"] is None else f"{r['psnr_db_shown_mean']}/{r['psnr_db_shown_worst']} dB"
-            print(f"  {r['runtime']} {r['precision']} [{r['layout']}] {ms} ms  {db} {r['status']}"
-                  f"{' CHOSEN' if r['chosen'] else ''} {r.get('speedup_vs_ort_fp32_full', '')}", file=sys.stderr)
+            print(
+                f"  {r['runtime']} {r['precision']} [{r['layout']}] {ms} ms  {db} {r['status']}"
+                f"{' CHOSEN' if r['chosen'] else ''} {r.get('speedup_vs_ort_fp32_full', '')}",
+                file=sys.stderr,
+            )
         results.extend(rows)
     from export import machine
 
-    doc = {"results": results, "machine": machine.summary(), "avatar": "media/avatar.jpg (512x512 photo)",
-           "weights": "user checkpoints" if args.checkpoint else
-           "random weights in the official format, styles " + ", ".join(STANDINS) + " (not used by the tests)",
-           "gate": "PSNR vs fp32 on the rows shown, >= 30 dB mean and >= 27 dB worst frame, "
-                   "on a held-out face and voices"}
+    doc = {
+        "results": results,
+        "machine": machine.summary(),
+        "avatar": "media/avatar.jpg (512x512 photo)",
+        "weights": "user checkpoints"
+        if args.checkpoint
+        else "random weights in the official format, styles " + ", ".join(STANDINS) + " (not used by the tests)",
+        "gate": "PSNR vs fp32 on the rows shown, >= 30 dB mean and >= 27 dB worst frame, on a held-out face and voices",
+    }
     from common import write_json
 
     write_json(doc, args.json)

@@ -47,16 +47,41 @@ def moving_avatar(path: Path, seconds: float = 10.0) -> Path:
 
 def warm_up(ckpt: str, avatar: str) -> str:
     """Export + ladder (+ avatar cache) in a child, as a first `lipsync live` start does; its log."""
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", avatar, "--audio",
-                           str(ROOT / "media" / "speech.mp3"), "--checkpoint", ckpt, "--to", "null",
-                           "--duration", "1"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            avatar,
+            "--audio",
+            str(ROOT / "media" / "speech.mp3"),
+            "--checkpoint",
+            ckpt,
+            "--to",
+            "null",
+            "--duration",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"warm-up run failed: {proc.stderr[-2000:]}")
     return proc.stderr
 
 
-def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, engine: str = "wav2lip",
-            avatar: str | None = None) -> dict:
+def one_run(
+    ckpt: str,
+    sink_name: str,
+    seconds: float,
+    runtime,
+    workdir: Path,
+    engine: str = "wav2lip",
+    avatar: str | None = None,
+) -> dict:
     from realtime.clock import MonotonicClock
     from realtime.config import EngineConfig
     from realtime.live import build_engine
@@ -73,8 +98,15 @@ def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, e
     else:
         sink = NullSink()
     try:
-        eng = build_engine(avatar or str(ROOT / "media" / "avatar.jpg"), [sink], ckpt, runtime, EngineConfig(),
-                           clock=MonotonicClock(), engine=engine)
+        eng = build_engine(
+            avatar or str(ROOT / "media" / "avatar.jpg"),
+            [sink],
+            ckpt,
+            runtime,
+            EngineConfig(),
+            clock=MonotonicClock(),
+            engine=engine,
+        )
         summary = eng.run(FileSource(str(ROOT / "media" / "speech.mp3"), loop=True), seconds)
     finally:
         if server is not None:
@@ -83,8 +115,9 @@ def one_run(ckpt: str, sink_name: str, seconds: float, runtime, workdir: Path, e
         summary["rtmp_frames_sent"] = sink.frames_sent
         summary["rtmp_frames_lost"] = sink.frames_lost
     # cpu_percent is of all cores: CPU-ms spent per output frame by the whole process.
-    summary["cpu_ms_per_frame"] = round(summary["cpu_percent"] / 100 * (os.cpu_count() or 1) * 1000
-                                        / max(summary["fps_sustained"], 1e-9), 2)
+    summary["cpu_ms_per_frame"] = round(
+        summary["cpu_percent"] / 100 * (os.cpu_count() or 1) * 1000 / max(summary["fps_sustained"], 1e-9), 2
+    )
     summary["generator"] = eng.renderer.name
     return summary
 
@@ -96,8 +129,11 @@ def main() -> int:
     ap.add_argument("--sinks", nargs="+", default=["null", "rtmp"])
     ap.add_argument("--json", default="bench-out/live.json")
     ap.add_argument("--engine", default="wav2lip", choices=["wav2lip", "procedural"])
-    ap.add_argument("--moving-avatar", action="store_true",
-                    help="a 10 s video of the photo moving along a known path (tracked, feathered)")
+    ap.add_argument(
+        "--moving-avatar",
+        action="store_true",
+        help="a 10 s video of the photo moving along a known path (tracked, feathered)",
+    )
     args = ap.parse_args()
 
     from realtime import threads
@@ -110,19 +146,25 @@ def main() -> int:
         weights = "none (procedural engine)"
     elif ckpt is None:
         ckpt, weights = standin_checkpoint(tmp.name)
-    avatar = (str(moving_avatar(Path(tmp.name) / "moving.mp4")) if args.moving_avatar
-              else str(ROOT / "media" / "avatar.jpg"))
+    avatar = (
+        str(moving_avatar(Path(tmp.name) / "moving.mp4")) if args.moving_avatar else str(ROOT / "media" / "avatar.jpg")
+    )
     ladder = ""
     if args.engine == "wav2lip":
         ladder = warm_up(ckpt, avatar)
         print(ladder, file=sys.stderr)
     budget = threads.apply(threads.plan("live"))
     runtime = default_runtime()
-    doc = {"seconds": args.seconds, "weights": weights, "engine": args.engine,
-           "ladder": [ln.strip() for ln in ladder.splitlines() if ln.startswith(("  ", "precision:"))],
-           "threads": asdict(budget),
-           "avatar": "moving 512x512 video (10 s loop)" if args.moving_avatar else "media/avatar.jpg (512x512 photo)",
-           "audio": "media/speech.mp3 looped, paced in real time", "runs": {}}
+    doc = {
+        "seconds": args.seconds,
+        "weights": weights,
+        "engine": args.engine,
+        "ladder": [ln.strip() for ln in ladder.splitlines() if ln.startswith(("  ", "precision:"))],
+        "threads": asdict(budget),
+        "avatar": "moving 512x512 video (10 s loop)" if args.moving_avatar else "media/avatar.jpg (512x512 photo)",
+        "audio": "media/speech.mp3 looped, paced in real time",
+        "runs": {},
+    }
     for name in args.sinks:
         print(f"[{name}] {args.seconds:g} s ...", file=sys.stderr)
         doc["runs"][name] = one_run(ckpt, name, args.seconds, runtime, Path(tmp.name), args.engine, avatar)

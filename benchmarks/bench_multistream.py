@@ -58,7 +58,7 @@ def make_avatars(photo: str, n: int, outdir: Path) -> list[str]:
         cut = k // 2  # crop a little more from the corners for each further pair
         if cut:
             dy, dx = (cut * h) // 40, (cut * w) // 40
-            v = v[dy:h - dy // 2, dx // 2:w - dx]
+            v = v[dy : h - dy // 2, dx // 2 : w - dx]
         p = outdir / f"avatar{k}.png"
         cv2.imwrite(str(p), v)
         paths.append(str(p))
@@ -81,9 +81,16 @@ def prepare(ckpt: str, avatars: list[str]) -> dict:
     key = hashlib.sha256(f"{sha256_file(avatars[0])}:{[list(b) for b in a0.boxes]}".encode()).hexdigest()
     with logged_lines("export") as lines:
         c = choose(ckpt, default_runtime(), first_row=first_row, avatar=AvatarSamples(key, a0.crops))
-    spec = {"checkpoint": ckpt, "encoder": str(c.encoder_path), "decoder": str(c.decoder_path),
-            "runtime": c.runtime, "precision": c.precision, "device": c.device, "first_row": first_row,
-            "ladder": lines}
+    spec = {
+        "checkpoint": ckpt,
+        "encoder": str(c.encoder_path),
+        "decoder": str(c.decoder_path),
+        "runtime": c.runtime,
+        "precision": c.precision,
+        "device": c.device,
+        "first_row": first_row,
+        "ladder": lines,
+    }
     gen = load_spec(spec)
     for a in loaded:
         a.attach_features(gen, f"{gen.name}:{ckpt}")
@@ -95,8 +102,12 @@ def load_spec(spec: dict):
     from realtime import threads
     from realtime.generator import RuntimeConfig, SplitGenerator
 
-    cfg = RuntimeConfig(runtime=spec["runtime"], precision=spec["precision"], device=spec["device"],
-                        intra_op_threads=threads.current().inference_threads)
+    cfg = RuntimeConfig(
+        runtime=spec["runtime"],
+        precision=spec["precision"],
+        device=spec["device"],
+        intra_op_threads=threads.current().inference_threads,
+    )
     return SplitGenerator(spec["encoder"], spec["decoder"], cfg, first_row=spec["first_row"])
 
 
@@ -148,12 +159,26 @@ def run_inprocess(spec: dict, avatars: list[str], audio: str, seconds: float, st
     failed = {sid: str(s.error) for sid, s in host.sessions.items() if s.error is not None}
     summaries = host.close()
     svc = host.service.summary()
-    return {"streams": n, "backend": "inprocess", "stagger": stagger,
-            "per_stream": [per_stream(summaries[f"s{k}"]) for k in range(n)],
-            "cpu_percent": round(cpu, 1), "batch_size_mean": svc["batch_size_mean"],
-            "service": {k: svc[k] for k in ("batches", "batch_size_histogram", "decode_ms", "queue_wait_ms",
-                                            "dropped_late", "dropped_queue_full")},
-            **({"failed": failed} if failed else {})}
+    return {
+        "streams": n,
+        "backend": "inprocess",
+        "stagger": stagger,
+        "per_stream": [per_stream(summaries[f"s{k}"]) for k in range(n)],
+        "cpu_percent": round(cpu, 1),
+        "batch_size_mean": svc["batch_size_mean"],
+        "service": {
+            k: svc[k]
+            for k in (
+                "batches",
+                "batch_size_histogram",
+                "decode_ms",
+                "queue_wait_ms",
+                "dropped_late",
+                "dropped_queue_full",
+            )
+        },
+        **({"failed": failed} if failed else {}),
+    }
 
 
 # -- backend: sessions as Ray actors over the node's generator-service actor --------------------------
@@ -184,8 +209,9 @@ class TreeCpu:
         return 100 * used / wall / (os.cpu_count() or 1)
 
 
-def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger: bool,
-            serve_batch_wait_ms: float | None = None) -> dict:
+def run_ray(
+    spec: dict, avatars: list[str], audio: str, seconds: float, stagger: bool, serve_batch_wait_ms: float | None = None
+) -> dict:
     """`serve_batch_wait_ms` None: the per-node generator-service actor; a number: the generator
     as a Ray Serve deployment (the GPU-node layout) whose @serve.batch waits that long."""
     import functools
@@ -218,13 +244,18 @@ def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger:
 
         serve.start(proxy_location="Disabled")
         scfg = ServeConfig(num_cpus=1.0, batch_wait_ms=serve_batch_wait_ms)
-        deployment = serve.run(generator_app(functools.partial(load_spec, spec), spec["checkpoint"], EngineConfig(),
-                                             scfg), name=scfg.app_name, route_prefix=None)
+        deployment = serve.run(
+            generator_app(functools.partial(load_spec, spec), spec["checkpoint"], EngineConfig(), scfg),
+            name=scfg.app_name,
+            route_prefix=None,
+        )
         gen = ServeTarget(scfg.app_name, scfg.deployment_name)
     # The service actor (or replica) reserves one of Ray's 2 CPUs; the sessions share the other.
     host = RaySessionHost(gen, EngineConfig(), SessionPlacement(num_cpus=1.0 / n), stagger=stagger)
-    actors = [host.add(SessionSpec(f"s{k}", path, functools.partial(rotated_source, audio, k, n),
-                                   duration_s=seconds)) for k, path in enumerate(avatars)]
+    actors = [
+        host.add(SessionSpec(f"s{k}", path, functools.partial(rotated_source, audio, k, n), duration_s=seconds))
+        for k, path in enumerate(avatars)
+    ]
     ray.get([a.wait_frames.remote(1, 120) for a in actors], timeout=180)  # every actor up and streaming
     meter = TreeCpu()
     states = ray.get([a.wait.remote(seconds + 60) for a in actors], timeout=seconds + 120)
@@ -240,17 +271,33 @@ def run_ray(spec: dict, avatars: list[str], audio: str, seconds: float, stagger:
     for k in range(n):
         s = out[f"s{k}"]
         streams.append({**per_stream(s), "actor_hop_ms": s.get("hop_ms"), "face_timeouts": s.get("face_timeouts")})
-    hop_p95 = [s["actor_hop_ms"]["p95"] for s in streams
-               if s.get("actor_hop_ms") and s["actor_hop_ms"]["p95"] is not None]
+    hop_p95 = [
+        s["actor_hop_ms"]["p95"] for s in streams if s.get("actor_hop_ms") and s["actor_hop_ms"]["p95"] is not None
+    ]
     failed = {f"s{k}": out[f"s{k}"].get("error") for k in range(n) if out[f"s{k}"].get("error")}
-    return {"streams": n, "backend": "ray" if deployment is None else "ray-serve", "stagger": stagger,
-            "per_stream": streams,
-            "cpu_percent": round(cpu, 1), "batch_size_mean": svc.get("batch_size_mean"),
-            # round trip seen by a session minus the time spent inside the service actor
-            "actor_hop_ms": {"p95_max_over_streams": max(hop_p95) if hop_p95 else None},
-            "service": {k: svc.get(k) for k in ("batches", "batch_size_histogram", "decode_ms", "queue_wait_ms",
-                                                "dropped_late", "dropped_queue_full")},
-            "session_states": states, **({"failed": failed} if failed else {})}
+    return {
+        "streams": n,
+        "backend": "ray" if deployment is None else "ray-serve",
+        "stagger": stagger,
+        "per_stream": streams,
+        "cpu_percent": round(cpu, 1),
+        "batch_size_mean": svc.get("batch_size_mean"),
+        # round trip seen by a session minus the time spent inside the service actor
+        "actor_hop_ms": {"p95_max_over_streams": max(hop_p95) if hop_p95 else None},
+        "service": {
+            k: svc.get(k)
+            for k in (
+                "batches",
+                "batch_size_histogram",
+                "decode_ms",
+                "queue_wait_ms",
+                "dropped_late",
+                "dropped_queue_full",
+            )
+        },
+        "session_states": states,
+        **({"failed": failed} if failed else {}),
+    }
 
 
 # -- backend: one process per stream (the baseline) --------------------------------------------------
@@ -282,9 +329,16 @@ def stream_child(spec_path: str, avatar: str, audio: str, k: int, n: int, second
 
 def run_processes(spec_path: str, avatars: list[str], audio: str, seconds: float, stagger: bool) -> dict:
     n = len(avatars)
-    procs = [subprocess.Popen([sys.executable, __file__, "--_stream", spec_path, avatar, audio, str(k), str(n),
-                               str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-             for k, avatar in enumerate(avatars)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--_stream", spec_path, avatar, audio, str(k), str(n), str(seconds)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for k, avatar in enumerate(avatars)
+    ]
     for p in procs:
         line = p.stdout.readline()
         if line.strip() != "ready":
@@ -300,9 +354,14 @@ def run_processes(spec_path: str, avatars: list[str], audio: str, seconds: float
         if p.returncode != 0:
             raise SystemExit(f"a stream process failed (exit {p.returncode})")
         outs.append(json.loads(out.strip().splitlines()[-1]))
-    return {"streams": n, "backend": "processes", "stagger": stagger,
-            "per_stream": [per_stream(o["summary"]) for o in outs],
-            "cpu_percent": round(sum(o["cpu_percent"] for o in outs), 1), "batch_size_mean": 1.0}
+    return {
+        "streams": n,
+        "backend": "processes",
+        "stagger": stagger,
+        "per_stream": [per_stream(o["summary"]) for o in outs],
+        "cpu_percent": round(sum(o["cpu_percent"] for o in outs), 1),
+        "batch_size_mean": 1.0,
+    }
 
 
 def line(r: dict) -> str:
@@ -311,8 +370,10 @@ def line(r: dict) -> str:
     p99 = max(s["processing_latency_ms"]["p99"] or 0 for s in ps)
     hop = r.get("actor_hop_ms", {}).get("p95_max_over_streams")
     extra = f"  hop p95 {hop:5.1f} ms" if hop is not None else ""
-    return (f"{r['backend']:>9}: fps min {fps:5.1f}  dropped {sum(s['dropped'] for s in ps):4d}  "
-            f"p99 max {p99:6.1f} ms  cpu {r['cpu_percent']:5.1f}%  batch {r['batch_size_mean'] or 0:.2f}{extra}")
+    return (
+        f"{r['backend']:>9}: fps min {fps:5.1f}  dropped {sum(s['dropped'] for s in ps):4d}  "
+        f"p99 max {p99:6.1f} ms  cpu {r['cpu_percent']:5.1f}%  batch {r['batch_size_mean'] or 0:.2f}{extra}"
+    )
 
 
 def main() -> int:
@@ -326,10 +387,14 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--backend", default="inprocess", choices=["inprocess", "processes", "ray", "ray-serve"],
-                    help="ray: a local Ray, which refuses to start outside a loopback-only network namespace "
-                         "(unshare -n bash -c 'ip link set lo up; exec python benchmarks/bench_multistream.py ...'); "
-                         "ray-serve: the same with the generator as a Ray Serve deployment (the GPU-node layout)")
+    ap.add_argument(
+        "--backend",
+        default="inprocess",
+        choices=["inprocess", "processes", "ray", "ray-serve"],
+        help="ray: a local Ray, which refuses to start outside a loopback-only network namespace "
+        "(unshare -n bash -c 'ip link set lo up; exec python benchmarks/bench_multistream.py ...'); "
+        "ray-serve: the same with the generator as a Ray Serve deployment (the GPU-node layout)",
+    )
     ap.add_argument("--serve-batch-wait-ms", type=float, default=5.0, help="ray-serve: @serve.batch's wait")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--avatar", default=str(ROOT / "media" / "avatar.jpg"))
@@ -353,8 +418,9 @@ def main() -> int:
         ckpt, weights = standin_checkpoint(tmp.name)
     avatars = make_avatars(args.avatar, max(args.streams), Path(tmp.name) / "avatars")
     print(f"preparing decoder and {len(avatars)} avatars ...", file=sys.stderr)
-    prep = subprocess.run([sys.executable, __file__, "--_prepare", ckpt, *avatars], capture_output=True, text=True,
-                          cwd=ROOT)
+    prep = subprocess.run(
+        [sys.executable, __file__, "--_prepare", ckpt, *avatars], capture_output=True, text=True, cwd=ROOT
+    )
     if prep.returncode != 0:
         raise SystemExit(f"preparation failed: {prep.stderr[-2000:]}")
     spec = json.loads(prep.stdout.strip().splitlines()[-1])
@@ -369,18 +435,29 @@ def main() -> int:
             if args.backend == "inprocess":
                 r = run_inprocess(spec, avatars[:n], args.audio, args.seconds, stagger)
             else:
-                r = run_ray(spec, avatars[:n], args.audio, args.seconds, stagger,
-                            args.serve_batch_wait_ms if args.backend == "ray-serve" else None)
+                r = run_ray(
+                    spec,
+                    avatars[:n],
+                    args.audio,
+                    args.seconds,
+                    stagger,
+                    args.serve_batch_wait_ms if args.backend == "ray-serve" else None,
+                )
             r["baseline"] = run_processes(str(spec_path), avatars[:n], args.audio, args.seconds, stagger)
             print(f"N={n}  {line(r)}  |  {line(r['baseline'])}", flush=True)
         else:
             r = run_processes(str(spec_path), avatars[:n], args.audio, args.seconds, stagger)
             print(f"N={n}  {line(r)}", flush=True)
         runs.append(r)
-    meta = {"seconds": args.seconds, "weights": weights, "generator": spec["generator"],
-            "ladder": [ln.strip() for ln in spec["ladder"]], "cpus": os.cpu_count(),
-            "audio": f"{Path(args.audio).name} looped from staggered points, paced in real time",
-            "avatars": f"{Path(args.avatar).name}, mirrors and crops, one per stream"}
+    meta = {
+        "seconds": args.seconds,
+        "weights": weights,
+        "generator": spec["generator"],
+        "ladder": [ln.strip() for ln in spec["ladder"]],
+        "cpus": os.cpu_count(),
+        "audio": f"{Path(args.audio).name} looped from staggered points, paced in real time",
+        "avatars": f"{Path(args.avatar).name}, mirrors and crops, one per stream",
+    }
     doc = {**runs[0], **meta} if len(runs) == 1 else {**meta, "runs": runs}
     write_json(doc, args.json)
     return 0

@@ -58,8 +58,9 @@ class TimedSink:
             self._blocked = True
             time.sleep(self.block_s)  # a sink stuck on a reconnect
         pcm = self.audio.get(frame.pts * 1920)
-        self.rows.append((time.monotonic_ns(), frame.pts, frame.meta.get("kind"),
-                          bool(pcm is not None and np.abs(pcm).max() > 1e-4)))
+        self.rows.append(
+            (time.monotonic_ns(), frame.pts, frame.meta.get("kind"), bool(pcm is not None and np.abs(pcm).max() > 1e-4))
+        )
 
     def close(self):
         pass
@@ -77,8 +78,15 @@ def speech(seconds: float, rate=48_000):
 def gaps_ms(rows):
     t = np.array([r[0] for r in rows], np.float64)
     g = np.diff(t) / 1e6
-    return {"p50": round(float(np.percentile(g, 50)), 2), "p99": round(float(np.percentile(g, 99)), 2),
-            "max": round(float(g.max()), 2)} if len(g) else {}
+    return (
+        {
+            "p50": round(float(np.percentile(g, 50)), 2),
+            "p99": round(float(np.percentile(g, 99)), 2),
+            "max": round(float(g.max()), 2),
+        }
+        if len(g)
+        else {}
+    )
 
 
 def build(ckpt, sinks):
@@ -100,7 +108,7 @@ def burst(ckpt) -> dict:
     step = rate // 10
     t0 = time.monotonic_ns()
     for i, off in enumerate(range(0, len(pcm), step)):
-        pl.push_audio(pcm[off:off + step], rate)
+        pl.push_audio(pcm[off : off + step], rate)
         time.sleep(max(0.0, (t0 + (i + 1) * 5_000_000 - time.monotonic_ns()) / 1e9))  # 100 pieces in 0.5 s
     pl.end_segment()
     push_s = (time.monotonic_ns() - t0) / 1e9
@@ -117,15 +125,21 @@ def burst(ckpt) -> dict:
     want = soxr.resample(pcm, rate, 48_000).astype(np.float32) if rate != 48_000 else pcm
     n = min(len(heard), len(want))
     lags = range(-960, 961, 8)
-    lag = max(lags, key=lambda k: float(np.dot(heard[max(0, k):n + min(0, k)], want[max(0, -k):n - max(0, k)])))
-    return {"pushed_s": 10.0, "push_took_s": round(push_s, 3), "utterance_frames": round(end.position_s * 25),
-            "fps_during_utterance": round((len(seg_rows) - 1) / span_s, 3),
-            "generated_in_utterance": sum(r[2] == "generated" for r in seg_rows),
-            "idle_in_utterance (silent windows)": sum(r[2] == "idle" for r in seg_rows),
-            "late": summary.get("late", 0), "dropped": summary["dropped"],
-            "interframe_gap_ms": gaps_ms(rows),
-            "first_speech_frame_after_push_ms": round((first_sound[0] - t0) / 1e6, 1),
-            "av_pairing_error_ms": round(lag / 48, 3), "cpu_percent": summary["cpu_percent"]}
+    lag = max(lags, key=lambda k: float(np.dot(heard[max(0, k) : n + min(0, k)], want[max(0, -k) : n - max(0, k)])))
+    return {
+        "pushed_s": 10.0,
+        "push_took_s": round(push_s, 3),
+        "utterance_frames": round(end.position_s * 25),
+        "fps_during_utterance": round((len(seg_rows) - 1) / span_s, 3),
+        "generated_in_utterance": sum(r[2] == "generated" for r in seg_rows),
+        "idle_in_utterance (silent windows)": sum(r[2] == "idle" for r in seg_rows),
+        "late": summary.get("late", 0),
+        "dropped": summary["dropped"],
+        "interframe_gap_ms": gaps_ms(rows),
+        "first_speech_frame_after_push_ms": round((first_sound[0] - t0) / 1e6, 1),
+        "av_pairing_error_ms": round(lag / 48, 3),
+        "cpu_percent": summary["cpu_percent"],
+    }
 
 
 def interrupts(ckpt) -> dict:
@@ -156,9 +170,13 @@ def interrupts(ckpt) -> dict:
         # Until the next utterance is pushed (0.6 s after each cut).
         last_sound = max((r[0] for r in sink.rows if r[3] and r[0] < t_cut + 500_000_000), default=t_cut)
         idle = next(r for r in after if r[2] == "idle")
-        out.append({"to_last_speech_audio_ms": round(max(0, last_sound - t_cut) / 1e6, 1),
-                    "to_idle_frame_ms": round((idle[0] - t_cut) / 1e6, 1),
-                    "crossfade_frames": sum(1 for r in after if r[0] < idle[0] and r[2] == "crossfade")})
+        out.append(
+            {
+                "to_last_speech_audio_ms": round(max(0, last_sound - t_cut) / 1e6, 1),
+                "to_idle_frame_ms": round((idle[0] - t_cut) / 1e6, 1),
+                "crossfade_frames": sum(1 for r in after if r[0] < idle[0] and r[2] == "crossfade"),
+            }
+        )
     return {"utterances": out, "interframe_gap_ms": gaps_ms(sink.rows), "dropped": summary["dropped"]}
 
 
@@ -173,9 +191,13 @@ def blocked(ckpt) -> dict:
     summary = pl.stop()
     t_block = stuck.rows[0][0] - 5_000_000_000 if stuck.rows else None
     during = [r for r in fine.rows if t_block is not None and t_block <= r[0] <= t_block + 5e9]
-    return {"fine_sink_fps_while_other_blocked": round((len(during) - 1) / ((during[-1][0] - during[0][0]) / 1e9), 3),
-            "fine_sink_gap_ms": gaps_ms(fine.rows), "fine_sink_frames": len(fine.rows),
-            "blocked_sink_frames": len(stuck.rows), "blocked_sink_dropped": summary["sink_frames_dropped"]["stuck"]}
+    return {
+        "fine_sink_fps_while_other_blocked": round((len(during) - 1) / ((during[-1][0] - during[0][0]) / 1e9), 3),
+        "fine_sink_gap_ms": gaps_ms(fine.rows),
+        "fine_sink_frames": len(fine.rows),
+        "blocked_sink_frames": len(stuck.rows),
+        "blocked_sink_dropped": summary["sink_frames_dropped"]["stuck"],
+    }
 
 
 def cli(ckpt, tmp: Path) -> dict:
@@ -187,21 +209,53 @@ def cli(ckpt, tmp: Path) -> dict:
     path = tmp / "speech42.wav"
     with av.open(str(path), "w") as c:
         st = c.add_stream("pcm_s16le", rate=rate, layout="mono")
-        fr = av.AudioFrame.from_ndarray((np.clip(pcm, -1, 1) * 32767).astype(np.int16)[None], format="s16",
-                                        layout="mono")
+        fr = av.AudioFrame.from_ndarray(
+            (np.clip(pcm, -1, 1) * 32767).astype(np.int16)[None], format="s16", layout="mono"
+        )
         fr.sample_rate = rate
         c.mux(st.encode(fr))
         c.mux(st.encode(None))
     assert abs(decode_audio(path).duration_s - 42.0) < 0.01
     stats = tmp / "cli.json"
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(AVATAR), "--audio", str(path),
-                           "--checkpoint", ckpt, "--audio-pacing", "burst", "--to", "null", "--stats-json", str(stats)],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(AVATAR),
+            "--audio",
+            str(path),
+            "--checkpoint",
+            ckpt,
+            "--audio-pacing",
+            "burst",
+            "--to",
+            "null",
+            "--stats-json",
+            str(stats),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr[-1000:]}
     s = json.loads(stats.read_text())
-    return {k: s[k] for k in ("fps_sustained", "frames", "generated", "idle", "dropped", "interframe_gap_ms",
-                              "cpu_percent", "rss_mb")} | {"late": s.get("late", 0)}
+    return {
+        k: s[k]
+        for k in (
+            "fps_sustained",
+            "frames",
+            "generated",
+            "idle",
+            "dropped",
+            "interframe_gap_ms",
+            "cpu_percent",
+            "rss_mb",
+        )
+    } | {"late": s.get("late", 0)}
 
 
 def main() -> int:
@@ -219,10 +273,17 @@ def main() -> int:
 
     ladder = warm_up(ckpt, str(AVATAR))
     threads.apply(threads.plan("live"))
-    doc = {"weights": weights, "avatar": "media/avatar.jpg (512x512 photo)",
-           "ladder": [ln.strip() for ln in ladder.splitlines() if ln.startswith("precision:")]}
-    for name, fn in (("burst", lambda: burst(ckpt)), ("interrupt", lambda: interrupts(ckpt)),
-                     ("blocked_sink", lambda: blocked(ckpt)), ("cli_burst_42s", lambda: cli(ckpt, Path(tmp.name)))):
+    doc = {
+        "weights": weights,
+        "avatar": "media/avatar.jpg (512x512 photo)",
+        "ladder": [ln.strip() for ln in ladder.splitlines() if ln.startswith("precision:")],
+    }
+    for name, fn in (
+        ("burst", lambda: burst(ckpt)),
+        ("interrupt", lambda: interrupts(ckpt)),
+        ("blocked_sink", lambda: blocked(ckpt)),
+        ("cli_burst_42s", lambda: cli(ckpt, Path(tmp.name))),
+    ):
         print(f"[{name}] ...", file=sys.stderr)
         doc[name] = fn()
         print(json.dumps(doc[name]), file=sys.stderr)

@@ -57,21 +57,39 @@ def main() -> int:
         out = os.path.join(tmp, "bench.mp4")
         opts = RenderOptions(batch_size=args.batch, progress=False)
         for backend, runtime, precision in BACKENDS:
-            ns = SimpleNamespace(checkpoint_path=ckpt, backend=backend, runtime=runtime or "onnxruntime",
-                                 precision=precision, device="cpu")
+            ns = SimpleNamespace(
+                checkpoint_path=ckpt,
+                backend=backend,
+                runtime=runtime or "onnxruntime",
+                precision=precision,
+                device="cpu",
+            )
             gen = make_generator(ns)
             render(args.face, args.audio, out, gen, opts)  # warm-up: caches, allocator
             t = time.perf_counter()
             res = render(args.face, args.audio, out, gen, opts)
             wall = time.perf_counter() - t
-            rows.append({"backend": gen.name, "frames": res.frames, "render_s": round(wall, 3),
-                         "frames_per_s": round(res.frames / wall, 2),
-                         "realtime_factor": round(res.frames / res.fps / wall, 3)})
+            rows.append(
+                {
+                    "backend": gen.name,
+                    "frames": res.frames,
+                    "render_s": round(wall, 3),
+                    "frames_per_s": round(res.frames / wall, 2),
+                    "realtime_factor": round(res.frames / res.fps / wall, 3),
+                }
+            )
             print(f"{gen.name:40s} {rows[-1]['frames_per_s']:6.2f} frames/s", file=sys.stderr)
             del gen
-    result = {"benchmark": "offline_render", "weights": weights, "face": Path(args.face).name,
-              "audio": Path(args.audio).name, "batch": args.batch, "results": rows,
-              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    result = {
+        "benchmark": "offline_render",
+        "weights": weights,
+        "face": Path(args.face).name,
+        "audio": Path(args.audio).name,
+        "batch": args.batch,
+        "results": rows,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -90,14 +90,22 @@ def one_case(sink_kind: str, size: tuple[int, int], encoding, seconds: float, wo
     for i in range(n):
         clock.sleep_until_ns(t0 + i * 1_000_000_000 // FPS)
         k = i % 50
-        runner.offer(VideoFrame(frames[k], i), AudioChunk(audio[k * 1920:(k + 1) * 1920], 48_000, i * 1920, 0))
+        runner.offer(VideoFrame(frames[k], i), AudioChunk(audio[k * 1920 : (k + 1) * 1920], 48_000, i * 1920, 0))
     runner.close()
     process_cpu_s = time.process_time() - cpu0
     c = runner.counts()
-    return {"sink": sink_kind, "size": f"{size[0]}x{size[1]}", "preset": encoding.preset,
-            "sink_cpu_ms_per_frame": c["cpu_ms_per_frame"], "sink_cpu_percent_of_one_core": c["cpu_percent"],
-            "process_cpu_ms_per_frame": round(1000 * process_cpu_s / n, 2), "frames": n,
-            "delivered": c["delivered"], "video_dropped": c["video_dropped"], "audio_dropped": c["audio_dropped"]}
+    return {
+        "sink": sink_kind,
+        "size": f"{size[0]}x{size[1]}",
+        "preset": encoding.preset,
+        "sink_cpu_ms_per_frame": c["cpu_ms_per_frame"],
+        "sink_cpu_percent_of_one_core": c["cpu_percent"],
+        "process_cpu_ms_per_frame": round(1000 * process_cpu_s / n, 2),
+        "frames": n,
+        "delivered": c["delivered"],
+        "video_dropped": c["video_dropped"],
+        "audio_dropped": c["audio_dropped"],
+    }
 
 
 def main() -> int:
@@ -113,16 +121,22 @@ def main() -> int:
     from realtime.sinks.encoding import LiveVideoEncoding
 
     budget = threads.apply(threads.plan("live"))
-    doc = {"what": "CPU per frame of each live sink, fed at 25 fps in real time through its SinkRunner",
-           "seconds_per_case": args.seconds, "cpu": cpu_name(), "cores": os.cpu_count(),
-           "threads": asdict(budget), "encoding_defaults": asdict(LiveVideoEncoding()),
-           "load_average_before": os.getloadavg(), "cases": []}
+    doc = {
+        "what": "CPU per frame of each live sink, fed at 25 fps in real time through its SinkRunner",
+        "seconds_per_case": args.seconds,
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": asdict(budget),
+        "encoding_defaults": asdict(LiveVideoEncoding()),
+        "load_average_before": os.getloadavg(),
+        "cases": [],
+    }
     servers: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for size in SIZES:
                 for kind in args.sinks:
-                    for preset in (args.presets if kind != "null" else ["ultrafast"]):
+                    for preset in args.presets if kind != "null" else ["ultrafast"]:
                         enc = LiveVideoEncoding(preset=preset)
                         print(f"[{kind} {size[0]}x{size[1]} {preset}] {args.seconds:g} s ...", file=sys.stderr)
                         case = one_case(kind, size, enc, args.seconds, Path(tmp), servers)
@@ -134,8 +148,10 @@ def main() -> int:
             if "nginx" in servers:
                 servers["nginx"].stop()
     doc["load_average_after"] = os.getloadavg()
-    doc["note"] = ("measured on a shared 2-core machine with other jobs running (see the load averages): "
-                   "per-frame CPU of the sink's own thread is the figure to compare; wall-clock effects vary")
+    doc["note"] = (
+        "measured on a shared 2-core machine with other jobs running (see the load averages): "
+        "per-frame CPU of the sink's own thread is the figure to compare; wall-clock effects vary"
+    )
     write_json(doc, args.json)
     return 0
 

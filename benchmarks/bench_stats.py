@@ -34,8 +34,9 @@ def fill(stats: Stats, start: int, n: int, rng) -> int:
     processing = rng.lognormal(3.0, 0.5, n)
     for i in range(n):
         t = (start + i) * FRAME_NS
-        stats.record(t, t - int(processing[i] * 1e6), t - int((processing[i] + 120) * 1e6),
-                     "generated" if i % 5 else "idle")
+        stats.record(
+            t, t - int(processing[i] * 1e6), t - int((processing[i] + 120) * 1e6), "generated" if i % 5 else "idle"
+        )
     return start + n
 
 
@@ -46,15 +47,20 @@ def timed_ms(fn, repeats: int) -> dict:
         fn()
         times.append((time.perf_counter() - t0) * 1000)
     a = np.array(times)
-    return {"median": round(float(np.median(a)), 4), "p99": round(float(np.percentile(a, 99)), 4),
-            "max": round(float(a.max()), 4)}
+    return {
+        "median": round(float(np.median(a)), 4),
+        "p99": round(float(np.percentile(a, 99)), 4),
+        "max": round(float(a.max()), 4),
+    }
 
 
 def lock_hold_ms(stats: Stats, repeats: int) -> dict:
     """How long one summary keeps the lock `record` needs: the copy made under it."""
+
     def under_lock():
         with stats._lock:
             {m: h.copy() for m, h in stats._all.hists.items()}
+
     return timed_ms(under_lock, repeats)
 
 
@@ -66,13 +72,16 @@ def measure(stats: Stats, repeats: int) -> dict:
     def record():
         t = next(ticks)
         stats.record(t, t - 20_000_000, t - 140_000_000, "generated")
+
     record_us = timed_ms(record, 2000)
-    return {"frames": frames,
-            "status_line_ms": timed_ms(stats.status_line, repeats),
-            "summary_ms": timed_ms(stats.summary, repeats),
-            "lock_hold_ms": lock_hold_ms(stats, repeats),
-            "record_us": {k: round(v * 1000, 3) for k, v in record_us.items()},
-            "summaries_bytes": stats.nbytes}
+    return {
+        "frames": frames,
+        "status_line_ms": timed_ms(stats.status_line, repeats),
+        "summary_ms": timed_ms(stats.summary, repeats),
+        "lock_hold_ms": lock_hold_ms(stats, repeats),
+        "record_us": {k: round(v * 1000, 3) for k, v in record_us.items()},
+        "summaries_bytes": stats.nbytes,
+    }
 
 
 def main(argv=None) -> int:
@@ -89,11 +98,15 @@ def main(argv=None) -> int:
     fill(stats, n, args.frames - stats.frames, rng)
     fill_s = time.perf_counter() - t0
     long = measure(stats, args.repeats)
-    doc = {"benchmark": "status line cost vs run length",
-           "after_1_minute": minute, f"after_{long['frames']}_frames": long,
-           "status_line_ratio_long_vs_minute": round(long["status_line_ms"]["median"]
-                                                      / minute["status_line_ms"]["median"], 2),
-           "record_cost_us_while_filling": round(fill_s / max(1, long["frames"] - minute["frames"]) * 1e6, 2)}
+    doc = {
+        "benchmark": "status line cost vs run length",
+        "after_1_minute": minute,
+        f"after_{long['frames']}_frames": long,
+        "status_line_ratio_long_vs_minute": round(
+            long["status_line_ms"]["median"] / minute["status_line_ms"]["median"], 2
+        ),
+        "record_cost_us_while_filling": round(fill_s / max(1, long["frames"] - minute["frames"]) * 1e6, 2),
+    }
     if args.json:
         write_json(doc, args.json)
     else:

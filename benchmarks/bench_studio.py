@@ -58,7 +58,7 @@ def mic_wav(src: Path, out: Path, phrase_s: float = 1.2, gap_s: float = 0.8, rat
     step, gap = int(phrase_s * rate), np.zeros(int(gap_s * rate), np.float32)
     pieces = []
     for i in range(0, len(pcm) - step + 1, step):
-        piece = pcm[i:i + step]
+        piece = pcm[i : i + step]
         start = int(np.argmax(np.abs(piece) > 0.02))  # start each phrase where the voice is
         pieces += [gap, piece[start:]]
     s16 = (np.clip(np.concatenate(pieces), -1, 1) * 32767).astype(np.int16)
@@ -71,8 +71,18 @@ def mic_wav(src: Path, out: Path, phrase_s: float = 1.2, gap_s: float = 0.8, rat
 
 
 def start_server(args, env) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "lipsync.cli", "serve", "--avatar", str(args.avatar), "--port", "0",
-           "--engine", args.engine]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lipsync.cli",
+        "serve",
+        "--avatar",
+        str(args.avatar),
+        "--port",
+        "0",
+        "--engine",
+        args.engine,
+    ]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -105,8 +115,14 @@ def post(url: str, body: bytes = b"", ctype: str | None = None) -> tuple[int, di
 
 def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
     b = uuid.uuid4().hex
-    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{b}--\r\n".encode()
+    body = (
+        (
+            f'--{b}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{b}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={b}"
 
 
@@ -123,8 +139,12 @@ def bad_requests(base: str, tmp: Path) -> list[dict]:
         ("avatar: wrong field", "/api/avatar", *multipart("photo", "x.jpg", photo)),
         ("avatar: not a form", "/api/avatar", photo, "image/jpeg"),
         ("avatar: no body", "/api/avatar", b"", None),
-        ("avatar: broken form", "/api/avatar", b"--zz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",
-         "multipart/form-data; boundary=zz"),
+        (
+            "avatar: broken form",
+            "/api/avatar",
+            b'--zz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
+            "multipart/form-data; boundary=zz",
+        ),
         ("avatar: no face", "/api/avatar", *multipart("file", "x.png", _blank_png())),
         ("speak: a jpeg", "/api/speak", *multipart("file", "x.wav", photo)),
         ("speak: truncated mp3", "/api/speak", *multipart("file", "x.mp3", speech[:600])),
@@ -134,16 +154,21 @@ def bad_requests(base: str, tmp: Path) -> list[dict]:
         ("speak: json", "/api/speak", b"{}", "application/json"),
         ("offer: empty json", "/offer", b"{}", "application/json"),
         ("offer: not json", "/offer", b"v=0 nonsense", "text/plain"),
-        ("offer: bad sdp", "/offer", json.dumps({"sdp": "v=0\r\nbroken", "type": "offer"}).encode(),
-         "application/json"),
+        (
+            "offer: bad sdp",
+            "/offer",
+            json.dumps({"sdp": "v=0\r\nbroken", "type": "offer"}).encode(),
+            "application/json",
+        ),
         ("offer: an answer", "/offer", json.dumps({"sdp": "v=0\r\n", "type": "answer"}).encode(), "application/json"),
     ]
     out = []
     for name, path, body, ctype in cases:
         status, doc = post(base + path.lstrip("/"), body, ctype)
         msg = doc.get("error", "")
-        out.append({"case": name, "status": status, "error": msg,
-                    "ok": 400 <= status < 500 and bool(msg) and "\n" not in msg})
+        out.append(
+            {"case": name, "status": status, "error": msg, "ok": 400 <= status < 500 and bool(msg) and "\n" not in msg}
+        )
     return out
 
 
@@ -170,11 +195,14 @@ def lip_motion(metrics: dict, t0: float, t1: float, level: float, mic_level: flo
         elif loud == 0:
             silent.append(m)
     sp, si = np.asarray(speaking), np.asarray(silent)
-    return {"frames_speaking": len(sp), "frames_silent": len(si),
-            "changed_pct_speaking_mean": round(float(sp.mean()), 2) if len(sp) else None,
-            "changed_pct_silent_mean": round(float(si.mean()), 3) if len(si) else None,
-            "silent_at_rest_fraction": round(float(np.mean(si < level)), 3) if len(si) else None,
-            "speaking_moving_fraction": round(float(np.mean(sp >= level)), 3) if len(sp) else None}
+    return {
+        "frames_speaking": len(sp),
+        "frames_silent": len(si),
+        "changed_pct_speaking_mean": round(float(sp.mean()), 2) if len(sp) else None,
+        "changed_pct_silent_mean": round(float(si.mean()), 3) if len(si) else None,
+        "silent_at_rest_fraction": round(float(np.mean(si < level)), 3) if len(si) else None,
+        "speaking_moving_fraction": round(float(np.mean(sp >= level)), 3) if len(sp) else None,
+    }
 
 
 def run(args) -> dict:
@@ -190,9 +218,14 @@ def run(args) -> dict:
     doc: dict = {"engine": args.engine, "checkpoint": checkpoint_desc or args.checkpoint, "url": url}
     try:
         with sync_playwright() as p:
-            flags = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                     f"--use-file-for-fake-audio-capture={wav}", "--allow-loopback-in-peer-connection",
-                     "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required"]
+            flags = [
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}",
+                "--allow-loopback-in-peer-connection",
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--autoplay-policy=no-user-gesture-required",
+            ]
             if os.geteuid() == 0:
                 flags.append("--no-sandbox")
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
@@ -207,12 +240,14 @@ def run(args) -> dict:
             doc["connect_s"] = round(time.monotonic() - t_open, 2)
             base = url
             server0 = get_json(base + "api/stats")
-            m0 = page.evaluate("({t: performance.now(), d: window.studio.metrics.framesDecoded,"
-                               " f: window.studio.metrics.frames})")
+            m0 = page.evaluate(
+                "({t: performance.now(), d: window.studio.metrics.framesDecoded, f: window.studio.metrics.frames})"
+            )
             w0 = time.monotonic()
             page.wait_for_timeout(args.seconds * 1000)  # the measurement window itself, not a sync
-            m1 = page.evaluate("({t: performance.now(), d: window.studio.metrics.framesDecoded,"
-                               " f: window.studio.metrics.frames})")
+            m1 = page.evaluate(
+                "({t: performance.now(), d: window.studio.metrics.framesDecoded, f: window.studio.metrics.frames})"
+            )
             wall = time.monotonic() - w0
             server1 = get_json(base + "api/stats")
             metrics = page.evaluate("window.studio.metrics")
@@ -220,27 +255,34 @@ def run(args) -> dict:
             rtts = [r["ms"] for r in metrics["rtts"] if m0["t"] <= r["lips"] <= m1["t"]]
             per_s = [fps for t, fps in metrics["decodedFps"] if m0["t"] + 1000 <= t <= m1["t"]]
             e0, e1 = server0["session"]["engine"], server1["session"]["engine"]
-            doc.update({
-                "seconds": round(span, 1),
-                "decoded_fps": round((m1["d"] - m0["d"]) / span, 2),
-                "decoded_fps_per_second": {"min": round(min(per_s), 1) if per_s else None,
-                                           "max": round(max(per_s), 1) if per_s else None},
-                "presented_fps": round((m1["f"] - m0["f"]) / span, 2),
-                "round_trip_ms": {"n": len(rtts),
-                                  "p50": round(float(np.percentile(rtts, 50)), 1) if rtts else None,
-                                  "p95": round(float(np.percentile(rtts, 95)), 1) if rtts else None,
-                                  "max": round(max(rtts), 1) if rtts else None,
-                                  "speech_onsets": sum(m0["t"] <= t <= m1["t"] - 1000 for t in metrics["micOnsets"]),
-                                  "samples": [round(r, 1) for r in rtts]},
-                "lips": lip_motion(metrics, m0["t"], m1["t"], args.motion_level, 0.02),
-                "engine_dropped_in_window": e1["dropped"] - e0["dropped"],
-                "engine_stats": {k: e1[k] for k in ("fps_sustained", "processing_latency_ms", "audio_to_frame_ms",
-                                              "dropped")},
-                "webrtc": server1["session"]["webrtc"],
-                "server_cpu_percent": server1["process"]["cpu_percent"],
-                "server_rss_mb": server1["process"]["rss_mb"],
-                "wall_s": round(wall, 1),
-            })
+            doc.update(
+                {
+                    "seconds": round(span, 1),
+                    "decoded_fps": round((m1["d"] - m0["d"]) / span, 2),
+                    "decoded_fps_per_second": {
+                        "min": round(min(per_s), 1) if per_s else None,
+                        "max": round(max(per_s), 1) if per_s else None,
+                    },
+                    "presented_fps": round((m1["f"] - m0["f"]) / span, 2),
+                    "round_trip_ms": {
+                        "n": len(rtts),
+                        "p50": round(float(np.percentile(rtts, 50)), 1) if rtts else None,
+                        "p95": round(float(np.percentile(rtts, 95)), 1) if rtts else None,
+                        "max": round(max(rtts), 1) if rtts else None,
+                        "speech_onsets": sum(m0["t"] <= t <= m1["t"] - 1000 for t in metrics["micOnsets"]),
+                        "samples": [round(r, 1) for r in rtts],
+                    },
+                    "lips": lip_motion(metrics, m0["t"], m1["t"], args.motion_level, 0.02),
+                    "engine_dropped_in_window": e1["dropped"] - e0["dropped"],
+                    "engine_stats": {
+                        k: e1[k] for k in ("fps_sustained", "processing_latency_ms", "audio_to_frame_ms", "dropped")
+                    },
+                    "webrtc": server1["session"]["webrtc"],
+                    "server_cpu_percent": server1["process"]["cpu_percent"],
+                    "server_rss_mb": server1["process"]["rss_mb"],
+                    "wall_s": round(wall, 1),
+                }
+            )
             if args.screenshot:
                 Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=args.screenshot)
@@ -273,8 +315,7 @@ def checks(base: str, page, tmp: Path) -> dict:
     sent0 = get_json(base + "api/stats")["session"]["webrtc"]["video_frames_sent"]
     out["bad_requests"] = bad_requests(base, tmp)
     s = get_json(base + "api/stats")
-    out["alive_after_bad_requests"] = (s["session"] is not None
-                                       and s["session"]["webrtc"]["video_frames_sent"] > sent0)
+    out["alive_after_bad_requests"] = s["session"] is not None and s["session"]["webrtc"]["video_frames_sent"] > sent0
     # Speak a file, see the playout take over, interrupt it, see the microphone come back.
     body, ctype = multipart("file", "speech.mp3", SPEECH.read_bytes())
     status, doc = post(base + "api/speak", body, ctype)

@@ -53,8 +53,12 @@ def centre(box):
 HELD_OUT_PATHS = {
     # dx, dy (px), scale, rotation (degrees) at time t (s)
     "sway": lambda t: (40 * np.sin(2 * np.pi * t / 4.0), 18 * np.sin(2 * np.pi * t / 2.5), 1.0, 0.0),
-    "sway_turn_zoom": lambda t: (45 * np.sin(2 * np.pi * t / 3.1), 20 * np.sin(2 * np.pi * t / 2.3),
-                                 1 + 0.12 * np.sin(2 * np.pi * t / 4.3), 6 * np.sin(2 * np.pi * t / 2.9)),
+    "sway_turn_zoom": lambda t: (
+        45 * np.sin(2 * np.pi * t / 3.1),
+        20 * np.sin(2 * np.pi * t / 2.3),
+        1 + 0.12 * np.sin(2 * np.pi * t / 4.3),
+        6 * np.sin(2 * np.pi * t / 2.9),
+    ),
     "slow_drift": lambda t: (25 * np.sin(2 * np.pi * t / 6.0), 10 * np.sin(2 * np.pi * t / 5.0), 1.0, 0.0),
 }
 
@@ -70,8 +74,16 @@ def face_over_background(img, face_box, n: int, path, background, workdir: Path,
     h, w = img.shape[:2]
     x1, y1, x2, y2 = face_box
     mask = np.zeros((h, w), np.float32)
-    cv2.ellipse(mask, (int((x1 + x2) / 2), int((y1 + y2) / 2 - 0.1 * (y2 - y1))),
-                (int(0.95 * (x2 - x1)), int(1.25 * (y2 - y1))), 0, 0, 360, 1.0, -1)
+    cv2.ellipse(
+        mask,
+        (int((x1 + x2) / 2), int((y1 + y2) / 2 - 0.1 * (y2 - y1))),
+        (int(0.95 * (x2 - x1)), int(1.25 * (y2 - y1))),
+        0,
+        0,
+        360,
+        1.0,
+        -1,
+    )
     mask = cv2.GaussianBlur(mask, (0, 0), 6)
     bg = cv2.resize(background, (w, h)).astype(np.float32)
     frames, transforms = [], []
@@ -101,17 +113,24 @@ def track_metrics(frames, truth, det, skip: int = 5) -> dict:
     jump = np.linalg.norm(np.diff(got, axis=0) - np.diff(truth, axis=0), axis=1)[skip:]
     raw = np.array([centre(det.detect(f).box) for f in frames])
     raw_err = np.linalg.norm(raw - truth, axis=1)
-    return {"frames": len(frames),
-            "tracking_error_px": {"mean": round(float(err.mean()), 2), "p95": round(float(np.percentile(err, 95)), 2),
-                                  "max": round(float(err.max()), 2)},
-            "max_jump_beyond_true_motion_px": round(float(jump.max()), 2),
-            "jump_at_frame": int(skip + jump.argmax() + 1),
-            "frames_jumping_over_3px": int((jump > 3).sum()),
-            "per_frame_detection_error_px": {"mean": round(float(raw_err.mean()), 2),
-                                             "p95": round(float(np.percentile(raw_err, 95)), 2)},
-            "detector_calls": tracker.detector_calls,
-            "corrections": getattr(tracker, "corrections", None),
-            "tracking_ms_per_frame": round(trk_ms, 3)}
+    return {
+        "frames": len(frames),
+        "tracking_error_px": {
+            "mean": round(float(err.mean()), 2),
+            "p95": round(float(np.percentile(err, 95)), 2),
+            "max": round(float(err.max()), 2),
+        },
+        "max_jump_beyond_true_motion_px": round(float(jump.max()), 2),
+        "jump_at_frame": int(skip + jump.argmax() + 1),
+        "frames_jumping_over_3px": int((jump > 3).sum()),
+        "per_frame_detection_error_px": {
+            "mean": round(float(raw_err.mean()), 2),
+            "p95": round(float(np.percentile(raw_err, 95)), 2),
+        },
+        "detector_calls": tracker.detector_calls,
+        "corrections": getattr(tracker, "corrections", None),
+        "tracking_ms_per_frame": round(trk_ms, 3),
+    }
 
 
 def seam_ratios(img, det):
@@ -138,14 +157,16 @@ def seam_ratios(img, det):
     feather = grad(paste_feathered(img.copy(), fake, box, det.keypoints))
     # The two pixel rows/columns straddling the box edge: where a hard paste leaves its seam.
     ring = np.zeros((h, w), bool)
-    ring[y1 - 1:y2 + 1, x1 - 1:x2 + 1] = True
-    ring[y1 + 1:y2 - 1, x1 + 1:x2 - 1] = False
+    ring[y1 - 1 : y2 + 1, x1 - 1 : x2 + 1] = True
+    ring[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] = False
     m = np.zeros((h, w), np.float32)
     m[y1:y2, x1:x2] = mouth_mask((h, w), box, det.keypoints)
     band = (m > 0.05) & (m < 0.95)
-    return {"hard_box_border": round(float(hard[ring].mean() / g0[ring].mean()), 3),
-            "feather_box_border": round(float(feather[ring].mean() / g0[ring].mean()), 3),
-            "feather_mask_band": round(float(feather[band].mean() / g0[band].mean()), 3)}
+    return {
+        "hard_box_border": round(float(hard[ring].mean() / g0[ring].mean()), 3),
+        "feather_box_border": round(float(feather[ring].mean() / g0[ring].mean()), 3),
+        "feather_mask_band": round(float(feather[band].mean() / g0[band].mean()), 3),
+    }
 
 
 def main() -> int:
@@ -177,8 +198,12 @@ def main() -> int:
         whole = track_metrics(frames, truth, det)
         # A still face with sensor noise: jitter.
         rng = np.random.default_rng(0)
-        still = [np.clip(img.astype(np.int16) + rng.normal(0, 3, img.shape).round().astype(np.int16), 0, 255)
-                 .astype(np.uint8) for _ in range(100)]
+        still = [
+            np.clip(img.astype(np.int16) + rng.normal(0, 3, img.shape).round().astype(np.int16), 0, 255).astype(
+                np.uint8
+            )
+            for _ in range(100)
+        ]
         still_tracker = FaceTracker(det.detect)
         still_c = np.array([centre(still_tracker.update(f).box) for f in still])
         raw_c = np.array([centre(det.detect(f).box) for f in still])
@@ -199,25 +224,35 @@ def main() -> int:
     raw_err = np.linalg.norm(np.array([centre(r.box) for r in raw]) - truth, axis=1)
     doc = {
         "code_root": args.code_root,
-        "frames": len(frames), "frame_size": [img.shape[1], img.shape[0]],
+        "frames": len(frames),
+        "frame_size": [img.shape[1], img.shape[0]],
         "path": "dx = 40 sin(2 pi t / 4 s), dy = 18 sin(2 pi t / 2.5 s), sub-pixel",
         "tracking_error_px": {k: whole["tracking_error_px"][k] for k in ("mean", "p95")},
         "max_jump_beyond_true_motion_px": whole["max_jump_beyond_true_motion_px"],
-        "per_frame_detection_error_px": {"mean": round(float(raw_err.mean()), 2),
-                                         "p95": round(float(np.percentile(raw_err, 95)), 2)},
-        "still_face_jitter_px_std": {"tracking": round(float(still_c[skip:].std(axis=0).max()), 3),
-                                     "per_frame_detection": round(float(raw_c.std(axis=0).max()), 3)},
+        "per_frame_detection_error_px": {
+            "mean": round(float(raw_err.mean()), 2),
+            "p95": round(float(np.percentile(raw_err, 95)), 2),
+        },
+        "still_face_jitter_px_std": {
+            "tracking": round(float(still_c[skip:].std(axis=0).max()), 3),
+            "per_frame_detection": round(float(raw_c.std(axis=0).max()), 3),
+        },
         "detector_calls_per_100_frames": round(100 * whole["detector_calls"] / len(frames), 1),
         "ms_per_frame": {"tracking": whole["tracking_ms_per_frame"], "per_frame_detection": round(det_ms, 3)},
         "tracking_cost_ratio": round(det_ms / whole["tracking_ms_per_frame"], 2),
         "seam_gradient_ratio_vs_original": seams,
         "whole_frame": whole,
-        "held_out": {"frames": args.held_out_frames, "paths": {
-            "sway": "dx = 40 sin(2 pi t / 4 s), dy = 18 sin(2 pi t / 2.5 s)",
-            "sway_turn_zoom": "dx = 45 sin(2 pi t / 3.1 s), dy = 20 sin(2 pi t / 2.3 s), "
-                              "scale 1 + 0.12 sin(2 pi t / 4.3 s), rotation 6 sin(2 pi t / 2.9 s) degrees",
-            "slow_drift": "dx = 25 sin(2 pi t / 6 s), dy = 10 sin(2 pi t / 5 s)"},
-            "backgrounds": "skimage grass / brick, static", "videos": held_out},
+        "held_out": {
+            "frames": args.held_out_frames,
+            "paths": {
+                "sway": "dx = 40 sin(2 pi t / 4 s), dy = 18 sin(2 pi t / 2.5 s)",
+                "sway_turn_zoom": "dx = 45 sin(2 pi t / 3.1 s), dy = 20 sin(2 pi t / 2.3 s), "
+                "scale 1 + 0.12 sin(2 pi t / 4.3 s), rotation 6 sin(2 pi t / 2.9 s) degrees",
+                "slow_drift": "dx = 25 sin(2 pi t / 6 s), dy = 10 sin(2 pi t / 5 s)",
+            },
+            "backgrounds": "skimage grass / brick, static",
+            "videos": held_out,
+        },
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

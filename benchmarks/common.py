@@ -18,8 +18,10 @@ def standin_checkpoint(workdir: str | os.PathLike, style: str = HARDEST_STANDIN)
     """(path, description) of a stand-in made by bench_generator's recipe in a child process, so
     that the measuring process never imports torch."""
     path = os.path.join(workdir, "standin.pth")
-    code = ("import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import bench_generator as b; "
-            f"b.make_standin(Path({path!r}), b.STANDINS[{style!r}])")
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import bench_generator as b; "
+        f"b.make_standin(Path({path!r}), b.STANDINS[{style!r}])"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     return path, f"random weights, official format (stand-in {style.removeprefix('standin-')}, not a test checkpoint)"
 

@@ -61,7 +61,7 @@ class StderrTail:
             chunk = self._stream.read1(4096) if hasattr(self._stream, "read1") else self._stream.read(4096)
             if not chunk:
                 break
-            self.text = (self.text + chunk.decode("utf-8", "replace"))[-self._keep:]
+            self.text = (self.text + chunk.decode("utf-8", "replace"))[-self._keep :]
             if "live:" in self.text:  # what `lipsync live` prints once the engine and its sinks are up
                 self.started.set()
         self.started.set()  # ended before starting: the caller sees the exit code
@@ -86,7 +86,7 @@ def av_offset(motion, rms, max_lag: int = 12) -> dict:
     corr = []
     for lag in lags:  # motion at slot k against the sound at slot k - lag
         if lag >= 0:
-            x, y = v[lag:], a[:len(a) - lag]
+            x, y = v[lag:], a[: len(a) - lag]
         else:
             x, y = v[:lag], a[-lag:]
         both = ~np.isnan(x) & ~np.isnan(y)
@@ -98,13 +98,17 @@ def av_offset(motion, rms, max_lag: int = 12) -> dict:
     i = int(np.argmax(np.abs(corr)))
     lag = float(lags[i])
     if 0 < i < len(corr) - 1:
-        c0, c1, c2 = (np.sign(corr[i]) * corr[i - 1:i + 2])
+        c0, c1, c2 = np.sign(corr[i]) * corr[i - 1 : i + 2]
         denom = c0 - 2 * c1 + c2
         if denom < 0:
             lag += 0.5 * (c0 - c2) / denom
     lag = float(lag)
-    return {"lag_frames": round(lag, 2), "lag_ms": round(1000 * lag / FPS, 1),
-            "peak_correlation": round(float(corr[i]), 3), "slots": int(ok.sum())}
+    return {
+        "lag_frames": round(lag, 2),
+        "lag_ms": round(1000 * lag / FPS, 1),
+        "peak_correlation": round(float(corr[i]), 3),
+        "slots": int(ok.sum()),
+    }
 
 
 def viewer_windows(view: dict, window_s: float, skip_s: float = 5.0) -> dict:
@@ -114,8 +118,8 @@ def viewer_windows(view: dict, window_s: float, skip_s: float = 5.0) -> dict:
     skip = int(skip_s * FPS)  # the first seconds: the viewer waits for a keyframe, the engine warms up
     w = min(int(window_s * FPS), max(0, (n - skip) // 2))  # a short run: two halves, no overlap
     window_s = w / FPS
-    first = av_offset(motion[skip:skip + w], rms[skip:skip + w])
-    last = av_offset(motion[max(skip, n - w):n], rms[max(skip, n - w):n])
+    first = av_offset(motion[skip : skip + w], rms[skip : skip + w])
+    last = av_offset(motion[max(skip, n - w) : n], rms[max(skip, n - w) : n])
     out = {"window_s": window_s, "first": first, "last": last}
     if first["lag_frames"] is not None and last["lag_frames"] is not None:
         out["drift_frames"] = round(last["lag_frames"] - first["lag_frames"], 2)
@@ -172,9 +176,28 @@ def main(argv=None) -> int:
     url = server.url("soak")
     jsonl, summary_path, view_path = work / "soak.jsonl", work / "summary.json", work / "viewer.json"
     seconds = args.minutes * 60
-    cmd = [sys.executable, "-m", "lipsync.cli", "live", "--avatar", args.avatar, "--audio", args.audio, "--loop",
-           "--to", url, "--duration", f"{seconds:g}", "--stats-jsonl", str(jsonl), "--stats-interval",
-           f"{args.interval_s:g}", "--stats-json", str(summary_path), *engine_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lipsync.cli",
+        "live",
+        "--avatar",
+        args.avatar,
+        "--audio",
+        args.audio,
+        "--loop",
+        "--to",
+        url,
+        "--duration",
+        f"{seconds:g}",
+        "--stats-jsonl",
+        str(jsonl),
+        "--stats-interval",
+        f"{args.interval_s:g}",
+        "--stats-json",
+        str(summary_path),
+        *engine_args,
+    ]
     print(f"soak: {args.minutes:g} min, {' '.join(cmd[3:])}", file=sys.stderr)
     viewer = None
     try:
@@ -206,42 +229,81 @@ def main(argv=None) -> int:
     per_interval = []
     for i, r in enumerate(rows):
         sink = next(iter(r.get("sinks", {}).values()), {})
-        per_interval.append({
-            "t_s": r["t_s"], "interval_s": r["interval_s"], "fps": r["fps"], "frames": r["frames"],
-            "dropped": r["dropped"], "processing_p95_ms": r["processing_ms"]["p95"],
-            "audio_to_frame_p95_ms": r["audio_to_frame_ms"]["p95"], "rss_mb": r["rss_mb"],
-            "cpu_percent": r["cpu_percent"], "threads": r.get("threads"), "av_offset_at_sinks_ms": r["av_offset_ms"],
-            "stream_frames_lost": sink.get("frames_lost"), "stream_reconnects": sink.get("reconnects"),
-            "viewer_frames": at_viewer[i] if i < len(at_viewer) else None})
+        per_interval.append(
+            {
+                "t_s": r["t_s"],
+                "interval_s": r["interval_s"],
+                "fps": r["fps"],
+                "frames": r["frames"],
+                "dropped": r["dropped"],
+                "processing_p95_ms": r["processing_ms"]["p95"],
+                "audio_to_frame_p95_ms": r["audio_to_frame_ms"]["p95"],
+                "rss_mb": r["rss_mb"],
+                "cpu_percent": r["cpu_percent"],
+                "threads": r.get("threads"),
+                "av_offset_at_sinks_ms": r["av_offset_ms"],
+                "stream_frames_lost": sink.get("frames_lost"),
+                "stream_reconnects": sink.get("reconnects"),
+                "viewer_frames": at_viewer[i] if i < len(at_viewer) else None,
+            }
+        )
     p95_first, p95_last = full[0]["processing_ms"]["p95"], full[-1]["processing_ms"]["p95"]
-    offset = viewer_windows(view, min(args.window_s, seconds / 3)) if is_image(args.avatar) else \
-        {"note": "not measured: a video avatar moves by itself"}
+    offset = (
+        viewer_windows(view, min(args.window_s, seconds / 3))
+        if is_image(args.avatar)
+        else {"note": "not measured: a video avatar moves by itself"}
+    )
     last_pts = (view.get("last_video_pts_s"), view.get("last_audio_pts_s"))
     doc = {
         "benchmark": "soak: lipsync live to RTMP (nginx-rtmp on loopback), viewer decoding with PyAV",
-        "minutes": args.minutes, "run_s": round(run_s, 1), "engine": args.engine, "weights": weights,
-        "avatar": args.avatar, "audio": f"{args.audio} looped, paced in real time", "interval_s": args.interval_s,
+        "minutes": args.minutes,
+        "run_s": round(run_s, 1),
+        "engine": args.engine,
+        "weights": weights,
+        "avatar": args.avatar,
+        "audio": f"{args.audio} looped, paced in real time",
+        "interval_s": args.interval_s,
         "cpu_count": os.cpu_count(),
         "per_interval": per_interval,
-        "rss_mb": {"first_interval": full[0]["rss_mb"], "last_interval": full[-1]["rss_mb"],
-                   "growth": round(full[-1]["rss_mb"] - full[0]["rss_mb"], 1)},
-        "processing_p95_ms": {"first_interval": p95_first, "last_interval": p95_last,
-                              "last_vs_first": round(p95_last / p95_first, 3) if p95_first else None},
+        "rss_mb": {
+            "first_interval": full[0]["rss_mb"],
+            "last_interval": full[-1]["rss_mb"],
+            "growth": round(full[-1]["rss_mb"] - full[0]["rss_mb"], 1),
+        },
+        "processing_p95_ms": {
+            "first_interval": p95_first,
+            "last_interval": p95_last,
+            "last_vs_first": round(p95_last / p95_first, 3) if p95_first else None,
+        },
         "threads": {"first_interval": full[0].get("threads"), "last_interval": full[-1].get("threads")},
-        "whole_run": {k: summary.get(k) for k in ("fps_sustained", "frames", "dropped", "audio_overruns",
-                                                  "processing_latency_ms", "audio_to_frame_ms", "cpu_percent")},
-        "viewer": {"video_frames": view.get("video_frames"), "video_pts_gaps": view.get("video_pts_gaps"),
-                   "audio_s": round(view["audio_samples"] / view["audio_rate_hz"], 2)
-                   if view.get("audio_rate_hz") else None,
-                   "opened_after_s": view.get("opened_after_s"),
-                   # PyAV's read timeout fires as "Immediate exit requested" once the publisher is gone.
-                   "ended_by": "read timeout (publisher stopped)" if "Immediate exit" in str(view.get("ended_by"))
-                   else view.get("ended_by"),
-                   # Timestamps of the last picture and the last sound that arrived: how far
-                   # apart the two tracks reach the viewer at the end.
-                   "last_audio_minus_last_video_ms": round(1000 * (last_pts[1] - last_pts[0]), 1)
-                   if None not in last_pts else None,
-                   "av_offset": offset},
+        "whole_run": {
+            k: summary.get(k)
+            for k in (
+                "fps_sustained",
+                "frames",
+                "dropped",
+                "audio_overruns",
+                "processing_latency_ms",
+                "audio_to_frame_ms",
+                "cpu_percent",
+            )
+        },
+        "viewer": {
+            "video_frames": view.get("video_frames"),
+            "video_pts_gaps": view.get("video_pts_gaps"),
+            "audio_s": round(view["audio_samples"] / view["audio_rate_hz"], 2) if view.get("audio_rate_hz") else None,
+            "opened_after_s": view.get("opened_after_s"),
+            # PyAV's read timeout fires as "Immediate exit requested" once the publisher is gone.
+            "ended_by": "read timeout (publisher stopped)"
+            if "Immediate exit" in str(view.get("ended_by"))
+            else view.get("ended_by"),
+            # Timestamps of the last picture and the last sound that arrived: how far
+            # apart the two tracks reach the viewer at the end.
+            "last_audio_minus_last_video_ms": round(1000 * (last_pts[1] - last_pts[0]), 1)
+            if None not in last_pts
+            else None,
+            "av_offset": offset,
+        },
     }
     drift = offset.get("drift_frames") if isinstance(offset, dict) else None
     doc["targets"] = {

@@ -42,18 +42,31 @@ def main(argv=None) -> int:
     motion: dict[int, float] = {}  # slot -> picture change from the previous frame
     sq: dict[int, float] = {}  # slot -> sum of squared samples
     n: dict[int, int] = {}  # slot -> samples
-    report = {"url": args.url, "video_frames": 0, "audio_samples": 0, "audio_rate_hz": None, "size": None,
-              "first_video_pts_s": None, "last_video_pts_s": None, "first_audio_pts_s": None,
-              "last_audio_pts_s": None, "video_pts_gaps": 0, "opened_after_s": None, "ended_by": None,
-              "last_video_wall_s": None, "last_audio_wall_s": None}
+    report = {
+        "url": args.url,
+        "video_frames": 0,
+        "audio_samples": 0,
+        "audio_rate_hz": None,
+        "size": None,
+        "first_video_pts_s": None,
+        "last_video_pts_s": None,
+        "first_audio_pts_s": None,
+        "last_audio_pts_s": None,
+        "video_pts_gaps": 0,
+        "opened_after_s": None,
+        "ended_by": None,
+        "last_video_wall_s": None,
+        "last_audio_wall_s": None,
+    }
     prev = None
     prev_slot = None
     t_start = time.monotonic()
     container = None
     while container is None and not stop.is_set():
         try:
-            container = av.open(args.url, options={"rtmp_live": "live"},
-                                timeout=(args.open_timeout_s, args.read_timeout_s))
+            container = av.open(
+                args.url, options={"rtmp_live": "live"}, timeout=(args.open_timeout_s, args.read_timeout_s)
+            )
         except Exception as e:  # the publisher may not be up yet: try again until the deadline
             if time.monotonic() - t_start > args.open_timeout_s:
                 report["ended_by"] = f"open failed: {type(e).__name__}: {e}"
@@ -81,8 +94,9 @@ def main(argv=None) -> int:
                         prev, prev_slot = grey, slot
                         report["video_frames"] += 1
                         report["size"] = [frame.width, frame.height]
-                        report["first_video_pts_s"] = report["first_video_pts_s"] if report["first_video_pts_s"] \
-                            is not None else t
+                        report["first_video_pts_s"] = (
+                            report["first_video_pts_s"] if report["first_video_pts_s"] is not None else t
+                        )
                         report["last_video_pts_s"] = t
                         report["last_video_wall_s"] = time.monotonic() - t_start
                     else:
@@ -96,8 +110,9 @@ def main(argv=None) -> int:
                             sq[int(s)] = sq.get(int(s), 0.0) + float(np.sum(part * part))
                             n[int(s)] = n.get(int(s), 0) + len(part)
                         report["audio_samples"] += len(pcm)
-                        report["first_audio_pts_s"] = report["first_audio_pts_s"] if report["first_audio_pts_s"] \
-                            is not None else t
+                        report["first_audio_pts_s"] = (
+                            report["first_audio_pts_s"] if report["first_audio_pts_s"] is not None else t
+                        )
                         report["last_audio_pts_s"] = t + len(pcm) / rate
                         report["last_audio_wall_s"] = time.monotonic() - t_start
             else:
@@ -107,10 +122,14 @@ def main(argv=None) -> int:
         finally:
             container.close()
     slots = sorted(set(motion) | set(n))
-    report["slots"] = {"first": slots[0] if slots else None, "fps": args.fps,
-                       "motion": [motion.get(s) for s in range(slots[0], slots[-1] + 1)] if slots else [],
-                       "audio_rms": [(sq[s] / n[s]) ** 0.5 if n.get(s) else None
-                                     for s in range(slots[0], slots[-1] + 1)] if slots else []}
+    report["slots"] = {
+        "first": slots[0] if slots else None,
+        "fps": args.fps,
+        "motion": [motion.get(s) for s in range(slots[0], slots[-1] + 1)] if slots else [],
+        "audio_rms": [(sq[s] / n[s]) ** 0.5 if n.get(s) else None for s in range(slots[0], slots[-1] + 1)]
+        if slots
+        else [],
+    }
     with open(args.out, "w") as f:
         json.dump(report, f)
     return 0

@@ -29,10 +29,12 @@ async def main():
     audio = decode_audio("media/speech.mp3")
     pcm = (audio.pcm.mean(axis=0) * 32767).astype(np.int16)
     rate, piece = audio.sample_rate_hz, audio.sample_rate_hz // 5
-    frames = [TTSStartedFrame()] + [TTSAudioRawFrame(pcm[i:i + piece].tobytes(), rate, 1)
-                                    for i in range(0, len(pcm), piece)] + [TTSStoppedFrame(), SleepFrame(1.0)]
-    down, _ = await run_test(LipsyncVideoService("media/avatar.jpg"), frames_to_send=frames,
-                             expected_down_frames=None)
+    frames = (
+        [TTSStartedFrame()]
+        + [TTSAudioRawFrame(pcm[i : i + piece].tobytes(), rate, 1) for i in range(0, len(pcm), piece)]
+        + [TTSStoppedFrame(), SleepFrame(1.0)]
+    )
+    down, _ = await run_test(LipsyncVideoService("media/avatar.jpg"), frames_to_send=frames, expected_down_frames=None)
     images = sum(isinstance(f, OutputImageRawFrame) for f in down)
     seconds = sum(len(f.audio) // 2 for f in down if isinstance(f, OutputAudioRawFrame)) / 48000
     print(f"{images} avatar frames, {seconds:.2f} s of lip-synced speech")

@@ -82,13 +82,22 @@ def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path
 def checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
     """The key of a checkpoint's cache entry; a missing file is the user's to fix."""
     if not Path(checkpoint).is_file():
-        raise LipsyncError(f"checkpoint {checkpoint}", "a .pth file", "no such file",
-                           "check the path, or put the file in checkpoints/ (see checkpoints/README.md)")
+        raise LipsyncError(
+            f"checkpoint {checkpoint}",
+            "a .pth file",
+            "no such file",
+            "check the path, or put the file in checkpoints/ (see checkpoints/README.md)",
+        )
     return sha256_file(checkpoint)
 
 
-def ensure_exported(checkpoint: str | os.PathLike, layout: str = "full", precision: str = "fp32",
-                    first_row: int = 0, sha: str | None = None) -> dict[str, Path]:
+def ensure_exported(
+    checkpoint: str | os.PathLike,
+    layout: str = "full",
+    precision: str = "fp32",
+    first_row: int = 0,
+    sha: str | None = None,
+) -> dict[str, Path]:
     """Paths of verified ONNX graphs for `checkpoint`, exporting them first if needed. `sha`: the
     checkpoint's content hash when the caller has it (hashing 145 MB takes half a second)."""
     checkpoint = Path(checkpoint)

@@ -61,8 +61,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-RUNTIME_DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",),
-                         "nncf": ("nncf",)}
+RUNTIME_DISTRIBUTIONS = {
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
+}
 
 
 @lru_cache(maxsize=1)
@@ -93,8 +96,13 @@ def gpu_providers() -> list[str]:
 
 def summary() -> dict:
     flags = cpu_flags()
-    return {"cpu": cpu_name(), "cores": cores(), "features": [f for f in FEATURES if f in flags],
-            "gpu_providers": gpu_providers(), "runtimes": runtime_versions()}
+    return {
+        "cpu": cpu_name(),
+        "cores": cores(),
+        "features": [f for f in FEATURES if f in flags],
+        "gpu_providers": gpu_providers(),
+        "runtimes": runtime_versions(),
+    }
 
 
 def fingerprint() -> str:

@@ -30,10 +30,18 @@ def metadata(source_sha256: str, variant: str, precision: str = "fp32") -> dict[
         "lipsync.precision": precision,
         "lipsync.opset": str(OPSET),
         "lipsync.tool": TOOL_VERSION,
-        "lipsync.mel": json.dumps({"sample_rate_hz": mel_params.SAMPLE_RATE_HZ, "n_fft": mel_params.N_FFT,
-                                   "hop": mel_params.HOP, "n_mels": mel_params.N_MELS,
-                                   "fmin_hz": mel_params.FMIN_HZ, "fmax_hz": mel_params.FMAX_HZ,
-                                   "window_frames": mel_params.WINDOW_FRAMES, "pad": "reflect"}),
+        "lipsync.mel": json.dumps(
+            {
+                "sample_rate_hz": mel_params.SAMPLE_RATE_HZ,
+                "n_fft": mel_params.N_FFT,
+                "hop": mel_params.HOP,
+                "n_mels": mel_params.N_MELS,
+                "fmin_hz": mel_params.FMIN_HZ,
+                "fmax_hz": mel_params.FMAX_HZ,
+                "window_frames": mel_params.WINDOW_FRAMES,
+                "pad": "reflect",
+            }
+        ),
     }
 
 

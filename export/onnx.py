@@ -98,9 +98,17 @@ def export_variant(net, variant: str, path: str | os.PathLike, source_sha256: st
         # The TorchScript exporter warns about shape inference details that do not apply here.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(spec.module, spec.inputs, str(path), input_names=spec.input_names,
-                              output_names=spec.output_names, dynamic_axes=dynamic, opset_version=OPSET,
-                              do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                spec.module,
+                spec.inputs,
+                str(path),
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         model = onnx.load(str(path))
         for k, v in metadata(source_sha256, variant).items():
             model.metadata_props.add(key=k, value=v)
@@ -135,10 +143,13 @@ def check_parity(name: str, got: np.ndarray, want: np.ndarray, image: bool) -> t
         found = f"worst abs {err:.3g} (relative {rel:.2g} of max |torch| {scale:.3g})"
         if image:
             found += f", PSNR {psnr:.1f} dB"
-        raise LipsyncError(f"ONNX export, output {name}",
-                           f"|onnx - torch| <= {FP32_ATOL:g} + {FP32_RTOL:g} x max|torch| = {tol:.3g}"
-                           + (f" and PSNR >= {FP32_MIN_PSNR_DB:g} dB" if image else ""),
-                           found, "report this with your torch, onnx and onnxruntime versions")
+        raise LipsyncError(
+            f"ONNX export, output {name}",
+            f"|onnx - torch| <= {FP32_ATOL:g} + {FP32_RTOL:g} x max|torch| = {tol:.3g}"
+            + (f" and PSNR >= {FP32_MIN_PSNR_DB:g} dB" if image else ""),
+            found,
+            "report this with your torch, onnx and onnxruntime versions",
+        )
     return err, rel
 
 
@@ -158,8 +169,11 @@ def verify(net, variant: str, path: str | os.PathLike) -> float:
             feeds = {"mel": mels, "face": faces}
         else:
             first_row = variant_first_row(variant)
-            out = net.decode_rows(torch.from_numpy(mels), skips, first_row) if first_row else \
-                net.decode(torch.from_numpy(mels), skips)
+            out = (
+                net.decode_rows(torch.from_numpy(mels), skips, first_row)
+                if first_row
+                else net.decode(torch.from_numpy(mels), skips)
+            )
             want = [out.numpy()]
             feeds = {"mel": mels, **{k: t.numpy() for k, t in zip(SKIPS, skips)}}
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -125,9 +125,15 @@ def _record_path(sha: str, key: str) -> Path:
 
 
 def _record_key(cfg, first_row: int, shown_from_row: int, avatar: AvatarSamples | None) -> str:
-    what = {"v": LADDER_VERSION, "machine": machine.fingerprint(), "first_row": first_row, "shown": shown_from_row,
-            "pins": [cfg.runtime, cfg.precision, cfg.device], "avatar": avatar.key if avatar else None,
-            "gate": [GATE_MEAN_DB, GATE_WORST_DB]}
+    what = {
+        "v": LADDER_VERSION,
+        "machine": machine.fingerprint(),
+        "first_row": first_row,
+        "shown": shown_from_row,
+        "pins": [cfg.runtime, cfg.precision, cfg.device],
+        "avatar": avatar.key if avatar else None,
+        "gate": [GATE_MEAN_DB, GATE_WORST_DB],
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -141,19 +147,30 @@ def _read_record(path: Path, sha: str, first_row: int, fp32: dict) -> Choice | N
         return None
     if not decoder.is_file():
         return None
-    return Choice(chosen.runtime, chosen.precision, chosen.device, first_row, fp32["face_encoder"], decoder, trials,
-                  recorded=True)
+    return Choice(
+        chosen.runtime, chosen.precision, chosen.device, first_row, fp32["face_encoder"], decoder, trials, recorded=True
+    )
 
 
-def choose(checkpoint, cfg, first_row: int = 0, avatar: AvatarSamples | None = None,
-           shown_from_row: int | None = None, remeasure: bool = False, exhaustive: bool = False) -> Choice:
+def choose(
+    checkpoint,
+    cfg,
+    first_row: int = 0,
+    avatar: AvatarSamples | None = None,
+    shown_from_row: int | None = None,
+    remeasure: bool = False,
+    exhaustive: bool = False,
+) -> Choice:
     """Run (or read back) the ladder for `checkpoint` and return the chosen decoder.
 
     `exhaustive` (benchmarks) also builds and measures the candidates the ladder would skip once a
     faster one passed; the choice stays the one the plain ladder makes.
     """
-    shown_from_row = max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row) \
-        if shown_from_row is None else shown_from_row
+    shown_from_row = (
+        max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row)
+        if shown_from_row is None
+        else shown_from_row
+    )
     sha = checkpoint_sha256(checkpoint)
     fp32 = ensure_exported(checkpoint, "split", "fp32", first_row=first_row, sha=sha)
     record = _record_path(sha, _record_key(cfg, first_row, shown_from_row, avatar))
@@ -161,14 +178,25 @@ def choose(checkpoint, cfg, first_row: int = 0, avatar: AvatarSamples | None = N
         got = _read_record(record, sha, first_row, {"face_encoder": fp32["face_encoder"]})
         if got is not None:
             t = got.chosen_trial
-            log.info(f"precision: {t.runtime} {t.precision} ({t.ms_per_frame:.1f} ms/frame, "
-                f"{t.psnr_db_shown_mean:.1f} dB; chosen earlier on this machine)")
+            log.info(
+                f"precision: {t.runtime} {t.precision} ({t.ms_per_frame:.1f} ms/frame, "
+                f"{t.psnr_db_shown_mean:.1f} dB; chosen earlier on this machine)"
+            )
             return got
     choice = _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, exhaustive)
     tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"checkpoint_sha256": sha, "first_row": first_row, "shown_from_row": shown_from_row,
-                               "machine": machine.summary(), "trials": [asdict(t) for t in choice.trials]},
-                              indent=1))
+    tmp.write_text(
+        json.dumps(
+            {
+                "checkpoint_sha256": sha,
+                "first_row": first_row,
+                "shown_from_row": shown_from_row,
+                "machine": machine.summary(),
+                "trials": [asdict(t) for t in choice.trials],
+            },
+            indent=1,
+        )
+    )
     os.replace(tmp, record)
     return choice
 
@@ -188,8 +216,10 @@ class _Inputs:
 
     def _feeds(self, samples) -> list[dict]:
         skips = self._enc.run(None, {"face": samples.faces})
-        return [{"mel": samples.mels[i:i + 1], **{k: s[i:i + 1] for k, s in zip(SKIPS, skips)}}
-                for i in range(len(samples))]
+        return [
+            {"mel": samples.mels[i : i + 1], **{k: s[i : i + 1] for k, s in zip(SKIPS, skips)}}
+            for i in range(len(samples))
+        ]
 
     @cached_property
     def calibration(self) -> list[dict]:
@@ -204,20 +234,23 @@ class _Inputs:
         return [self._dec.run(None, f)[0] for f in self.validation]
 
 
-def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, inputs: _Inputs,
-           avatar: AvatarSamples | None) -> Path:
+def _build(
+    c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, inputs: _Inputs, avatar: AvatarSamples | None
+) -> Path:
     """The decoder file candidate `c` runs (built now if it is not in the cache)."""
     variant = decoder_variant(first_row)
     if c.runtime == "openvino" and c.precision in ("int8", "int8-mixed"):
         calib = avatar.key[:12] if avatar else "face-a"
         final = entry_dir(sha) / f"{variant}-ov-{c.precision}-{calib}.xml"
         if not (final.is_file() and final.with_suffix(".bin").is_file()):
-            log.info(f"  building {c.label} (NNCF, calibrated on "
-                     f"{'your avatar' if avatar else 'the shipped photo'}) ...")
+            log.info(
+                f"  building {c.label} (NNCF, calibrated on {'your avatar' if avatar else 'the shipped photo'}) ..."
+            )
             tmp = final.with_name(f".{final.stem}.{os.getpid()}.partial.xml")
             try:
-                quantize_openvino(fp32[variant], tmp, inputs.calibration, c.precision, inputs.validation,
-                                  inputs.validation_ref)
+                quantize_openvino(
+                    fp32[variant], tmp, inputs.calibration, c.precision, inputs.validation, inputs.validation_ref
+                )
                 os.replace(tmp.with_suffix(".bin"), final.with_suffix(".bin"))
                 os.replace(tmp, final)
             finally:
@@ -233,8 +266,9 @@ def _build(c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, input
 
 
 def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int):
-    run = make_runner(path, RuntimeConfig(runtime=c.runtime, precision=c.precision, device=c.device,
-                                      intra_op_threads=threads))
+    run = make_runner(
+        path, RuntimeConfig(runtime=c.runtime, precision=c.precision, device=c.device, intra_op_threads=threads)
+    )
     out = np.concatenate([run(f)[0] for f in inputs.heldout])
     ref = np.concatenate(inputs.heldout_ref)
     per = psnr_per_frame(out[:, :, shown:], ref[:, :, shown:])
@@ -252,17 +286,26 @@ def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int
 def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, exhaustive=False) -> Choice:
     has_ov = "openvino" in machine.runtime_versions() and "nncf" in machine.runtime_versions()
     if cfg.runtime == "openvino" and not has_ov:
-        raise LipsyncError("--runtime openvino", "the openvino and nncf packages", "they are not installed",
-                           "pip install 'lipsync-rt[openvino]' or use --runtime auto")
+        raise LipsyncError(
+            "--runtime openvino",
+            "the openvino and nncf packages",
+            "they are not installed",
+            "pip install 'lipsync-rt[openvino]' or use --runtime auto",
+        )
     cands = candidates(cfg, has_ov, machine.has_bf16(), machine.gpu_providers())
     if not cands:
-        raise LipsyncError("--runtime/--precision/--device", "a combination this machine can run",
-                           f"{cfg.runtime}/{cfg.precision}/{cfg.device}",
-                           "bf16 and int8-mixed need --runtime openvino, fp16 a GPU; or leave them on auto")
+        raise LipsyncError(
+            "--runtime/--precision/--device",
+            "a combination this machine can run",
+            f"{cfg.runtime}/{cfg.precision}/{cfg.device}",
+            "bf16 and int8-mixed need --runtime openvino, fp16 a GPU; or leave them on auto",
+        )
     info = machine.summary()
-    log.info(f"choosing the generator's precision for this machine ({info['cpu']}, {info['cores']} cores, "
+    log.info(
+        f"choosing the generator's precision for this machine ({info['cpu']}, {info['cores']} cores, "
         f"{' '.join(info['features']) or 'no AVX-512'}): gate >= {GATE_MEAN_DB:g} dB mean, "
-        f">= {GATE_WORST_DB:g} dB worst frame, rows {shown_from_row}-95, held-out face and voices")
+        f">= {GATE_WORST_DB:g} dB worst frame, rows {shown_from_row}-95, held-out face and voices"
+    )
     inputs = _Inputs(fp32, first_row, avatar)
     shown = shown_from_row - first_row
     threads = cfg.intra_op_threads or machine.cores()
@@ -296,28 +339,46 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
             trial.status, trial.reason = "refused", str(e)
             log.info(f"  {c.label:<22} refused: {e}")
             continue
-        trial.ms_per_frame, trial.psnr_db_shown_mean, trial.psnr_db_shown_worst = round(ms, 2), round(mean, 2), \
-            round(worst, 2)
+        trial.ms_per_frame, trial.psnr_db_shown_mean, trial.psnr_db_shown_worst = (
+            round(ms, 2),
+            round(mean, 2),
+            round(worst, 2),
+        )
         trial.decoder_file = os.path.relpath(path, entry_dir(sha))
         if mean >= GATE_MEAN_DB and worst >= GATE_WORST_DB:
             trial.status = "ok"
         else:
             trial.status = "refused"
-            trial.reason = (f"PSNR {mean:.1f} dB mean / {worst:.1f} dB worst frame, under "
-                            f"{GATE_MEAN_DB:g} / {GATE_WORST_DB:g}")
+            trial.reason = (
+                f"PSNR {mean:.1f} dB mean / {worst:.1f} dB worst frame, under {GATE_MEAN_DB:g} / {GATE_WORST_DB:g}"
+            )
         db = "   exact (fp32 reference)" if worst >= 150 else f"{mean:5.1f} dB mean  {worst:5.1f} dB worst"
-        log.info(f"  {c.label:<22} {ms:6.1f} ms/frame  {db}  "
-            + ("passes" if trial.status == "ok" else f"refused: {trial.reason}"))
+        log.info(
+            f"  {c.label:<22} {ms:6.1f} ms/frame  {db}  "
+            + ("passes" if trial.status == "ok" else f"refused: {trial.reason}")
+        )
     passed = [t for t in eligible if t.status == "ok"]
     if not passed:
         worst = next((t for t in trials if t.status == "refused"), None)
-        raise LipsyncError(f"--precision {cfg.precision} --runtime {cfg.runtime}",
-                           f"a build that keeps >= {GATE_MEAN_DB:g} dB mean / {GATE_WORST_DB:g} dB worst frame",
-                           worst.reason if worst else "none could be built",
-                           "leave --precision on auto to let the ladder fall back")
+        raise LipsyncError(
+            f"--precision {cfg.precision} --runtime {cfg.runtime}",
+            f"a build that keeps >= {GATE_MEAN_DB:g} dB mean / {GATE_WORST_DB:g} dB worst frame",
+            worst.reason if worst else "none could be built",
+            "leave --precision on auto to let the ladder fall back",
+        )
     best = min(passed, key=lambda t: t.ms_per_frame)
     best.chosen = True
-    log.info(f"precision: {best.runtime} {best.precision}" + (f" on {best.device}" if best.device != "cpu" else "")
-        + f" ({best.ms_per_frame:.1f} ms/frame, {best.psnr_db_shown_mean:.1f} dB)")
-    return Choice(best.runtime, best.precision, best.device, first_row, fp32["face_encoder"],
-                  entry_dir(sha) / best.decoder_file, trials)
+    log.info(
+        f"precision: {best.runtime} {best.precision}"
+        + (f" on {best.device}" if best.device != "cpu" else "")
+        + f" ({best.ms_per_frame:.1f} ms/frame, {best.psnr_db_shown_mean:.1f} dB)"
+    )
+    return Choice(
+        best.runtime,
+        best.precision,
+        best.device,
+        first_row,
+        fp32["face_encoder"],
+        entry_dir(sha) / best.decoder_file,
+        trials,
+    )

@@ -84,13 +84,14 @@ def _feeds(graph: str, mels: np.ndarray, faces: np.ndarray, encoder_path: Path |
     import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
     if graph == "full":
-        return [{"mel": mels[i:i + 1], "face": faces[i:i + 1]} for i in range(len(mels))]
+        return [{"mel": mels[i : i + 1], "face": faces[i : i + 1]} for i in range(len(mels))]
     if graph == "face_encoder":
-        return [{"face": faces[i:i + 1]} for i in range(len(faces))]
+        return [{"face": faces[i : i + 1]} for i in range(len(faces))]
     enc = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
     skips = enc.run(None, {"face": faces})
-    return [{"mel": mels[i:i + 1], **{f"skip{k}": s[i:i + 1] for k, s in enumerate(skips)}}
-            for i in range(len(mels))]
+    return [
+        {"mel": mels[i : i + 1], **{f"skip{k}": s[i : i + 1] for k, s in enumerate(skips)}} for i in range(len(mels))
+    ]
 
 
 def _outputs(path: Path, feeds: list[dict]) -> np.ndarray:
@@ -122,9 +123,16 @@ def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = 
             return next(self._it, None)
 
     with _quiet_ort_quantizer():
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
     h = heldout_set(HELDOUT_SAMPLES)
     held = _feeds(graph, h.mels, h.faces, encoder_fp32)
     if graph == "face_encoder":
@@ -156,8 +164,9 @@ def _conv_only_fp32(checkpoint: Path, graph: str, dst: Path, sha: str) -> Path:
     return dst
 
 
-def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[str, Path],
-                  checkpoint: Path | None = None) -> None:
+def build_reduced(
+    fp32: dict[str, Path], sha: str, precision: str, paths: dict[str, Path], checkpoint: Path | None = None
+) -> None:
     """Make `precision` versions of the verified fp32 graphs; same no-partial-file rules as fp32.
 
     int8      QDQ over the graph as exported: the fastest with OpenVINO, which has int8
@@ -191,8 +200,12 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
                             src.unlink(missing_ok=True)
                     log.info(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
                     if not psnr >= MIN_PSNR_DB:
-                        raise LipsyncError(f"int8 {graph}", f"PSNR >= {MIN_PSNR_DB:g} dB vs fp32",
-                                           f"{psnr:.1f} dB", "use fp32, or bf16 with --runtime openvino")
+                        raise LipsyncError(
+                            f"int8 {graph}",
+                            f"PSNR >= {MIN_PSNR_DB:g} dB vs fp32",
+                            f"{psnr:.1f} dB",
+                            "use fp32, or bf16 with --runtime openvino",
+                        )
                 else:
                     convert_fp16(fp32[graph], tmp)
                     if graph != "face_encoder":
@@ -201,8 +214,12 @@ def build_reduced(fp32: dict[str, Path], sha: str, precision: str, paths: dict[s
                         psnr = psnr_db(_outputs(tmp, held), _outputs(fp32[graph], held))
                         log.info(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
                         if not psnr >= MIN_FP16_PSNR_DB:
-                            raise LipsyncError(f"fp16 {graph}", f"PSNR >= {MIN_FP16_PSNR_DB:g} dB vs fp32",
-                                               f"{psnr:.1f} dB", "use fp32 on this GPU")
+                            raise LipsyncError(
+                                f"fp16 {graph}",
+                                f"PSNR >= {MIN_FP16_PSNR_DB:g} dB vs fp32",
+                                f"{psnr:.1f} dB",
+                                "use fp32 on this GPU",
+                            )
                 model = onnx.load(str(tmp))
             del model.metadata_props[:]
             for k, v in metadata(sha, graph, precision).items():
@@ -229,8 +246,14 @@ def _static_ov_model(onnx_path: Path, example: dict):
     return model
 
 
-def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict], mode: str = "int8",
-                      validation: list[dict] | None = None, validation_ref: list[np.ndarray] | None = None) -> Path:
+def quantize_openvino(
+    fp32_decoder: Path,
+    dst_xml: Path,
+    calibration: list[dict],
+    mode: str = "int8",
+    validation: list[dict] | None = None,
+    validation_ref: list[np.ndarray] | None = None,
+) -> Path:
     """NNCF int8 of a decoder graph (`mode` int8 or int8-mixed) written as OpenVINO IR at `dst_xml`.
 
     `calibration`: feed dicts (batch 1) the ranges come from. `int8-mixed` also needs
@@ -245,8 +268,13 @@ def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict]
     adv = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     with _quiet_nncf():
         if mode == "int8":
-            q = nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=scope,
-                              advanced_parameters=adv)
+            q = nncf.quantize(
+                model,
+                nncf.Dataset(calibration),
+                subset_size=len(calibration),
+                ignored_scope=scope,
+                advanced_parameters=adv,
+            )
         elif mode == "int8-mixed":
             if not validation or validation_ref is None:
                 raise ValueError("int8-mixed needs validation feeds and their fp32 outputs")
@@ -257,9 +285,16 @@ def quantize_openvino(fp32_decoder: Path, dst_xml: Path, calibration: list[dict]
                 return float(min(np.mean(per), np.min(per) + 3.0)), per
 
             q = nncf.quantize_with_accuracy_control(
-                model, nncf.Dataset(calibration), nncf.Dataset(validation), metric,
-                max_drop=PSNR_CAP_DB - MIXED_TARGET_DB, drop_type=nncf.DropType.ABSOLUTE,
-                subset_size=len(calibration), ignored_scope=scope, advanced_quantization_parameters=adv)
+                model,
+                nncf.Dataset(calibration),
+                nncf.Dataset(validation),
+                metric,
+                max_drop=PSNR_CAP_DB - MIXED_TARGET_DB,
+                drop_type=nncf.DropType.ABSOLUTE,
+                subset_size=len(calibration),
+                ignored_scope=scope,
+                advanced_quantization_parameters=adv,
+            )
         else:
             raise ValueError(f"unknown OpenVINO int8 mode {mode!r}")
     dst_xml = Path(dst_xml)

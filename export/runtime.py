@@ -48,9 +48,13 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
         raise LipsyncError("--device", "auto, cpu, cuda or tensorrt", repr(device), "pick one of those")
     wanted = PROVIDERS[device]
     if wanted[0] not in available:
-        raise LipsyncError(f"--device {device}", wanted[0], "only " + ", ".join(available),
-                           "install onnxruntime-gpu (the 'gpu' extra, not beside 'cpu') on a machine with "
-                           "an NVIDIA GPU, or use --device cpu")
+        raise LipsyncError(
+            f"--device {device}",
+            wanted[0],
+            "only " + ", ".join(available),
+            "install onnxruntime-gpu (the 'gpu' extra, not beside 'cpu') on a machine with "
+            "an NVIDIA GPU, or use --device cpu",
+        )
     return [p for p in wanted if p in available]
 
 
@@ -97,14 +101,22 @@ def make_runner(path, cfg: RuntimeConfig):
     """A callable running the graph at `path` as `cfg` says: numpy feeds in, numpy outputs out."""
     if cfg.runtime == "openvino":
         if cfg.precision not in ("fp32", "bf16", "int8", "int8-mixed"):
-            raise LipsyncError("--precision", "fp32, bf16, int8 or int8-mixed with openvino", cfg.precision,
-                               "fp16 is for GPUs with onnxruntime")
+            raise LipsyncError(
+                "--precision",
+                "fp32, bf16, int8 or int8-mixed with openvino",
+                cfg.precision,
+                "fp16 is for GPUs with onnxruntime",
+            )
         return OpenVinoRunner(path, openvino_hint(cfg.precision), cfg.intra_op_threads)
     if cfg.runtime != "onnxruntime":
         raise LipsyncError("--runtime", "onnxruntime or openvino", repr(cfg.runtime), "pick one of those")
     if cfg.precision in ("bf16", "int8-mixed"):
-        raise LipsyncError(f"--precision {cfg.precision}", "--runtime openvino", "onnxruntime",
-                           "ONNX Runtime has no kernels for it here; add --runtime openvino")
+        raise LipsyncError(
+            f"--precision {cfg.precision}",
+            "--runtime openvino",
+            "onnxruntime",
+            "ONNX Runtime has no kernels for it here; add --runtime openvino",
+        )
     return OrtRunner(make_session(path, cfg))
 
 
@@ -151,8 +163,12 @@ class OpenVinoRunner:
         try:
             import openvino as ov  # openvino: an optional extra
         except ImportError:
-            raise LipsyncError("--runtime openvino", "the openvino package", "it is not installed",
-                               "pip install 'lipsync-rt[openvino]' or use --runtime onnxruntime") from None
+            raise LipsyncError(
+                "--runtime openvino",
+                "the openvino package",
+                "it is not installed",
+                "pip install 'lipsync-rt[openvino]' or use --runtime onnxruntime",
+            ) from None
         self._core, self._path = ov.Core(), str(path)
         self._cfg: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -176,8 +192,9 @@ class OpenVinoRunner:
             return self._compiled, self._request
         if batch not in self._batched:
             model = self._core.read_model(self._path)
-            model.reshape({i.get_any_name(): [batch] + list(i.get_partial_shape().to_shape())[1:]
-                           for i in model.inputs})
+            model.reshape(
+                {i.get_any_name(): [batch] + list(i.get_partial_shape().to_shape())[1:] for i in model.inputs}
+            )
             compiled = self._core.compile_model(model, "CPU", self._cfg)
             self._batched[batch] = (compiled, compiled.create_infer_request())
         return self._batched[batch]

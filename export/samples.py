@@ -59,8 +59,9 @@ def voice(name: str) -> tuple:
 
 def verification_inputs(n: int = 4, seed: int = 0) -> Samples:
     """Face A crops with voice A mels: the export's fp32 parity check (not a quality judgement)."""
-    mels, faces = jittered_samples(_image("face_a.jpg"), FACE_A_BOX, voice("a"), n, np.random.default_rng(seed),
-                                   jitter_px=8)
+    mels, faces = jittered_samples(
+        _image("face_a.jpg"), FACE_A_BOX, voice("a"), n, np.random.default_rng(seed), jitter_px=8
+    )
     return Samples(mels, faces)
 
 
@@ -87,6 +88,9 @@ def heldout_set(n: int = 32, seed: int = 2) -> Samples:
     tinted = np.clip(img.astype(np.float32) * np.array([0.82, 0.95, 1.12], np.float32), 0, 255).astype(np.uint8)
     chunks = voice("b") + voice("c")
     half = n // 2
-    parts = [jittered_samples(im, FACE_B_BOX, chunks, k, rng, jitter_px=8)
-             for im, k in ((img, half), (tinted, n - half)) if k]
+    parts = [
+        jittered_samples(im, FACE_B_BOX, chunks, k, rng, jitter_px=8)
+        for im, k in ((img, half), (tinted, n - half))
+        if k
+    ]
     return Samples(np.concatenate([m for m, _ in parts]), np.concatenate([f for _, f in parts]))

@@ -35,14 +35,14 @@ def load_face_frames(face_path: str, opts: RenderOptions) -> tuple[list[np.ndarr
     """The face frames and their rate; like the reference, resize/rotate/crop apply to videos only."""
     if face_media.is_image(face_path):
         return [face_media.read_image(face_path)], opts.fps
-    return face_media.read_video(face_path, resize_factor=opts.resize_factor,
-                                 rotate=opts.rotate, crop=opts.crop)
+    return face_media.read_video(face_path, resize_factor=opts.resize_factor, rotate=opts.rotate, crop=opts.crop)
 
 
 @dataclass(frozen=True)
 class RenderInputs:
     """Everything the render needs besides the generator; made first, so bad input is reported
     before any slow model loading or export."""
+
     audio: object
     chunks: list
     frames: list
@@ -52,27 +52,38 @@ class RenderInputs:
 
 def prepare(face_path: str, audio_path: str, outfile: str, opts: RenderOptions = RenderOptions()) -> RenderInputs:
     if Path(outfile).suffix.lower() not in FORMATS:
-        raise LipsyncError(f"output {outfile}", "a file name ending in " + ", ".join(FORMATS),
-                           f"'{Path(outfile).suffix or 'no extension'}'", "change the output file name")
+        raise LipsyncError(
+            f"output {outfile}",
+            "a file name ending in " + ", ".join(FORMATS),
+            f"'{Path(outfile).suffix or 'no extension'}'",
+            "change the output file name",
+        )
     audio = decode_audio(audio_path)
     mel = melspectrogram(audio.mono_16k())
     if not np.isfinite(mel).all():
-        raise LipsyncError(f"audio {audio_path}", "finite samples", "NaN or infinite values",
-                           "re-export the audio")
+        raise LipsyncError(f"audio {audio_path}", "finite samples", "NaN or infinite values", "re-export the audio")
     frames, fps = load_face_frames(face_path, opts)
     chunks = mel_chunks(mel, fps, opts.mel_offset_frames)
-    frames = frames[:len(chunks)]
+    frames = frames[: len(chunks)]
     return RenderInputs(audio, chunks, frames, fps, face_boxes(frames, face_path, opts))
 
 
-def render(face_path: str, audio_path: str, outfile: str, generator: Generator,
-           opts: RenderOptions = RenderOptions(), inputs: RenderInputs | None = None) -> RenderResult:
+def render(
+    face_path: str,
+    audio_path: str,
+    outfile: str,
+    generator: Generator,
+    opts: RenderOptions = RenderOptions(),
+    inputs: RenderInputs | None = None,
+) -> RenderResult:
     inputs = inputs or prepare(face_path, audio_path, outfile, opts)
     frames, chunks, boxes, audio, fps = inputs.frames, inputs.chunks, inputs.boxes, inputs.audio, inputs.fps
     h, w = frames[0].shape[:2]
     n = len(chunks)
-    with VideoFileWriter(outfile, w, h, fps, audio.pcm, audio.sample_rate_hz) as writer, \
-            progress_bar(opts, total=n, desc="lip-sync", unit="frame") as bar:
+    with (
+        VideoFileWriter(outfile, w, h, fps, audio.pcm, audio.sample_rate_hz) as writer,
+        progress_bar(opts, total=n, desc="lip-sync", unit="frame") as bar,
+    ):
         for start in range(0, n, opts.batch_size):
             ids = range(start, min(n, start + opts.batch_size))
             src = [0 if opts.static else i % len(frames) for i in ids]

@@ -24,36 +24,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_path", required=True, help="Wav2Lip generator checkpoint (.pth)")
     p.add_argument("--face", required=True, help="image or video with a face")
     p.add_argument("--audio", required=True, help="audio file, or a video whose sound track to use")
-    p.add_argument("--outfile", default="results/result_voice.mp4",
-                   help=".mp4 (H.264 + AAC) or .mkv (lossless RGB + FLAC)")
+    p.add_argument(
+        "--outfile", default="results/result_voice.mp4", help=".mp4 (H.264 + AAC) or .mkv (lossless RGB + FLAC)"
+    )
     p.add_argument("--static", action="store_true", help="use only the first video frame")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate for a still image")
-    p.add_argument("--pads", nargs=4, type=int, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                   help="padding around the detected face (pixels)")
-    p.add_argument("--face_det_batch_size", type=int, default=16,
-                   help="accepted for compatibility; BlazeFace detects one frame at a time")
+    p.add_argument(
+        "--pads",
+        nargs=4,
+        type=int,
+        default=[0, 10, 0, 0],
+        metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+        help="padding around the detected face (pixels)",
+    )
+    p.add_argument(
+        "--face_det_batch_size",
+        type=int,
+        default=16,
+        help="accepted for compatibility; BlazeFace detects one frame at a time",
+    )
     p.add_argument("--wav2lip_batch_size", type=int, default=128, help="faces per generator batch")
     p.add_argument("--resize_factor", type=int, default=1, help="divide video resolution by this")
-    p.add_argument("--crop", nargs=4, type=int, default=[0, -1, 0, -1], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
-                   help="crop video frames to this region (-1: image size)")
-    p.add_argument("--box", nargs=4, type=int, default=[-1, -1, -1, -1], metavar=("Y1", "Y2", "X1", "X2"),
-                   help="fixed face box; skips detection")
+    p.add_argument(
+        "--crop",
+        nargs=4,
+        type=int,
+        default=[0, -1, 0, -1],
+        metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
+        help="crop video frames to this region (-1: image size)",
+    )
+    p.add_argument(
+        "--box",
+        nargs=4,
+        type=int,
+        default=[-1, -1, -1, -1],
+        metavar=("Y1", "Y2", "X1", "X2"),
+        help="fixed face box; skips detection",
+    )
     p.add_argument("--rotate", action="store_true", help="rotate video frames 90 degrees clockwise")
     p.add_argument("--nosmooth", action="store_true", help="do not smooth face boxes over 5 frames")
-    p.add_argument("--mel_offset", type=int, default=0,
-                   help="(extension) video-frame offset of the mel window; -1 is the training alignment")
-    p.add_argument("--face_model", default=None,
-                   help="(extension) BlazeFace .tflite path (default: $LIPSYNC_FACE_MODEL or the user cache)")
-    p.add_argument("--no_detection_cache", action="store_true",
-                   help="(extension) detect faces again even if this input was seen before")
-    p.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
-                   help="(extension) onnx: exported and verified on first use, cached; torch: the reference")
-    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "openvino"],
-                   help="(extension) runtime for the exported graph")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16", "fp16"],
-                   help="(extension) fp32 reproduces the reference; int8/bf16 are faster on CPU, fp16 on GPU")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
-                   help="(extension) ONNX Runtime device")
+    p.add_argument(
+        "--mel_offset",
+        type=int,
+        default=0,
+        help="(extension) video-frame offset of the mel window; -1 is the training alignment",
+    )
+    p.add_argument(
+        "--face_model",
+        default=None,
+        help="(extension) BlazeFace .tflite path (default: $LIPSYNC_FACE_MODEL or the user cache)",
+    )
+    p.add_argument(
+        "--no_detection_cache",
+        action="store_true",
+        help="(extension) detect faces again even if this input was seen before",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="(extension) onnx: exported and verified on first use, cached; torch: the reference",
+    )
+    p.add_argument(
+        "--runtime",
+        default="onnxruntime",
+        choices=["onnxruntime", "openvino"],
+        help="(extension) runtime for the exported graph",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8", "bf16", "fp16"],
+        help="(extension) fp32 reproduces the reference; int8/bf16 are faster on CPU, fp16 on GPU",
+    )
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"], help="(extension) ONNX Runtime device"
+    )
     p.add_argument("--quiet", action="store_true", help="(extension) no progress bars")
     return p
 
@@ -64,9 +110,15 @@ def make_generator(args):
 
         return TorchGenerator(args.checkpoint_path)
 
-    return load_generator(args.checkpoint_path, RuntimeConfig(runtime=args.runtime, precision=args.precision,
-                                                              device=args.device,
-                                                              intra_op_threads=threads.current().inference_threads))
+    return load_generator(
+        args.checkpoint_path,
+        RuntimeConfig(
+            runtime=args.runtime,
+            precision=args.precision,
+            device=args.device,
+            intra_op_threads=threads.current().inference_threads,
+        ),
+    )
 
 
 def main(argv=None) -> int:
@@ -76,13 +128,27 @@ def main(argv=None) -> int:
         threads.apply(threads.plan("offline"))
 
         opts = RenderOptions(
-            fps=args.fps, pads=tuple(args.pads), static=args.static, batch_size=args.wav2lip_batch_size,
-            resize_factor=args.resize_factor, crop=tuple(args.crop), box=tuple(args.box), rotate=args.rotate,
-            nosmooth=args.nosmooth, mel_offset_frames=args.mel_offset, face_model=args.face_model,
-            detection_cache=not args.no_detection_cache, progress=not args.quiet)
+            fps=args.fps,
+            pads=tuple(args.pads),
+            static=args.static,
+            batch_size=args.wav2lip_batch_size,
+            resize_factor=args.resize_factor,
+            crop=tuple(args.crop),
+            box=tuple(args.box),
+            rotate=args.rotate,
+            nosmooth=args.nosmooth,
+            mel_offset_frames=args.mel_offset,
+            face_model=args.face_model,
+            detection_cache=not args.no_detection_cache,
+            progress=not args.quiet,
+        )
         if not os.path.isfile(args.checkpoint_path):
-            raise LipsyncError(f"checkpoint {args.checkpoint_path}", "a .pth file", "no such file",
-                               "check the path, or put the file in checkpoints/ (see checkpoints/README.md)")
+            raise LipsyncError(
+                f"checkpoint {args.checkpoint_path}",
+                "a .pth file",
+                "no such file",
+                "check the path, or put the file in checkpoints/ (see checkpoints/README.md)",
+            )
         # Inputs first: bad input is reported before any slow model loading or first-use export.
         inputs = prepare(args.face, args.audio, args.outfile, opts)
         generator = make_generator(args)

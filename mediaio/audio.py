@@ -44,8 +44,12 @@ def decode_audio(path: str | Path) -> DecodedAudio:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 kinds = ", ".join(s.type for s in container.streams) or "no streams"
-                raise LipsyncError(what, "a file with an audio stream", f"only {kinds}",
-                                   "pass a file with sound (wav, mp3, m4a, ogg, or a video with audio)")
+                raise LipsyncError(
+                    what,
+                    "a file with an audio stream",
+                    f"only {kinds}",
+                    "pass a file with sound (wav, mp3, m4a, ogg, or a video with audio)",
+                )
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="fltp")
             blocks = []
@@ -58,8 +62,12 @@ def decode_audio(path: str | Path) -> DecodedAudio:
     except LipsyncError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise LipsyncError(what, "a readable audio file", f"data FFmpeg cannot decode ({type(e).__name__}: {e})",
-                           "re-export or re-download the file") from None
+        raise LipsyncError(
+            what,
+            "a readable audio file",
+            f"data FFmpeg cannot decode ({type(e).__name__}: {e})",
+            "re-export or re-download the file",
+        ) from None
     if not blocks or sum(b.shape[1] for b in blocks) == 0:
         raise LipsyncError(what, "some audio samples", "an empty audio stream", "pass a file with sound")
     return DecodedAudio(np.concatenate(blocks, axis=1).astype(np.float32, copy=False), int(rate))

@@ -23,13 +23,20 @@ def read_image(path: str | Path) -> np.ndarray:
         raise LipsyncError(what, "an image or video file", "no such file", "check the path")
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise LipsyncError(what, "a readable image (jpg, png, bmp, webp)", "data OpenCV cannot decode",
-                           "re-export the image")
+        raise LipsyncError(
+            what, "a readable image (jpg, png, bmp, webp)", "data OpenCV cannot decode", "re-export the image"
+        )
     return img
 
 
-def read_video(path: str | Path, max_frames: int | None = None, *, resize_factor: int = 1,
-               rotate: bool = False, crop=(0, -1, 0, -1)) -> tuple[list[np.ndarray], float]:
+def read_video(
+    path: str | Path,
+    max_frames: int | None = None,
+    *,
+    resize_factor: int = 1,
+    rotate: bool = False,
+    crop=(0, -1, 0, -1),
+) -> tuple[list[np.ndarray], float]:
     """BGR frames (with the reference tool's resize/rotate/crop applied, in that order) and fps."""
     what = f"face {path}"
     if not Path(path).is_file():
@@ -38,8 +45,12 @@ def read_video(path: str | Path, max_frames: int | None = None, *, resize_factor
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise LipsyncError(what, "an image or a video with a video stream", "no video stream",
-                                   "pass a photo or a video of the face")
+                raise LipsyncError(
+                    what,
+                    "an image or a video with a video stream",
+                    "no video stream",
+                    "pass a photo or a video of the face",
+                )
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 25)
             for frame in container.decode(stream):
@@ -57,8 +68,9 @@ def read_video(path: str | Path, max_frames: int | None = None, *, resize_factor
     except LipsyncError:
         raise
     except (av.error.FFmpegError, ValueError) as e:
-        raise LipsyncError(what, "a readable video", f"data FFmpeg cannot decode ({type(e).__name__}: {e})",
-                           "re-export the video") from None
+        raise LipsyncError(
+            what, "a readable video", f"data FFmpeg cannot decode ({type(e).__name__}: {e})", "re-export the video"
+        ) from None
     if not frames or frames[0].size == 0:
         raise LipsyncError(what, "at least one non-empty frame", "none (check --crop)", "pass a valid video")
     return frames, fps

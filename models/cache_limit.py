@@ -157,11 +157,21 @@ def enforce_limit(limit: int | None = None) -> list[Entry]:
         remove(e)
         total -= e.size_bytes
         removed.append(e)
-        log.info("cache over %d MB: removed %s/%s (%.1f MB, unused for %.0f h)", limit // 1_000_000, e.kind,
-                 e.name, e.size_bytes / 1e6, (time.time() - e.last_used_s) / 3600)
+        log.info(
+            "cache over %d MB: removed %s/%s (%.1f MB, unused for %.0f h)",
+            limit // 1_000_000,
+            e.kind,
+            e.name,
+            e.size_bytes / 1e6,
+            (time.time() - e.last_used_s) / 3600,
+        )
     if total > limit:
-        log.warning("cache holds %.0f MB in entries this run uses, over its %d MB limit ($%s)", total / 1e6,
-                    limit // 1_000_000, ENV_LIMIT)
+        log.warning(
+            "cache holds %.0f MB in entries this run uses, over its %d MB limit ($%s)",
+            total / 1e6,
+            limit // 1_000_000,
+            ENV_LIMIT,
+        )
     return removed
 
 

@@ -27,6 +27,6 @@ def smooth(boxes: np.ndarray, window: int = SMOOTH_WINDOW_FRAMES) -> np.ndarray:
     boxes = np.array(boxes, dtype=np.int64)
     n = len(boxes)
     for i in range(n):
-        w = boxes[n - window:] if i + window > n else boxes[i:i + window]
+        w = boxes[n - window :] if i + window > n else boxes[i : i + window]
         boxes[i] = np.mean(w, axis=0)
     return boxes

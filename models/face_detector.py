@@ -58,11 +58,13 @@ class FaceDetector:
             import mediapipe as mp
             from mediapipe.tasks.python import BaseOptions, vision
         except ImportError as e:
-            raise LipsyncError("face detection", "the mediapipe package", f"an import error ({e})",
-                               "pip install mediapipe") from None
+            raise LipsyncError(
+                "face detection", "the mediapipe package", f"an import error ({e})", "pip install mediapipe"
+            ) from None
         self._mp = mp
-        opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(self.model_path)),
-                                          min_detection_confidence=min_score)
+        opts = vision.FaceDetectorOptions(
+            base_options=BaseOptions(model_asset_path=str(self.model_path)), min_detection_confidence=min_score
+        )
         with native_stderr_silenced():
             self._det = vision.FaceDetector.create_from_options(opts)
         self._warm = False
@@ -95,13 +97,25 @@ class FaceDetector:
 
 
 def _cache_key(source: Path, settings: dict, model_path: Path) -> str:
-    blob = json.dumps({"file": sha256_file(source), "model": sha256_file(model_path),
-                       "framing": [FRAMING_VERSION, FRAMING], **settings}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "file": sha256_file(source),
+            "model": sha256_file(model_path),
+            "framing": [FRAMING_VERSION, FRAMING],
+            **settings,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def detect_all(frames: list[np.ndarray], source: str | Path | None = None, settings: dict | None = None,
-               model_path: str | None = None, progress=None) -> np.ndarray:
+def detect_all(
+    frames: list[np.ndarray],
+    source: str | Path | None = None,
+    settings: dict | None = None,
+    model_path: str | None = None,
+    progress=None,
+) -> np.ndarray:
     """Raw Wav2Lip-framed boxes (N, 4) for `frames`; rows of -1 where no face was found.
 
     When `source` (the input file) is given, results are cached on disk keyed by the file's
@@ -116,7 +130,7 @@ def detect_all(frames: list[np.ndarray], source: str | Path | None = None, setti
             boxes = np.load(cache_file)
             if len(boxes) >= len(frames):
                 cache_limit.touch(cache_file)
-                return boxes[:len(frames)]
+                return boxes[: len(frames)]
     boxes = np.full((len(frames), 4), -1, dtype=np.int64)
     with FaceDetector(str(model)) as det:
         for i, frame in enumerate(progress(frames) if progress else frames):

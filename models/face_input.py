@@ -23,7 +23,7 @@ def model_faces(crops: np.ndarray) -> np.ndarray:
     """(B, 96, 96, 3) uint8 crops -> (B, 6, 96, 96) float32 generator input."""
     crops = np.asarray(crops)
     masked = crops.copy()
-    masked[:, FACE_SIZE // 2:] = 0
+    masked[:, FACE_SIZE // 2 :] = 0
     stacked = np.concatenate((masked, crops), axis=3).astype(np.float32) / np.float32(255.0)
     return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
 

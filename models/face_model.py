@@ -26,12 +26,16 @@ PACKAGED_MODEL = Path(__file__).resolve().parent / "data" / MODEL_NAME
 # Digests of model files known to work. This one (229,714 bytes) is what the mediapipe 0.10.21
 # wheel ships (mediapipe/modules/face_detection/) and what this package carries. Add a digest
 # only after checking that file loads in FaceDetector and finds faces.
-KNOWN_SHA256 = frozenset({
-    "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
-})
+KNOWN_SHA256 = frozenset(
+    {
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    }
+)
 
-_FIX = (f"reinstall the lipsync-rt package (it ships {MODEL_NAME}), or set {ENV_MODEL} "
-        f"to a copy of it (e.g. from the mediapipe==0.10.21 wheel, mediapipe/modules/face_detection/)")
+_FIX = (
+    f"reinstall the lipsync-rt package (it ships {MODEL_NAME}), or set {ENV_MODEL} "
+    f"to a copy of it (e.g. from the mediapipe==0.10.21 wheel, mediapipe/modules/face_detection/)"
+)
 
 
 def cache_dir() -> Path:
@@ -49,7 +53,9 @@ def _user_path(path: str, origin: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         raise LipsyncError(
-            f"face model ({origin})", f"an existing {MODEL_NAME}", f"no file at {p}",
+            f"face model ({origin})",
+            f"an existing {MODEL_NAME}",
+            f"no file at {p}",
             "fix the path, or leave it unset to use the copy shipped with the package",
         )
     return p
@@ -61,8 +67,9 @@ def _packaged() -> Path:
         raise LipsyncError("face model", f"{MODEL_NAME} shipped with the package", f"no file at {model}", _FIX)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     if digest not in KNOWN_SHA256:
-        raise LipsyncError("face model", f"SHA-256 {min(KNOWN_SHA256)}",
-                           f"{digest} ({model.stat().st_size} bytes) at {model}", _FIX)
+        raise LipsyncError(
+            "face model", f"SHA-256 {min(KNOWN_SHA256)}", f"{digest} ({model.stat().st_size} bytes) at {model}", _FIX
+        )
     return model
 
 

@@ -8,9 +8,7 @@ class Conv2d(nn.Module):
 
     def __init__(self, cin, cout, kernel_size, stride, padding, residual=False):
         super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout)
-        )
+        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout))
         self.act = nn.ReLU()
         self.residual = residual
 

@@ -96,14 +96,18 @@ def mel_chunks(mel: np.ndarray, fps: float, offset_frames: int = 0) -> list[np.n
     """
     total = mel.shape[1]
     if total < WINDOW_FRAMES:
-        raise LipsyncError("audio", f"at least {WINDOW_FRAMES / MEL_FRAMES_PER_S:.2f} s of sound",
-                           f"{total / MEL_FRAMES_PER_S:.3f} s", "pass a longer audio file")
+        raise LipsyncError(
+            "audio",
+            f"at least {WINDOW_FRAMES / MEL_FRAMES_PER_S:.2f} s of sound",
+            f"{total / MEL_FRAMES_PER_S:.3f} s",
+            "pass a longer audio file",
+        )
     chunks = []
     i = 0
     while True:
         start = max(0, chunk_start(i, fps, offset_frames))
         if start + WINDOW_FRAMES > total:
-            chunks.append(mel[:, total - WINDOW_FRAMES:])
+            chunks.append(mel[:, total - WINDOW_FRAMES :])
             return chunks
-        chunks.append(mel[:, start:start + WINDOW_FRAMES])
+        chunks.append(mel[:, start : start + WINDOW_FRAMES])
         i += 1

@@ -41,7 +41,7 @@ def native_stderr_filtered(drop_prefixes: tuple[bytes, ...]):
     def write_all(data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(real, view):]
+            view = view[os.write(real, view) :]
 
     def pump():
         pending = b""
@@ -53,7 +53,7 @@ def native_stderr_filtered(drop_prefixes: tuple[bytes, ...]):
                 pending += data
                 out = []
                 while (nl := pending.find(b"\n")) >= 0:
-                    line, pending = pending[:nl + 1], pending[nl + 1:]
+                    line, pending = pending[: nl + 1], pending[nl + 1 :]
                     if not line.lstrip(b"\r").startswith(drop_prefixes):
                         out.append(line)
                 if pending and not may_become_dropped(pending.lstrip(b"\r")):

@@ -33,34 +33,44 @@ def decoder_row_starts(first_row: int) -> list[int]:
 class Wav2Lip(nn.Module):
     def __init__(self):
         super().__init__()
-        self.face_encoder_blocks = nn.ModuleList([
-            nn.Sequential(Conv2d(6, 16, 7, 1, 3)),
-            nn.Sequential(Conv2d(16, 32, 3, 2, 1), res(32), res(32)),
-            nn.Sequential(Conv2d(32, 64, 3, 2, 1), res(64), res(64), res(64)),
-            nn.Sequential(Conv2d(64, 128, 3, 2, 1), res(128), res(128)),
-            nn.Sequential(Conv2d(128, 256, 3, 2, 1), res(256), res(256)),
-            nn.Sequential(Conv2d(256, 512, 3, 2, 1), res(512)),
-            nn.Sequential(Conv2d(512, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0)),
-        ])
+        self.face_encoder_blocks = nn.ModuleList(
+            [
+                nn.Sequential(Conv2d(6, 16, 7, 1, 3)),
+                nn.Sequential(Conv2d(16, 32, 3, 2, 1), res(32), res(32)),
+                nn.Sequential(Conv2d(32, 64, 3, 2, 1), res(64), res(64), res(64)),
+                nn.Sequential(Conv2d(64, 128, 3, 2, 1), res(128), res(128)),
+                nn.Sequential(Conv2d(128, 256, 3, 2, 1), res(256), res(256)),
+                nn.Sequential(Conv2d(256, 512, 3, 2, 1), res(512)),
+                nn.Sequential(Conv2d(512, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0)),
+            ]
+        )
         self.audio_encoder = nn.Sequential(
-            Conv2d(1, 32, 3, 1, 1), res(32), res(32),
-            Conv2d(32, 64, 3, (3, 1), 1), res(64), res(64),
-            Conv2d(64, 128, 3, 3, 1), res(128), res(128),
-            Conv2d(128, 256, 3, (3, 2), 1), res(256),
-            Conv2d(256, 512, 3, 1, 0), Conv2d(512, 512, 1, 1, 0),
+            Conv2d(1, 32, 3, 1, 1),
+            res(32),
+            res(32),
+            Conv2d(32, 64, 3, (3, 1), 1),
+            res(64),
+            res(64),
+            Conv2d(64, 128, 3, 3, 1),
+            res(128),
+            res(128),
+            Conv2d(128, 256, 3, (3, 2), 1),
+            res(256),
+            Conv2d(256, 512, 3, 1, 0),
+            Conv2d(512, 512, 1, 1, 0),
         )
-        self.face_decoder_blocks = nn.ModuleList([
-            nn.Sequential(Conv2d(512, 512, 1, 1, 0)),
-            nn.Sequential(Conv2dTranspose(1024, 512, 3, 1, 0), res(512)),
-            nn.Sequential(Conv2dTranspose(1024, 512, 3, 2, 1, 1), res(512), res(512)),
-            nn.Sequential(Conv2dTranspose(768, 384, 3, 2, 1, 1), res(384), res(384)),
-            nn.Sequential(Conv2dTranspose(512, 256, 3, 2, 1, 1), res(256), res(256)),
-            nn.Sequential(Conv2dTranspose(320, 128, 3, 2, 1, 1), res(128), res(128)),
-            nn.Sequential(Conv2dTranspose(160, 64, 3, 2, 1, 1), res(64), res(64)),
-        ])
-        self.output_block = nn.Sequential(
-            Conv2d(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid()
+        self.face_decoder_blocks = nn.ModuleList(
+            [
+                nn.Sequential(Conv2d(512, 512, 1, 1, 0)),
+                nn.Sequential(Conv2dTranspose(1024, 512, 3, 1, 0), res(512)),
+                nn.Sequential(Conv2dTranspose(1024, 512, 3, 2, 1, 1), res(512), res(512)),
+                nn.Sequential(Conv2dTranspose(768, 384, 3, 2, 1, 1), res(384), res(384)),
+                nn.Sequential(Conv2dTranspose(512, 256, 3, 2, 1, 1), res(256), res(256)),
+                nn.Sequential(Conv2dTranspose(320, 128, 3, 2, 1, 1), res(128), res(128)),
+                nn.Sequential(Conv2dTranspose(160, 64, 3, 2, 1, 1), res(64), res(64)),
+            ]
         )
+        self.output_block = nn.Sequential(Conv2d(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
 
     def encode_face(self, face: torch.Tensor) -> list[torch.Tensor]:
         """Face (B,6,96,96) -> the 7 skip features, shallowest first."""
@@ -98,10 +108,10 @@ class Wav2Lip(nn.Module):
                 continue
             a = starts[b - CROPPED_FROM_BLOCK]
             offset = 0 if b == CROPPED_FROM_BLOCK else 2 * starts[b - CROPPED_FROM_BLOCK - 1]
-            x = x[:, :, a - offset:]
-            x = torch.cat((block(x), skip[:, :, 2 * a:]), dim=1)
+            x = x[:, :, a - offset :]
+            x = torch.cat((block(x), skip[:, :, 2 * a :]), dim=1)
         out = self.output_block(x)
-        return out[:, :, first_row - 2 * starts[-1]:]
+        return out[:, :, first_row - 2 * starts[-1] :]
 
     def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
         # The official model also takes (B, C, T, H, W) clips; fold time into the batch

@@ -91,8 +91,18 @@ class Avatar:
                 # Called within this iteration only, so the loop variables they read are this box's.
                 fx = lambda u: x1 + u * w  # noqa: E731, B023
                 fy = lambda v: y1 + v * h  # noqa: E731, B023
-                out.append(np.array([[fx(.3), fy(.3)], [fx(.7), fy(.3)], [fx(.5), fy(.5)], [fx(.5), fy(.72)],
-                                     [fx(0), fy(.4)], [fx(1), fy(.4)]]))
+                out.append(
+                    np.array(
+                        [
+                            [fx(0.3), fy(0.3)],
+                            [fx(0.7), fy(0.3)],
+                            [fx(0.5), fy(0.5)],
+                            [fx(0.5), fy(0.72)],
+                            [fx(0), fy(0.4)],
+                            [fx(1), fy(0.4)],
+                        ]
+                    )
+                )
         self._keypoints = out
         return out
 
@@ -103,9 +113,18 @@ class Avatar:
     def attach_features(self, encoder, encoder_id: str) -> None:
         """Face-encoder features for every frame: from the disk cache, or computed once now."""
         cfg = {k: v for k, v in asdict(self.cfg).items() if k not in _MEMORY_ONLY}
-        key = hashlib.sha256(json.dumps({"avatar": sha256_file(self.cfg.path), "cfg": cfg, "store": FORMAT_VERSION,
-                                         "boxes": [list(b) for b in self.boxes], "encoder": encoder_id},
-                                        sort_keys=True).encode()).hexdigest()[:32]
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "avatar": sha256_file(self.cfg.path),
+                    "cfg": cfg,
+                    "store": FORMAT_VERSION,
+                    "boxes": [list(b) for b in self.boxes],
+                    "encoder": encoder_id,
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:32]
         path = cache_dir() / "avatars" / key
         if self.features is not None:
             self.features.close()
@@ -138,8 +157,9 @@ def load_avatar(cfg: AvatarConfig, progress: bool = False) -> Avatar:
     elif not isinstance(frames, list):
         for _ in frames.scan():  # counts the frames and indexes them, decoding each once
             pass
-    opts = RenderOptions(pads=cfg.pads, box=cfg.box, nosmooth=cfg.nosmooth, face_model=cfg.face_model,
-                         progress=progress)
+    opts = RenderOptions(
+        pads=cfg.pads, box=cfg.box, nosmooth=cfg.nosmooth, face_model=cfg.face_model, progress=progress
+    )
     boxes = face_boxes(frames, cfg.path, opts)
     crops = np.stack([crop_face(f, b) for f, b in zip(frames, boxes)])
     return Avatar(cfg, frames, boxes, crops, keypoints)
@@ -154,8 +174,12 @@ def track_faces(frames, cfg: AvatarConfig):
         for i, frame in enumerate(frames):
             t = tracker.update(frame)
             if t.box is None:
-                raise LipsyncError(f"avatar {cfg.path}", "a face in every frame", f"none in frame {i}",
-                                   "use a video where the face stays in view")
+                raise LipsyncError(
+                    f"avatar {cfg.path}",
+                    "a face in every frame",
+                    f"none in frame {i}",
+                    "use a video where the face stays in view",
+                )
             h, w = frame.shape[:2]
             x1, y1, x2, y2 = pad_and_clip([int(round(v)) for v in t.box], cfg.pads, h, w)
             boxes.append((y1, y2, x1, x2))

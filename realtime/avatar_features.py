@@ -91,7 +91,7 @@ class FeatureStore:
         row = np.frombuffer(raw, self.dtype).astype(np.float32)
         feats, at = [], 0
         for shape, size in zip(self.shapes, self._sizes):
-            feats.append(row[at:at + size].reshape(1, *shape))
+            feats.append(row[at : at + size].reshape(1, *shape))
             at += size
         with self._lock:
             self.reads += 1
@@ -135,12 +135,17 @@ def _write_rows(dest: Path, crops: np.ndarray, encoder, batch: int, dtype) -> li
     limit = float(np.finfo(np.float16).max)
     with open(dest, "wb") as f:
         for start in range(0, len(crops), batch):
-            parts = [_numpy(p) for p in encoder.encode(model_faces(crops[start:start + batch]))]
+            parts = [_numpy(p) for p in encoder.encode(model_faces(crops[start : start + batch]))]
             if shapes is None:
                 shapes = [[int(d) for d in p.shape[1:]] for p in parts]
-                np.lib.format.write_array_header_1_0(f, {
-                    "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                    "shape": (len(crops), sum(int(np.prod(s)) for s in shapes))})
+                np.lib.format.write_array_header_1_0(
+                    f,
+                    {
+                        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                        "fortran_order": False,
+                        "shape": (len(crops), sum(int(np.prod(s)) for s in shapes)),
+                    },
+                )
             rows = np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
             if narrow and not np.all(np.abs(rows) <= limit):  # NaN fails too: nothing silently changed
                 return None

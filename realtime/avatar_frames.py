@@ -44,8 +44,9 @@ class VideoFrames:
     before indexing. Thread-safe: the engine's threads may read it concurrently.
     """
 
-    def __init__(self, path: str | Path, max_frames: int | None = None, cache_mb: float = 96.0,
-                 min_cached_frames: int = 16):
+    def __init__(
+        self, path: str | Path, max_frames: int | None = None, cache_mb: float = 96.0, min_cached_frames: int = 16
+    ):
         self.path, self.max_frames = str(path), max_frames
         self._cache_mb, self._min_cached = cache_mb, min_cached_frames
         what = f"face {path}"
@@ -54,18 +55,24 @@ class VideoFrames:
         try:
             self._container = av.open(self.path)
             if not self._container.streams.video:
-                raise LipsyncError(what, "an image or a video with a video stream", "no video stream",
-                                   "pass a photo or a video of the face")
+                raise LipsyncError(
+                    what,
+                    "an image or a video with a video stream",
+                    "no video stream",
+                    "pass a photo or a video of the face",
+                )
             stream = self._container.streams.video[0]
             self.fps = float(stream.average_rate or stream.guessed_rate or 25)
             self._time_base = stream.time_base
-            self._packets = [_Packet(bytes(p), p.pts, p.dts, bool(p.is_keyframe))
-                             for p in self._container.demux(stream) if p.size]
+            self._packets = [
+                _Packet(bytes(p), p.pts, p.dts, bool(p.is_keyframe)) for p in self._container.demux(stream) if p.size
+            ]
         except LipsyncError:
             raise
         except (av.error.FFmpegError, ValueError) as e:
-            raise LipsyncError(what, "a readable video", f"data FFmpeg cannot decode ({type(e).__name__}: {e})",
-                               "re-export the video") from None
+            raise LipsyncError(
+                what, "a readable video", f"data FFmpeg cannot decode ({type(e).__name__}: {e})", "re-export the video"
+            ) from None
         self._ctx = stream.codec_context  # the demuxer's own parameters (extradata, size) set it up
         self._lock = threading.RLock()
         self._index: dict[int, int] = {}  # pts -> frame number
@@ -105,8 +112,12 @@ class VideoFrames:
                 fed = self._next_pkt
                 yield img
         except (av.error.FFmpegError, ValueError) as e:
-            raise LipsyncError(f"face {self.path}", "a readable video",
-                               f"data FFmpeg cannot decode ({type(e).__name__}: {e})", "re-export the video") from None
+            raise LipsyncError(
+                f"face {self.path}",
+                "a readable video",
+                f"data FFmpeg cannot decode ({type(e).__name__}: {e})",
+                "re-export the video",
+            ) from None
         if not pts_seen or self._shape is None or 0 in self._shape:
             raise LipsyncError(f"face {self.path}", "at least one non-empty frame", "none", "pass a valid video")
         if self.max_frames is not None and len(pts_seen) >= self.max_frames:
@@ -115,16 +126,23 @@ class VideoFrames:
         unique = None not in pts_seen and len(set(pts_seen)) == len(pts_seen)
         if unique:
             self._index = {p: i for i, p in enumerate(pts_seen)}
-            self._starts = [(k, self._index[p.pts]) for k, p in enumerate(self._packets)
-                            if p.key and p.pts in self._index]
+            self._starts = [
+                (k, self._index[p.pts]) for k, p in enumerate(self._packets) if p.key and p.pts in self._index
+            ]
             if not self._starts or self._starts[0][0] != 0:
                 self._starts.insert(0, (0, 0))
         self._capacity = max(self._min_cached, int(self._cache_mb * 1e6 // int(np.prod(self._shape))))
         self._scanned = True
         self._reset(0)
-        log.debug("%s: %d frames, %d packets (%.1f MB), %d entry points, cache of %d frames", self.path, self._n,
-                  len(self._packets), sum(len(p.data) for p in self._packets) / 1e6, len(self._starts),
-                  self._capacity)
+        log.debug(
+            "%s: %d frames, %d packets (%.1f MB), %d entry points, cache of %d frames",
+            self.path,
+            self._n,
+            len(self._packets),
+            sum(len(p.data) for p in self._packets) / 1e6,
+            len(self._starts),
+            self._capacity,
+        )
 
     # -- sequence --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -235,8 +253,9 @@ class VideoFrames:
                 return self._from_the_start(i, "it did not come out where expected")
 
     def _from_the_start(self, i: int, why: str) -> np.ndarray:
-        log.warning("%s: frame %d decoded from a keyframe failed (%s); decoding from the start from now on",
-                    self.path, i, why)
+        log.warning(
+            "%s: frame %d decoded from a keyframe failed (%s); decoding from the start from now on", self.path, i, why
+        )
         self._starts = [(0, 0)]
         self._reset(0, 0)
         self._cache.pop(i, None)

@@ -51,8 +51,9 @@ class ManualClock:
     def sleep_until_ns(self, t_ns: int, cancel: threading.Event | None = None) -> None:
         with self._cv:
             # The cancel event cannot notify this condition: look at it every 50 ms of real time.
-            while not self._cv.wait_for(lambda: self._t >= t_ns or (cancel is not None and cancel.is_set()),
-                                        None if cancel is None else 0.05):
+            while not self._cv.wait_for(
+                lambda: self._t >= t_ns or (cancel is not None and cancel.is_set()), None if cancel is None else 0.05
+            ):
                 pass
 
 

@@ -39,8 +39,9 @@ def mouth_mask(shape: tuple[int, int], box, keypoints: np.ndarray) -> np.ndarray
     cy = (top + y2) / 2 - y1
     cx = mouth[0] - x1
     mask = np.zeros((h, w), np.float32)
-    cv2.ellipse(mask, (int(round(cx)), int(round(cy))), (int(0.36 * w), max(1, int((y2 - top) / 2 * 0.92))), 0, 0, 360,
-                1.0, -1)
+    cv2.ellipse(
+        mask, (int(round(cx)), int(round(cy))), (int(0.36 * w), max(1, int((y2 - top) / 2 * 0.92))), 0, 0, 360, 1.0, -1
+    )
     k = max(3, int(0.12 * max(h, w)) | 1)
     return cv2.GaussianBlur(mask, (k, k), 0)
 

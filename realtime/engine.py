@@ -52,8 +52,7 @@ class Wav2LipRenderer:
         if blend == "feather":
             avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
 
-    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int,
-               fps: float) -> np.ndarray:
+    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float) -> np.ndarray:
         face = self.face_u8(idx, mel_window)
         if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
             face = full_face(face, self.avatar.crops[idx])
@@ -88,8 +87,14 @@ class FrameDropped(Exception):
 
 
 class Engine:
-    def __init__(self, avatar: Avatar, renderer: Renderer | FaceDecoder, sinks: list[Sink],
-                 cfg: EngineConfig = EngineConfig(), clock: MediaClock | None = None):
+    def __init__(
+        self,
+        avatar: Avatar,
+        renderer: Renderer | FaceDecoder,
+        sinks: list[Sink],
+        cfg: EngineConfig = EngineConfig(),
+        clock: MediaClock | None = None,
+    ):
         """`renderer`: a Renderer (`render(frame, avatar_index, mel_window, offset, fps)`), or a
         split generator (a FaceDecoder: `decode`), which is wrapped in a Wav2LipRenderer."""
         if not isinstance(renderer, Renderer):
@@ -129,16 +134,21 @@ class Engine:
         self._decided_ns = 0  # when the worker decided the latest frame
 
     # -- input ----------------------------------------------------------------------------------
-    def push_audio(self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None,
-                   capture_ns: int | None = None) -> bool:
+    def push_audio(
+        self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None, capture_ns: int | None = None
+    ) -> bool:
         """Hand over audio at any rate (int16 or float, mono or interleaved); non-blocking, callable
         from a device callback. A malformed buffer raises AudioFormatError here; once the engine
         has failed, this raises the failure instead of queueing more work."""
         if self._error is not None:
             raise EngineFailure.wrap("engine", self._error)
         now = self.clock.now_ns()
-        item = (to_mono_float32(pcm, sample_rate_hz), int(sample_rate_hz), now if arrival_ns is None else arrival_ns,
-                capture_ns)
+        item = (
+            to_mono_float32(pcm, sample_rate_hz),
+            int(sample_rate_hz),
+            now if arrival_ns is None else arrival_ns,
+            capture_ns,
+        )
         ok = self.audio_q.put_wait(item) if self.offline else self.audio_q.put(item)
         if not ok:
             self.stats.audio_overruns += 1
@@ -153,8 +163,9 @@ class Engine:
                 if isinstance(sink, PreparableSink):
                     sink.prepare(*self.avatar.size)
         else:  # each runner prepares its sink before its thread starts
-            self._runners = [SinkRunner(s, self.cfg.fps, on_error=self._fail).start(*self.avatar.size)
-                             for s in self.sinks]
+            self._runners = [
+                SinkRunner(s, self.cfg.fps, on_error=self._fail).start(*self.avatar.size) for s in self.sinks
+            ]
         for target, name in ((self._work, "lipsync-worker"), (self._deliver, "lipsync-sinks")):
             t = threading.Thread(target=self._guard(target), name=name, daemon=True)
             t.start()
@@ -167,6 +178,7 @@ class Engine:
                 fn()
             except BaseException as e:  # surfaced to the caller by push_audio, run and stop()
                 self._fail(e)
+
         return run
 
     def _fail(self, e: BaseException) -> None:
@@ -236,9 +248,11 @@ class Engine:
         how far the sound runs ahead of the pictures; both are stamped from one clock, so this
         is buffering a muxer must absorb, not lip-sync error) and each sink's counts."""
         a, v = self._sent_audio_s, self._sent_video_s
-        return {"queues": {q.name: len(q) for q in (self.audio_q, self.frames_q, self.sink_audio_q)},
-                "av_offset_ms": round(1000 * (a - v), 1) if a is not None and v is not None else None,
-                "sinks": {r.sink.name: r.counts() for r in self._runners}}
+        return {
+            "queues": {q.name: len(q) for q in (self.audio_q, self.frames_q, self.sink_audio_q)},
+            "av_offset_ms": round(1000 * (a - v), 1) if a is not None and v is not None else None,
+            "sinks": {r.sink.name: r.counts() for r in self._runners},
+        }
 
     # -- worker -----------------------------------------------------------------------------------
     def _to_16k(self, pcm: np.ndarray, rate: int) -> np.ndarray:
@@ -290,7 +304,7 @@ class Engine:
         # decided while their audio is still in the mel and audio history rings.
         step = SR // 10
         for off in range(0, len(pcm16), step):
-            piece = pcm16[off:off + step]
+            piece = pcm16[off : off + step]
             start = self._samples
             self._samples += len(piece)
             self._chunks.append(_InputPiece(self._samples, arrival_ns, capture_ns + off * 1_000_000_000 // SR, start))
@@ -352,7 +366,8 @@ class Engine:
             self.mel.window(s, out=self._mel_buf)
             if getattr(self.renderer, "wants_deadline", False):  # a shared generator schedules by it
                 cast(DeadlineRenderer, self.renderer).deadline_ns = (
-                    None if self.offline else ready_ns + int(self.cfg.max_lateness_ms * 1e6))
+                    None if self.offline else ready_ns + int(self.cfg.max_lateness_ms * 1e6)
+                )
             try:
                 out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
             except FrameDropped:
@@ -368,8 +383,11 @@ class Engine:
         if self.offline:
             self.frames_q.put_wait(VideoFrame(bgr, pts, FrameMeta(ready_ns=None, capture_ns=None, kind=kind)))
             return
-        if not self.frames_q.put(VideoFrame(bgr, pts, FrameMeta(ready_ns=ready_ns, capture_ns=capture_ns, kind=kind,
-                                                                decided_ns=self._decided_ns))):
+        if not self.frames_q.put(
+            VideoFrame(
+                bgr, pts, FrameMeta(ready_ns=ready_ns, capture_ns=capture_ns, kind=kind, decided_ns=self._decided_ns)
+            )
+        ):
             self.stats.record(self.clock.now_ns(), None, None, FrameKind.DROPPED)
 
     # -- sinks ------------------------------------------------------------------------------------

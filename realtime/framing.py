@@ -48,26 +48,37 @@ def face_boxes(frames: list[np.ndarray], face_path: str, opts: RenderOptions) ->
     if opts.box[0] != -1:
         y1, y2, x1, x2 = opts.box
         if not (0 <= y1 < y2 <= h and 0 <= x1 < x2 <= w):
-            raise LipsyncError("--box", f"y1 y2 x1 x2 inside the {w}x{h} frame with y1<y2 and x1<x2",
-                               f"{opts.box}", "give a box inside the frame")
+            raise LipsyncError(
+                "--box",
+                f"y1 y2 x1 x2 inside the {w}x{h} frame with y1<y2 and x1<x2",
+                f"{opts.box}",
+                "give a box inside the frame",
+            )
         return [(y1, y2, x1, x2)] * len(frames)
 
     targets = frames[:1] if opts.static else frames
-    settings = {"image": face_media.is_image(face_path), "resize_factor": opts.resize_factor,
-                "rotate": opts.rotate, "crop": list(opts.crop)}
+    settings = {
+        "image": face_media.is_image(face_path),
+        "resize_factor": opts.resize_factor,
+        "rotate": opts.rotate,
+        "crop": list(opts.crop),
+    }
     with progress_bar(opts, total=len(targets), desc="face boxes", unit="frame") as bar:
+
         def tick(items):
             for item in items:
                 yield item
                 bar.update(1)
 
-        raw = detect_all(targets, face_path if opts.detection_cache else None, settings,
-                         opts.face_model, progress=tick)
+        raw = detect_all(targets, face_path if opts.detection_cache else None, settings, opts.face_model, progress=tick)
     missing = np.flatnonzero(raw[:, 0] < 0)
     if len(missing):
-        raise LipsyncError(f"face {face_path}", "a detectable face in every frame",
-                           f"no face in frame {missing[0]} ({len(missing)} of {len(raw)} frames)",
-                           "use a clearer, frontal face, or give the box with --box y1 y2 x1 x2")
+        raise LipsyncError(
+            f"face {face_path}",
+            "a detectable face in every frame",
+            f"no face in frame {missing[0]} ({len(missing)} of {len(raw)} frames)",
+            "use a clearer, frontal face, or give the box with --box y1 y2 x1 x2",
+        )
     boxes = np.array([pad_and_clip(b, opts.pads, h, w) for b in raw.tolist()])
     if not opts.nosmooth:
         boxes = smooth(boxes)

@@ -48,10 +48,20 @@ class SplitGenerator:
     those rows.
     """
 
-    def __init__(self, encoder_path: str | Path, decoder_path: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
-                 first_row: int = 0):
-        enc_cfg = RuntimeConfig(runtime=cfg.runtime, precision="fp32", device=cfg.device,
-                                intra_op_threads=cfg.intra_op_threads, warmup_runs=0)
+    def __init__(
+        self,
+        encoder_path: str | Path,
+        decoder_path: str | Path,
+        cfg: RuntimeConfig = RuntimeConfig(),
+        first_row: int = 0,
+    ):
+        enc_cfg = RuntimeConfig(
+            runtime=cfg.runtime,
+            precision="fp32",
+            device=cfg.device,
+            intra_op_threads=cfg.intra_op_threads,
+            warmup_runs=0,
+        )
         self._enc = make_runner(encoder_path, enc_cfg)
         self._dec = make_runner(decoder_path, cfg)
         self.first_row = first_row
@@ -89,7 +99,13 @@ def load_live_generator(checkpoint: str | Path, cfg: RuntimeConfig, first_row: i
     """The live path's generator: split graphs, decoder cropped to the rows shown, runtime and
     precision from the ladder (`export.precision.choose`) unless `cfg` pins them."""
     choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar)
-    run_cfg = RuntimeConfig(runtime=choice.runtime, precision=choice.precision, device=choice.device,
-                            intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads,
-                            graph_optimization=cfg.graph_optimization, warmup_runs=cfg.warmup_runs)
+    run_cfg = RuntimeConfig(
+        runtime=choice.runtime,
+        precision=choice.precision,
+        device=choice.device,
+        intra_op_threads=cfg.intra_op_threads,
+        inter_op_threads=cfg.inter_op_threads,
+        graph_optimization=cfg.graph_optimization,
+        warmup_runs=cfg.warmup_runs,
+    )
     return SplitGenerator(choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)

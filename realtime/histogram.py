@@ -83,7 +83,7 @@ class LogHistogram:
         if bucket == len(self.counts) - 1:
             return self.max
         k = bucket - 1 + self._first
-        return 2 * self._gamma ** k / (self._gamma + 1)
+        return 2 * self._gamma**k / (self._gamma + 1)
 
     def quantiles(self, qs) -> list[float | None]:
         """Values at fractions `qs` (0..1), as numpy.percentile(..., 100 * q) would give them

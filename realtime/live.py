@@ -49,15 +49,19 @@ def default_checkpoint() -> str:
             if (folder / name).is_file():
                 return str(folder / name)
     log.debug("no %s in %s", " or ".join(CHECKPOINT_NAMES), ", ".join(map(str, folders)))
-    raise LipsyncError("--checkpoint", "a Wav2Lip generator checkpoint",
-                       "none given and none in " + " or ".join(map(str, folders)),
-                       f"pass --checkpoint PATH, or put {CHECKPOINT_NAMES[0]} in one of those folders")
+    raise LipsyncError(
+        "--checkpoint",
+        "a Wav2Lip generator checkpoint",
+        "none given and none in " + " or ".join(map(str, folders)),
+        f"pass --checkpoint PATH, or put {CHECKPOINT_NAMES[0]} in one of those folders",
+    )
 
 
 def default_runtime() -> RuntimeConfig:
     """The precision ladder decides (see export.precision), with the live thread budget."""
-    return RuntimeConfig(runtime="auto", precision="auto", device="auto",
-                         intra_op_threads=threads.current().inference_threads)
+    return RuntimeConfig(
+        runtime="auto", precision="auto", device="auto", intra_op_threads=threads.current().inference_threads
+    )
 
 
 def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000, encoding=None):
@@ -74,12 +78,20 @@ def make_sink(target: str, fps: float, sample_rate_hz: int = 48_000, encoding=No
         try:
             return StreamSink(target, fps, sample_rate_hz, encoding)
         except ValueError:
-            raise LipsyncError("--to", "vcam, preview, null, a file, or an rtmp:// udp:// srt:// URL",
-                               repr(target), "check the URL scheme") from None
+            raise LipsyncError(
+                "--to",
+                "vcam, preview, null, a file, or an rtmp:// udp:// srt:// URL",
+                repr(target),
+                "check the URL scheme",
+            ) from None
 
     if Path(target).suffix.lower() not in FORMATS:
-        raise LipsyncError("--to", "vcam, preview, null, an rtmp/udp/srt URL, or a file ending in "
-                           + ", ".join(FORMATS), repr(target), "pick one of those")
+        raise LipsyncError(
+            "--to",
+            "vcam, preview, null, an rtmp/udp/srt URL, or a file ending in " + ", ".join(FORMATS),
+            repr(target),
+            "pick one of those",
+        )
     return FileSink(target, fps, sample_rate_hz, encoding)
 
 
@@ -105,28 +117,54 @@ def choose_engine(engine: str, checkpoint: str | None) -> tuple[str, str | None]
         return "procedural", None
 
 
-def build_engine(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                 cfg: EngineConfig = EngineConfig(), loop: str = "forward", clock=None,
-                 engine: str = "auto") -> Engine:
+def build_engine(
+    avatar: str,
+    sinks: list,
+    checkpoint: str | None = None,
+    runtime: RuntimeConfig | None = None,
+    cfg: EngineConfig = EngineConfig(),
+    loop: str = "forward",
+    clock=None,
+    engine: str = "auto",
+) -> Engine:
     """The capture engine (microphone-like input: the audio is the clock, late frames skipped)."""
     av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine)
     return Engine(av, renderer, sinks, cfg, clock)
 
 
-def build_playout(avatar: str, sinks: list, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                  cfg: EngineConfig = EngineConfig(), pcfg=None, loop: str = "forward", clock=None,
-                  engine: str = "auto", reader: bool = True):
+def build_playout(
+    avatar: str,
+    sinks: list,
+    checkpoint: str | None = None,
+    runtime: RuntimeConfig | None = None,
+    cfg: EngineConfig = EngineConfig(),
+    pcfg=None,
+    loop: str = "forward",
+    clock=None,
+    engine: str = "auto",
+    reader: bool = True,
+):
     """Playout for pushed speech (TTS, voice agents): an output clock, idle frames, interrupts.
     Sinks should take audio at `pcfg.output_rate_hz` (48 kHz by default)."""
     if avatar.startswith("camera:"):
-        raise LipsyncError("--avatar", "a photo or a video for playout", repr(avatar),
-                           "a live camera avatar is for capture mode (--audio mic)")
+        raise LipsyncError(
+            "--avatar",
+            "a photo or a video for playout",
+            repr(avatar),
+            "a live camera avatar is for capture mode (--audio mic)",
+        )
     av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine)
     return Playout(av, renderer, sinks, cfg, pcfg or PlayoutConfig(), clock, deliver_to_reader=reader)
 
 
-def build_renderer(avatar: str, checkpoint: str | None = None, runtime: RuntimeConfig | None = None,
-                   cfg: EngineConfig = EngineConfig(), loop: str = "forward", engine: str = "auto"):
+def build_renderer(
+    avatar: str,
+    checkpoint: str | None = None,
+    runtime: RuntimeConfig | None = None,
+    cfg: EngineConfig = EngineConfig(),
+    loop: str = "forward",
+    engine: str = "auto",
+):
     """(avatar, renderer) for `avatar` with no sinks: for hosts that build engines themselves."""
     return _avatar_and_renderer(avatar, [], checkpoint, runtime, cfg, loop, engine)
 
@@ -146,8 +184,9 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
             sink.prepare(*av.size)
     if kind == "procedural":
         if engine == "auto":
-            log.info("engine: procedural (no Wav2Lip checkpoint given or in %s)",
-                     " or ".join(map(str, checkpoint_folders())))
+            log.info(
+                "engine: procedural (no Wav2Lip checkpoint given or in %s)", " or ".join(map(str, checkpoint_folders()))
+            )
         renderer = ProceduralRenderer(av.keypoints())
         heap.release_freed()
         return av, renderer

@@ -45,7 +45,7 @@ class MelStream:
         """Append mono 16 kHz samples; returns how many mel frames are ready in total."""
         x = np.asarray(pcm16k)
         for start in range(0, len(x), self._max_push):
-            self._append(x[start:start + self._max_push])
+            self._append(x[start : start + self._max_push])
             # Frame t is complete once sample 200t+399 exists; the reflected start needs y[400].
             if self._n > M.N_FFT // 2:
                 last = (self._n - M.N_FFT // 2) // M.HOP
@@ -63,13 +63,15 @@ class MelStream:
         """Mel frames [start, start + frames) as (80, frames); a negative start is clamped to 0."""
         start = max(0, start)
         if start + frames > self.frames_ready or start < self.frames_ready - self._hist:
-            raise IndexError(f"mel frames {start}..{start + frames} not available "
-                             f"(have {max(0, self.frames_ready - self._hist)}..{self.frames_ready})")
+            raise IndexError(
+                f"mel frames {start}..{start + frames} not available "
+                f"(have {max(0, self.frames_ready - self._hist)}..{self.frames_ready})"
+            )
         out = np.empty((M.N_MELS, frames), np.float32) if out is None else out
         cols = np.arange(start, start + frames) % self._hist if start % self._hist + frames > self._hist else None
         if cols is None:
             s = start % self._hist
-            out[:] = self._mel[:, s:s + frames]
+            out[:] = self._mel[:, s : s + frames]
         else:
             np.take(self._mel, cols, axis=1, out=out)
         return out
@@ -83,10 +85,10 @@ class MelStream:
         for dst, src_lo, src_hi in ((pos, 0, first), (0, first, m)):
             if src_hi <= src_lo:
                 continue
-            seg = self._ring[dst:dst + src_hi - src_lo]
+            seg = self._ring[dst : dst + src_hi - src_lo]
             seg[:] = x[src_lo:src_hi]
-            prev = self._scratch[:src_hi - src_lo - 1]
-            np.multiply(x[src_lo:src_hi - 1], M.PREEMPHASIS, out=prev)
+            prev = self._scratch[: src_hi - src_lo - 1]
+            np.multiply(x[src_lo : src_hi - 1], M.PREEMPHASIS, out=prev)
             seg[1:] -= prev
             if src_lo == 0:
                 if self._n > 0:

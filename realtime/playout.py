@@ -106,8 +106,9 @@ class _Segment:
         self.id, self.rate = seg_id, rate
         self.mel = MelStream(history_frames=history_ms * 80 // 1000)
         self.to16 = soxr.ResampleStream(rate, SR, 1, dtype="float32", quality="HQ") if rate != SR else None
-        self.to_out = soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ") \
-            if rate != out_rate else None
+        self.to_out = (
+            soxr.ResampleStream(rate, out_rate, 1, dtype="float32", quality="HQ") if rate != out_rate else None
+        )
         self.hist = np.zeros(history_ms * SR // 1000, np.float32)
         self.samples16 = 0
         self.out: collections.deque[np.ndarray] = collections.deque()  # output-rate audio not yet paired with a frame
@@ -125,8 +126,11 @@ class _Segment:
         return p16
 
     def finish(self) -> np.ndarray:
-        tail16 = self.to16.resample_chunk(np.zeros(0, np.float32), last=True) if self.to16 is not None \
+        tail16 = (
+            self.to16.resample_chunk(np.zeros(0, np.float32), last=True)
+            if self.to16 is not None
             else np.zeros(0, np.float32)
+        )
         if self.to_out is not None:
             self._queue_out(self.to_out.resample_chunk(np.zeros(0, np.float32), last=True))
         self._keep(tail16)
@@ -150,7 +154,7 @@ class _Segment:
         while got < n and self.out:
             head = self.out[0]
             k = min(n - got, len(head))
-            buf[got:got + k] = head[:k]
+            buf[got : got + k] = head[:k]
             got += k
             if k == len(head):
                 self.out.popleft()
@@ -163,8 +167,16 @@ class _Segment:
 class Playout:
     """Pushed speech in, paced and paired frames + audio out; see the module docstring."""
 
-    def __init__(self, avatar, renderer: Renderer | FaceDecoder, sinks: list[Sink], cfg: EngineConfig = EngineConfig(),
-                 pcfg: PlayoutConfig = PlayoutConfig(), clock: MediaClock | None = None, deliver_to_reader=True):
+    def __init__(
+        self,
+        avatar,
+        renderer: Renderer | FaceDecoder,
+        sinks: list[Sink],
+        cfg: EngineConfig = EngineConfig(),
+        pcfg: PlayoutConfig = PlayoutConfig(),
+        clock: MediaClock | None = None,
+        deliver_to_reader=True,
+    ):
         if not isinstance(renderer, Renderer):
             renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
         self.avatar, self.renderer, self.cfg, self.pcfg = avatar, renderer, cfg, pcfg
@@ -173,14 +185,18 @@ class Playout:
         self._frame_ns = round(1e9 / cfg.fps)
         out_per_frame = pcfg.output_rate_hz / cfg.fps
         if abs(out_per_frame - round(out_per_frame)) > 1e-9:
-            raise ValueError(f"output_rate_hz {pcfg.output_rate_hz} is not a whole number of samples per frame "
-                             f"at {cfg.fps} fps")
+            raise ValueError(
+                f"output_rate_hz {pcfg.output_rate_hz} is not a whole number of samples per frame at {cfg.fps} fps"
+            )
         self._spf_out = round(out_per_frame)
         self._runners = [SinkRunner(s, cfg.fps, on_error=self._fail) for s in sinks]
         self.stats.add_section("sinks", lambda: {r.sink.name: r.counts() for r in self._runners})
         self._stopped: tuple[dict | None, EngineFailure | None] | None = None  # what stop() gave
-        self._reader = BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out") \
-            if deliver_to_reader else None
+        self._reader = (
+            BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out")
+            if deliver_to_reader
+            else None
+        )
         self._cv = threading.Condition()
         self._pending: collections.deque[_PushedAudio | _EndSegment] = collections.deque()
         self._pending_s = 0.0
@@ -221,16 +237,25 @@ class Playout:
             return True
         dur = len(a) / int(sample_rate_hz)
         with self._cv:
-            ok = self._cv.wait_for(lambda: self._pending_s + dur <= self.pcfg.max_pending_s or not self._pending
-                                   or self._error is not None or self._closing, timeout_s)
+            ok = self._cv.wait_for(
+                lambda: (
+                    self._pending_s + dur <= self.pcfg.max_pending_s
+                    or not self._pending
+                    or self._error is not None
+                    or self._closing
+                ),
+                timeout_s,
+            )
             if self._error is not None:
                 self._raise_if_failed()
             if self._closing:
                 return False
             if not ok:
-                raise PlayoutFull(f"push_audio: expected room for {dur:.2f} s of audio within {timeout_s} s, found "
-                                  f"{self._pending_s:.1f} s already waiting (max_pending_s "
-                                  f"{self.pcfg.max_pending_s:g}); push as playback proceeds or raise max_pending_s")
+                raise PlayoutFull(
+                    f"push_audio: expected room for {dur:.2f} s of audio within {timeout_s} s, found "
+                    f"{self._pending_s:.1f} s already waiting (max_pending_s "
+                    f"{self.pcfg.max_pending_s:g}); push as playback proceeds or raise max_pending_s"
+                )
             self._seg_open = True
             self._pending.append(_PushedAudio(self._seg_in, a, int(sample_rate_hz)))
             self._pending_s += dur
@@ -325,9 +350,19 @@ class Playout:
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Until everything pushed has played (the pacer is back to idle frames)."""
         with self._cv:
-            return self._cv.wait_for(lambda: (not self._pending and not self._seg_open and self._speaking_seg is None
-                                              and not len(self._ahead) and not self._busy) or self._error is not None,
-                                     timeout_s)
+            return self._cv.wait_for(
+                lambda: (
+                    (
+                        not self._pending
+                        and not self._seg_open
+                        and self._speaking_seg is None
+                        and not len(self._ahead)
+                        and not self._busy
+                    )
+                    or self._error is not None
+                ),
+                timeout_s,
+            )
 
     def stop(self) -> dict:
         """Stop the threads, close every sink (even if one's close() raises) and return the stats
@@ -369,10 +404,15 @@ class Playout:
         and each sink's counts; for the per-interval stats."""
         with self._cv:
             pending_s = self._pending_s
-        return {"queues": {"pending_audio_s": round(pending_s, 2), self._ahead.name: len(self._ahead),
-                           **({self._reader.name: len(self._reader)} if self._reader is not None else {})},
-                "av_offset_ms": self._av_offset_ms,
-                "sinks": {r.sink.name: r.counts() for r in self._runners}}
+        return {
+            "queues": {
+                "pending_audio_s": round(pending_s, 2),
+                self._ahead.name: len(self._ahead),
+                **({self._reader.name: len(self._reader)} if self._reader is not None else {}),
+            },
+            "av_offset_ms": self._av_offset_ms,
+            "sinks": {r.sink.name: r.counts() for r in self._runners},
+        }
 
     def _guard(self, fn):
         def run():
@@ -380,6 +420,7 @@ class Playout:
                 fn()
             except BaseException as e:  # surfaced at the next push and by stop()
                 self._fail(e)
+
         return run
 
     def _fail(self, e: BaseException) -> None:
@@ -444,7 +485,7 @@ class Playout:
                 for off in range(0, len(pcm), step):
                     if epoch != self._epoch or self._stop.is_set():
                         break
-                    seg.mel.push(seg.add(pcm[off:off + step]))
+                    seg.mel.push(seg.add(pcm[off : off + step]))
                     self._make_frames(seg, epoch, final=False)
             else:
                 if seg is not None and seg.id == cmd.segment and not seg.ended:
@@ -507,8 +548,10 @@ class Playout:
                 out = crossfade(out, idle, self._alpha)
             kind = FrameKind.GENERATED
         audio = seg.take_out(self._spf_out)
-        return PlayoutItem(VideoFrame(out, -1, FrameMeta(kind=kind, segment=seg.id, epoch=epoch, alpha=self._alpha)),
-                           AudioChunk(audio, self.pcfg.output_rate_hz, -1, 0))
+        return PlayoutItem(
+            VideoFrame(out, -1, FrameMeta(kind=kind, segment=seg.id, epoch=epoch, alpha=self._alpha)),
+            AudioChunk(audio, self.pcfg.output_rate_hz, -1, 0),
+        )
 
     # -- pacer thread -------------------------------------------------------------------------------
     def _pace_loop(self) -> None:
@@ -566,10 +609,15 @@ class Playout:
                 bgr, kind = self._last_speech if self._last_speech is not None else idle, FrameKind.HELD
         # "segment": the utterance this frame belongs to (None while idle or fading out), so
         # that adapters can send audio only while speaking.
-        seg_now = item.video.meta["segment"] if isinstance(item, PlayoutItem) else (
-            self._speaking_seg if kind == FrameKind.HELD else None)
-        self._emit(VideoFrame(bgr, pts, FrameMeta(kind=kind, emitted_ns=now, segment=seg_now)),
-                   AudioChunk(audio, self.pcfg.output_rate_hz, pts * self._spf_out, now))
+        seg_now = (
+            item.video.meta["segment"]
+            if isinstance(item, PlayoutItem)
+            else (self._speaking_seg if kind == FrameKind.HELD else None)
+        )
+        self._emit(
+            VideoFrame(bgr, pts, FrameMeta(kind=kind, emitted_ns=now, segment=seg_now)),
+            AudioChunk(audio, self.pcfg.output_rate_hz, pts * self._spf_out, now),
+        )
         self._out_pts += 1
         with self._cv:
             self._cv.notify_all()

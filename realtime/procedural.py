@@ -56,7 +56,7 @@ class ProceduralRenderer:
     def mouth_shape(self, mel_window: np.ndarray, offset_frames: int = -1, fps: float = 25.0) -> tuple[float, float]:
         """(openness 0..1, width change -1..1) from one (80, 16) window."""
         lead = int(round(-offset_frames * M.MEL_FRAMES_PER_S / fps))  # mel frames before the frame's time
-        now = mel_window[:, lead:lead + 5]
+        now = mel_window[:, lead : lead + 5]
         level = float(now[SPEECH_BAND].mean())
         c = self.cfg
         target = float(np.clip((level - c.floor_mel) / (c.ceiling_mel - c.floor_mel), 0.0, 1.0))
@@ -86,15 +86,16 @@ class ProceduralRenderer:
         self._maps.move_to_end(idx)
         return self._maps[idx][:-1]
 
-    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int = -1,
-               fps: float = 25.0) -> np.ndarray:
+    def render(
+        self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int = -1, fps: float = 25.0
+    ) -> np.ndarray:
         openness, width = self.mouth_shape(mel_window, offset_frames, fps)
         if openness == 0.0:
             return frame
         x0, x1, y0, y1, xs, ys, dx, dy, mw, cx, cy = self._geometry(idx, frame.shape[:2])
         drop = openness * self.cfg.max_open_mouth_widths * mw
         # Falloff: 1 at the mouth, 0 well before the region's edge (no seam).
-        fall = np.exp(-(dx ** 2 / 0.55 + (dy - 0.25) ** 2 / 0.7))
+        fall = np.exp(-(dx**2 / 0.55 + (dy - 0.25) ** 2 / 0.7))
         below = 1.0 / (1.0 + np.exp(-dy * 8.0))  # 0 above the lip line, 1 below
         # Sampling map: a pixel shows what was `shift` away (positive dy shift moves content down).
         shift_y = fall * (drop * below - 0.25 * drop * (1 - below))
@@ -104,8 +105,13 @@ class ProceduralRenderer:
         out = frame.copy()
         region = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         # The open mouth's cavity: a soft dark ellipse between the parted lips.
-        cav = np.exp(-(((xs - cx) / (0.42 * mw * (1 + 0.3 * width))) ** 2
-                       + ((ys - cy - 0.35 * drop) / max(1.0, 0.45 * drop)) ** 2) * 2.0)
+        cav = np.exp(
+            -(
+                ((xs - cx) / (0.42 * mw * (1 + 0.3 * width))) ** 2
+                + ((ys - cy - 0.35 * drop) / max(1.0, 0.45 * drop)) ** 2
+            )
+            * 2.0
+        )
         cav = (cav * min(1.0, 1.3 * openness))[..., None].astype(np.float32)
         dark = np.array([28, 22, 45], np.float32)
         out[y0:y1, x0:x1] = (region.astype(np.float32) * (1 - cav) + dark * cav).round().astype(np.uint8)

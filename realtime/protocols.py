@@ -26,8 +26,9 @@ from realtime.sinks.base import PreparableSink, Sink
 class PushAudio(Protocol):
     """Engine.push_audio: what a source calls with each buffer it captured (non-blocking live)."""
 
-    def __call__(self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None,
-                 capture_ns: int | None = None) -> bool: ...
+    def __call__(
+        self, pcm: np.ndarray, sample_rate_hz: int, arrival_ns: int | None = None, capture_ns: int | None = None
+    ) -> bool: ...
 
 
 class AudioSource(Protocol):
@@ -42,8 +43,7 @@ class AudioSource(Protocol):
 
 @runtime_checkable
 class Renderer(Protocol):
-    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int,
-               fps: float) -> np.ndarray:
+    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float) -> np.ndarray:
         """The output frame (BGR uint8, the avatar frame's size) for avatar frame `idx` showing the
         lips of `mel_window` (80, 16); `frame` is that avatar frame and is not modified."""
         ...
@@ -71,5 +71,13 @@ class FeatureSource(Protocol):
         ...
 
 
-__all__ = ["AudioSource", "DeadlineRenderer", "FaceDecoder", "FeatureSource", "PreparableSink", "PushAudio",
-           "Renderer", "Sink"]
+__all__ = [
+    "AudioSource",
+    "DeadlineRenderer",
+    "FaceDecoder",
+    "FeatureSource",
+    "PreparableSink",
+    "PushAudio",
+    "Renderer",
+    "Sink",
+]

@@ -141,8 +141,14 @@ class Stats:
             hists = {m: h.copy() for m, h in self._all.hists.items()}
             frames, first, last = self.frames, self._first_ns, self._last_ns
             span_ns = (last - first) if frames > 1 and first is not None and last is not None else 0
-            counts = {"frames": self.frames, "generated": self.generated, "idle": self.idle,
-                      "dropped": self.dropped, "no_face": self.no_face, "audio_overruns": self.audio_overruns}
+            counts = {
+                "frames": self.frames,
+                "generated": self.generated,
+                "idle": self.idle,
+                "dropped": self.dropped,
+                "no_face": self.no_face,
+                "audio_overruns": self.audio_overruns,
+            }
             late, other = self.late, dict(self.other)
         span_s = span_ns / 1e9
         wall = max(1e-9, time.monotonic() - self._wall0)
@@ -202,10 +208,14 @@ class Stats:
         p = s["processing_latency_ms"]
         if p["p50"] is None and s["interframe_gap_ms"]["p99"] is not None:  # playout: no input latency
             g = s["interframe_gap_ms"]
-            return (f"{s['fps_sustained'] or 0:5.1f} fps  gap p99 {g['p99']:5.1f} max {g['max']:5.1f} ms  "
-                    f"speech {s['generated']}  idle {s['idle']}  late {s.get('late', 0)}  cpu {s['cpu_percent']:4.1f}%")
-        return (f"{s['fps_sustained'] or 0:5.1f} fps  latency p50 {p['p50'] or 0:5.1f} p95 {p['p95'] or 0:5.1f} ms  "
-                f"dropped {s['dropped']}  cpu {s['cpu_percent']:4.1f}%")
+            return (
+                f"{s['fps_sustained'] or 0:5.1f} fps  gap p99 {g['p99']:5.1f} max {g['max']:5.1f} ms  "
+                f"speech {s['generated']}  idle {s['idle']}  late {s.get('late', 0)}  cpu {s['cpu_percent']:4.1f}%"
+            )
+        return (
+            f"{s['fps_sustained'] or 0:5.1f} fps  latency p50 {p['p50'] or 0:5.1f} p95 {p['p95'] or 0:5.1f} ms  "
+            f"dropped {s['dropped']}  cpu {s['cpu_percent']:4.1f}%"
+        )
 
     def write_json(self, path: str | os.PathLike) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -30,14 +30,19 @@ class StatsLog:
     def __init__(self, path: str | os.PathLike, cfg: StatsLogConfig = StatsLogConfig()):
         """Opens (truncates) `path` now, so that a bad path fails before the session starts."""
         if not cfg.interval_s > 0:
-            raise LipsyncError("--stats-interval", "a positive number of seconds", f"{cfg.interval_s:g}",
-                               "give e.g. 10")
+            raise LipsyncError(
+                "--stats-interval", "a positive number of seconds", f"{cfg.interval_s:g}", "give e.g. 10"
+            )
         self.path, self.cfg = os.fspath(path), cfg
         try:
             self._f = open(self.path, "w", encoding="utf-8")
         except OSError as e:
-            raise LipsyncError("--stats-jsonl", "a writable file path", f"{e.strerror} ({self.path})",
-                               "give a path in an existing, writable folder") from None
+            raise LipsyncError(
+                "--stats-jsonl",
+                "a writable file path",
+                f"{e.strerror} ({self.path})",
+                "give a path in an existing, writable folder",
+            ) from None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stats = self._probe = None

@@ -20,8 +20,12 @@ _FORMATS = (".png", ".svg", ".pdf")
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
     if not p.is_file():
-        raise LipsyncError("lipsync plot", "a --stats-jsonl file", f"no file at {p}",
-                           "give the path `lipsync live --stats-jsonl` wrote")
+        raise LipsyncError(
+            "lipsync plot",
+            "a --stats-jsonl file",
+            f"no file at {p}",
+            "give the path `lipsync live --stats-jsonl` wrote",
+        )
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -29,15 +33,27 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise LipsyncError("lipsync plot", "one JSON object per line", f"line {n} of {p} is not JSON",
-                               "give a file written by `lipsync live --stats-jsonl`") from None
+            raise LipsyncError(
+                "lipsync plot",
+                "one JSON object per line",
+                f"line {n} of {p} is not JSON",
+                "give a file written by `lipsync live --stats-jsonl`",
+            ) from None
         if not isinstance(row, dict) or "t_s" not in row:
-            raise LipsyncError("lipsync plot", "stats lines with a t_s field", f"line {n} of {p} has none",
-                               "give a file written by `lipsync live --stats-jsonl`")
+            raise LipsyncError(
+                "lipsync plot",
+                "stats lines with a t_s field",
+                f"line {n} of {p} has none",
+                "give a file written by `lipsync live --stats-jsonl`",
+            )
         rows.append(row)
     if not rows:
-        raise LipsyncError("lipsync plot", "at least one stats line", f"an empty file {p}",
-                           "let the live run last one --stats-interval or more")
+        raise LipsyncError(
+            "lipsync plot",
+            "at least one stats line",
+            f"an empty file {p}",
+            "let the live run last one --stats-interval or more",
+        )
     return rows
 
 
@@ -54,14 +70,22 @@ def _series(rows, *keys):
 def plot_stats(jsonl: str | os.PathLike, output: str | os.PathLike) -> Path:
     out = Path(output)
     if out.suffix.lower() not in _FORMATS:
-        raise LipsyncError("lipsync plot -o", f"an image path ending in {', '.join(_FORMATS)}", f"'{out.name}'",
-                           "name the output e.g. stats.png")
+        raise LipsyncError(
+            "lipsync plot -o",
+            f"an image path ending in {', '.join(_FORMATS)}",
+            f"'{out.name}'",
+            "name the output e.g. stats.png",
+        )
     rows = read_jsonl(jsonl)
     try:
         import matplotlib  # matplotlib: an optional extra (bench), only for lipsync plot
     except ImportError:
-        raise LipsyncError("lipsync plot", "matplotlib", "it is not installed",
-                           "pip install 'lipsync-rt[bench]' (or pip install matplotlib)") from None
+        raise LipsyncError(
+            "lipsync plot",
+            "matplotlib",
+            "it is not installed",
+            "pip install 'lipsync-rt[bench]' (or pip install matplotlib)",
+        ) from None
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
@@ -82,8 +106,7 @@ def plot_stats(jsonl: str | os.PathLike, output: str | os.PathLike) -> Path:
     ax.set_ylabel("frames / s")
     ax2 = ax.twinx()
     dropped = _series(rows, "dropped")
-    ax2.bar(t, dropped, width=0.6 * (t[1] - t[0]) if len(t) > 1 else 0.1, color="tab:red", alpha=0.5,
-            label="dropped")
+    ax2.bar(t, dropped, width=0.6 * (t[1] - t[0]) if len(t) > 1 else 0.1, color="tab:red", alpha=0.5, label="dropped")
     ax2.set_ylim(0, max([1] + [d for d in dropped if d == d]) * 1.1)
     ax2.set_ylabel("dropped per interval")
     _legend(ax, ax2)
@@ -129,8 +152,12 @@ def plot_stats(jsonl: str | os.PathLike, output: str | os.PathLike) -> Path:
             os.unlink(tmp)
             raise
     except OSError as e:
-        raise LipsyncError("lipsync plot -o", "a writable image path", f"{e.strerror} ({out})",
-                           "give a path in a folder you can write to") from None
+        raise LipsyncError(
+            "lipsync plot -o",
+            "a writable image path",
+            f"{e.strerror} ({out})",
+            "give a path in a folder you can write to",
+        ) from None
     finally:
         plt.close(fig)
     return out

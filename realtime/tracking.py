@@ -57,9 +57,19 @@ class Track:
 
 
 class FaceTracker:
-    def __init__(self, detect, fps: float = 25.0, redetect_frames: int = 50, min_points: int = 10,
-                 scene_cut_level: float = 30.0, min_cutoff_hz: float = 1.0, beta: float = 0.5,
-                 centre_band: float = 0.05, size_band: float = 0.12, blend_s: float = 0.5):
+    def __init__(
+        self,
+        detect,
+        fps: float = 25.0,
+        redetect_frames: int = 50,
+        min_points: int = 10,
+        scene_cut_level: float = 30.0,
+        min_cutoff_hz: float = 1.0,
+        beta: float = 0.5,
+        centre_band: float = 0.05,
+        size_band: float = 0.12,
+        blend_s: float = 0.5,
+    ):
         """`detect(bgr)` -> object with `.box` (x1, y1, x2, y2) and `.keypoints` (6, 2), or None."""
         self.detect = detect
         self.redetect_frames, self.min_points, self.scene_cut_level = redetect_frames, min_points, scene_cut_level
@@ -101,8 +111,9 @@ class FaceTracker:
         good = status.ravel() == 1
         if good.sum() < self.min_points:
             return False
-        m, inliers = cv2.estimateAffinePartial2D(self._pts[good], nxt[good], method=cv2.RANSAC,
-                                                 ransacReprojThreshold=2.0)
+        m, inliers = cv2.estimateAffinePartial2D(
+            self._pts[good], nxt[good], method=cv2.RANSAC, ransacReprojThreshold=2.0
+        )
         if m is None or inliers is None or inliers.sum() < self.min_points:
             return False
         # The fit is in ROI coordinates; the ROI stays put between re-detections.
@@ -173,7 +184,7 @@ class FaceTracker:
         gray = cv2.cvtColor(bgr[ry1:ry2, rx1:rx2], cv2.COLOR_BGR2GRAY)
         (bx1, by1), (bx2, by2) = self._state[0] - (rx1, ry1), self._state[1] - (rx1, ry1)
         mask = np.zeros(gray.shape, np.uint8)
-        mask[max(0, int(by1)):int(by2), max(0, int(bx1)):int(bx2)] = 255
+        mask[max(0, int(by1)) : int(by2), max(0, int(bx1)) : int(bx2)] = 255
         self._pts = cv2.goodFeaturesToTrack(gray, 40, 0.01, max(3, int((bx2 - bx1) / 20)), mask=mask)
         self._gray = gray
         self._since = 0

@@ -19,8 +19,20 @@ def main() -> int:
     from lipsync.cli import main as cli
 
     out = ROOT / "results"
-    rc = cli(["live", "--avatar", str(ROOT / "media" / "avatar.jpg"), "--audio", str(ROOT / "media" / "speech.mp3"),
-              "--to", str(out / "demo.mp4"), "--stats-json", str(out / "demo-stats.json")] + sys.argv[1:])
+    rc = cli(
+        [
+            "live",
+            "--avatar",
+            str(ROOT / "media" / "avatar.jpg"),
+            "--audio",
+            str(ROOT / "media" / "speech.mp3"),
+            "--to",
+            str(out / "demo.mp4"),
+            "--stats-json",
+            str(out / "demo-stats.json"),
+        ]
+        + sys.argv[1:]
+    )
     if rc == 0:
         print(f"wrote {out / 'demo.mp4'} and {out / 'demo-stats.json'}", file=sys.stderr)
     return rc

@@ -10,8 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import media  # noqa: E402
 
-SPEECH = ("The quick brown fox jumps over the lazy dog. "
-          "Then it sits down by the river and watches the boats go by.")
+SPEECH = "The quick brown fox jumps over the lazy dog. Then it sits down by the river and watches the boats go by."
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +73,7 @@ def _forget_test_camera_backends():
         # Imported during the test: pyvirtualcam's own backends are those not named by a test.
         # (Read before clearing: clearing first left an empty registry, so a later test asking
         # for v4l2loopback got a KeyError instead of the missing device.)
-        keep = before if before is not None else {k: v for k, v in mod.BACKENDS.items()
-                                                  if not k.startswith("lipsync-")}
+        keep = before if before is not None else {k: v for k, v in mod.BACKENDS.items() if not k.startswith("lipsync-")}
         mod.BACKENDS.clear()
         mod.BACKENDS.update(keep)
 
@@ -99,8 +97,11 @@ def judge_inputs(assets):
         grey = cv2.resize((f * 255).astype(np.uint8), (96, 96), interpolation=cv2.INTER_CUBIC)
         tint = rng.uniform(0.8, 1.15, 3)
         crops.append(np.clip(np.repeat(grey[..., None], 3, axis=2) * tint, 0, 255).astype(np.uint8))
-    wav = media.speech_wav(assets / "judge-voice.wav", "Seven silver swans swam south, singing softly "
-                           "while the shepherd counted sheep beside the shallow stream.", voice="en-us+f4")
+    wav = media.speech_wav(
+        assets / "judge-voice.wav",
+        "Seven silver swans swam south, singing softly while the shepherd counted sheep beside the shallow stream.",
+        voice="en-us+f4",
+    )
     chunks = [c for c in mel_chunks(melspectrogram(decode_audio(wav).mono_16k()), 25) if c.mean() > -2.5]
     mels = model_mels([chunks[i] for i in rng.integers(0, len(chunks), len(crops))])
     return mels, model_faces(np.stack(crops))

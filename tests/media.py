@@ -48,14 +48,17 @@ def write_audio(path: Path, pcm: np.ndarray, rate_hz: int, codec: str | None = N
     """Encode float planar `pcm` (channels, samples) with PyAV; codec chosen from the suffix."""
     import av
 
-    codec = codec or {".wav": "pcm_s16le", ".mp3": "libmp3lame", ".m4a": "aac", ".ogg": "libopus",
-                      ".flac": "flac"}[path.suffix]
+    codec = (
+        codec
+        or {".wav": "pcm_s16le", ".mp3": "libmp3lame", ".m4a": "aac", ".ogg": "libopus", ".flac": "flac"}[path.suffix]
+    )
     layout = "mono" if pcm.shape[0] == 1 else "stereo"
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=rate_hz if codec != "libopus" else 48000, layout=layout)
         fmt = stream.codec_context.codec.audio_formats[0].name
-        resampler = av.AudioResampler(format=fmt, layout=layout, rate=stream.rate,
-                                      frame_size=stream.codec_context.frame_size or 1024)
+        resampler = av.AudioResampler(
+            format=fmt, layout=layout, rate=stream.rate, frame_size=stream.codec_context.frame_size or 1024
+        )
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm, dtype=np.float32), format="fltp", layout=layout)
         frame.sample_rate, frame.pts, frame.time_base = rate_hz, 0, Fraction(1, rate_hz)
         for f in resampler.resample(frame) + resampler.resample(None):

@@ -36,7 +36,7 @@ def main(ckpt: str, photo: str, speech: str, delay_ms: int) -> None:
             if self._stream is not None and not self._stream.active and self._read == 0:  # it starts now
                 tone = mark(self.rate)
                 at = (delay_ms - MARK_BEFORE_MS) * self.rate // 1000  # where the nominal head start puts it
-                self._ring[at:at + len(tone)] = tone
+                self._ring[at : at + len(tone)] = tone
             super().send_audio(chunk)  # the audio goes after the sink's own head start, over the tone if short
 
     assert delay_ms > MARK_BEFORE_MS

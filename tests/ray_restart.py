@@ -66,8 +66,10 @@ def main(ckpt: str, photo: str, audio: str, out: str) -> None:
             "kill_to_process_start": round((info["process_started_ns"] - kill_ns) / 1e9, 3),
             "kill_to_init": round((info["init_ns"] - kill_ns) / 1e9, 3),
             "init": round(info["ready_ms"] / 1e3, 3),
-            "ready_to_first_frame": round((again["first_frame_ns"] - info["init_ns"]) / 1e9
-                                          - info["ready_ms"] / 1e3, 3)}
+            "ready_to_first_frame": round(
+                (again["first_frame_ns"] - info["init_ns"]) / 1e9 - info["ready_ms"] / 1e3, 3
+            ),
+        }
         doc["a_streams_on"] = ray.get(a.wait_frames.remote(again["frames"] + 25, 30), timeout=40)
     doc["a_info"] = ray.get(a.info.remote(), timeout=30)
     doc["b_during"] = ray.get(b.wait_frames.remote(b_before + 25, 30), timeout=40)

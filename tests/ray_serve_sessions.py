@@ -58,8 +58,9 @@ def main(ckpt: str, photo: str, audio: str, out: str) -> None:
     t0 = time.monotonic()
     doc["first"] = ray.get([s.wait_frames.remote(25, 120) for s in (a, b)], timeout=180)
     doc["startup_s"] = round(time.monotonic() - t0, 2)
-    doc["later"] = ray.get([s.wait_frames.remote(r["frames"] + 50, 60) for s, r in zip((a, b), doc["first"])],
-                           timeout=90)
+    doc["later"] = ray.get(
+        [s.wait_frames.remote(r["frames"] + 50, 60) for s, r in zip((a, b), doc["first"])], timeout=90
+    )
     sessions = host.close()
     doc["sessions"] = {k: v for k, v in sessions.items() if k != "services"}
     doc["deployment"] = handle.summary.remote().result(timeout_s=60)

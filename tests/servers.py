@@ -71,8 +71,9 @@ rtmp {{ server {{ listen 127.0.0.1:{self.port}; chunk_size 4096;
         return f"rtmp://127.0.0.1:{self.port}/live/{name}"
 
     def start(self) -> NginxRtmp:
-        self.proc = subprocess.Popen(["nginx", "-c", str(self.conf), "-p", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["nginx", "-c", str(self.conf), "-p", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for(lambda: _accepts(self.port), 10, "nginx-rtmp listening")
         return self
 
@@ -96,16 +97,23 @@ class PulseAudio:
         (self.dir / "pulse.pa").write_text(
             "load-module module-native-protocol-unix\n"
             "load-module module-null-sink sink_name=vspeaker rate=16000 channels=1\n"
-            "set-default-sink vspeaker\nset-default-source vspeaker.monitor\n")
+            "set-default-sink vspeaker\nset-default-source vspeaker.monitor\n"
+        )
         self.env = dict(os.environ, HOME=str(self.dir), XDG_RUNTIME_DIR=str(self.dir / "xdg"))
         self.proc = None
 
     def start(self) -> PulseAudio:
-        self.proc = subprocess.Popen(["pulseaudio", "-n", "-F", str(self.dir / "pulse.pa"), "--exit-idle-time=-1",
-                                      "--daemonize=no"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_for(lambda: subprocess.run(["pactl", "info"], env=self.env, capture_output=True).returncode == 0,
-                 10, "pulseaudio answering")
+        self.proc = subprocess.Popen(
+            ["pulseaudio", "-n", "-F", str(self.dir / "pulse.pa"), "--exit-idle-time=-1", "--daemonize=no"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: subprocess.run(["pactl", "info"], env=self.env, capture_output=True).returncode == 0,
+            10,
+            "pulseaudio answering",
+        )
         return self
 
     def play(self, wav: Path) -> subprocess.Popen:

@@ -32,21 +32,28 @@ def calibrate_batchnorm(net: nn.Module, batches) -> None:
     net.eval()
 
 
-def calibration_batches(face_bgr: np.ndarray, box, wav16k: np.ndarray, batches: int = 4, batch: int = 8,
-                        seed: int = 0):
+def calibration_batches(face_bgr: np.ndarray, box, wav16k: np.ndarray, batches: int = 4, batch: int = 8, seed: int = 0):
     """Real generator inputs for BatchNorm calibration: jittered crops of one face plus speech mels."""
     from models.face_input import jittered_samples
     from models.mel import mel_chunks, melspectrogram
 
     chunks = mel_chunks(melspectrogram(wav16k), 25)
     rng = np.random.default_rng(seed)
-    return [tuple(map(torch.from_numpy, jittered_samples(face_bgr, box, chunks, batch, rng, jitter_px=12)))
-            for _ in range(batches)]
+    return [
+        tuple(map(torch.from_numpy, jittered_samples(face_bgr, box, chunks, batch, rng, jitter_px=12)))
+        for _ in range(batches)
+    ]
 
 
-def make_checkpoint(path: str | os.PathLike, network: str = "Wav2Lip", seed: int = 0,
-                    calibration=(), prefix: str = "module.", bare: bool = False,
-                    legacy_format: bool = False) -> nn.Module:
+def make_checkpoint(
+    path: str | os.PathLike,
+    network: str = "Wav2Lip",
+    seed: int = 0,
+    calibration=(),
+    prefix: str = "module.",
+    bare: bool = False,
+    legacy_format: bool = False,
+) -> nn.Module:
     """Write a random-weight `network` checkpoint the way the official training script saved it."""
     torch.manual_seed(seed)
     net = _network(network)
@@ -56,11 +63,16 @@ def make_checkpoint(path: str | os.PathLike, network: str = "Wav2Lip", seed: int
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1
     state = {prefix + k: v for k, v in net.state_dict().items()}
-    obj = state if bare else {
-        "state_dict": state,
-        "optimizer": torch.optim.Adam(net.parameters(), lr=1e-4).state_dict(),
-        "global_step": 1234, "global_epoch": 5,
-    }
+    obj = (
+        state
+        if bare
+        else {
+            "state_dict": state,
+            "optimizer": torch.optim.Adam(net.parameters(), lr=1e-4).state_dict(),
+            "global_step": 1234,
+            "global_epoch": 5,
+        }
+    )
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy_format)
     return net
 
@@ -77,8 +89,9 @@ def make_embedded_calibrated_checkpoint(path: str | os.PathLike, seed: int = 0) 
     from mediaio.audio import decode_audio
 
     media = Path(__file__).resolve().parent.parent / "media"
-    batches = calibration_batches(cv2.imread(str(media / "avatar.jpg")), EMBEDDED_FACE_BOX,
-                                  decode_audio(media / "speech.mp3").mono_16k())
+    batches = calibration_batches(
+        cv2.imread(str(media / "avatar.jpg")), EMBEDDED_FACE_BOX, decode_audio(media / "speech.mp3").mono_16k()
+    )
     return make_checkpoint(path, "Wav2Lip", seed=seed, calibration=batches)
 
 
@@ -113,14 +126,20 @@ def smooth_field_batches(batches: int = 4, batch: int = 8, seed: int = 0):
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(batches):
-        faces = np.stack([cv2.GaussianBlur(rng.random((96, 96, 6)).astype(np.float32), (0, 0), 6)
-                          for _ in range(batch)])
+        faces = np.stack(
+            [cv2.GaussianBlur(rng.random((96, 96, 6)).astype(np.float32), (0, 0), 6) for _ in range(batch)]
+        )
         faces = (faces - faces.min()) / (faces.max() - faces.min() + 1e-6)
-        mels = np.stack([cv2.GaussianBlur(rng.standard_normal((80, 16)).astype(np.float32), (0, 0), 2)
-                         for _ in range(batch)])
+        mels = np.stack(
+            [cv2.GaussianBlur(rng.standard_normal((80, 16)).astype(np.float32), (0, 0), 2) for _ in range(batch)]
+        )
         mels = np.clip(mels * 6 - 1, -4, 4)[:, None]
-        out.append((torch.from_numpy(np.ascontiguousarray(mels)),
-                    torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2)))))
+        out.append(
+            (
+                torch.from_numpy(np.ascontiguousarray(mels)),
+                torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2))),
+            )
+        )
     return out
 
 

@@ -42,8 +42,10 @@ def test_edge_frames_use_reflect_padding(speech_wav):
     assert np.abs(ours[:, 0] - zdb[:, 0]).max() > 1e-3
 
 
-@pytest.mark.parametrize("suffix,rate,channels", [
-    (".wav", 16000, 1), (".mp3", 22050, 1), (".m4a", 44100, 2), (".ogg", 48000, 1), (".flac", 8000, 2)])
+@pytest.mark.parametrize(
+    "suffix,rate,channels",
+    [(".wav", 16000, 1), (".mp3", 22050, 1), (".m4a", 44100, 2), (".ogg", 48000, 1), (".flac", 8000, 2)],
+)
 def test_any_container_decodes_to_16k_mono(tmp_path, speech_wav, suffix, rate, channels):
     src = decode_audio(speech_wav)
     import soxr
@@ -83,9 +85,9 @@ def reference_chunks(mel, fps):
     while True:
         start = int(i * mult)
         if start + 16 > len(mel[0]):
-            chunks.append(mel[:, len(mel[0]) - 16:])
+            chunks.append(mel[:, len(mel[0]) - 16 :])
             break
-        chunks.append(mel[:, start:start + 16])
+        chunks.append(mel[:, start : start + 16])
         i += 1
     return chunks
 

@@ -27,8 +27,9 @@ def moving_video(path, img, n, x264_params="", size=192):
             s.options = {"x264-params": x264_params}
         for i in range(n):
             m = np.float32([[1, 0, 12 * np.sin(i / 6)], [0, 1, 6 * np.sin(i / 9)]])
-            f = av.VideoFrame.from_ndarray(cv2.warpAffine(small, m, (size, size), borderMode=cv2.BORDER_REFLECT),
-                                           format="bgr24")
+            f = av.VideoFrame.from_ndarray(
+                cv2.warpAffine(small, m, (size, size), borderMode=cv2.BORDER_REFLECT), format="bgr24"
+            )
             f.pts = i
             out.mux(s.encode(f))
         out.mux(s.encode(None))
@@ -42,8 +43,9 @@ def img(photo):
 
 # Default x264 (one long GOP), short GOPs with B-frames, and open GOPs (keyframes whose leading
 # B-frames refer to the previous GOP: decoding from such a keyframe alone cannot show them).
-@pytest.mark.parametrize("params", ["", "keyint=8:min-keyint=8:bframes=3",
-                                    "keyint=8:min-keyint=8:bframes=3:open-gop=1"])
+@pytest.mark.parametrize(
+    "params", ["", "keyint=8:min-keyint=8:bframes=3", "keyint=8:min-keyint=8:bframes=3:open-gop=1"]
+)
 def test_frames_decoded_on_demand_equal_a_full_decode_in_any_order(tmp_path, img, params):
     path = moving_video(tmp_path / "v.mp4", img, 60, params)
     ref, _ = read_video(path, 50)
@@ -138,16 +140,16 @@ def test_fp16_features_change_the_generated_face_by_rounding_only(tmp_path, spli
     mel = melspectrogram(decode_audio(speech_wav).mono_16k())
     worst = 0
     for i in range(20):
-        ref = [np.asarray(f) for f in split_gen.encode(model_faces(crops[i:i + 1]))]
+        ref = [np.asarray(f) for f in split_gen.encode(model_faces(crops[i : i + 1]))]
         got = store.get(i)
         assert [g.shape for g in got] == [r.shape for r in ref] and all(g.dtype == np.float32 for g in got)
         for g, r in zip(got, ref):  # fp16 keeps 11 significant bits
-            assert np.all(np.abs(g - r) <= 2.0 ** -10 * np.abs(r) + 1e-7)
-        window = np.ascontiguousarray(mel[None, None, :, 5 * i:5 * i + 16], np.float32)
+            assert np.all(np.abs(g - r) <= 2.0**-10 * np.abs(r) + 1e-7)
+        window = np.ascontiguousarray(mel[None, None, :, 5 * i : 5 * i + 16], np.float32)
         a = to_uint8_faces(split_gen.decode(window, ref)).astype(int)
         b = to_uint8_faces(split_gen.decode(window, got)).astype(int)
         worst = max(worst, int(np.abs(a - b).max()))
-        assert 10 * np.log10(255 ** 2 / max(np.mean((a - b) ** 2), 1e-12)) > 50
+        assert 10 * np.log10(255**2 / max(np.mean((a - b) ** 2), 1e-12)) > 50
     assert worst <= 2
     assert len(store._cache) <= 4
     store.close()
@@ -237,8 +239,13 @@ def test_cache_evicts_least_recently_used_and_keeps_what_this_run_uses(tmp_path,
     (base / "models" / "face.tflite").write_bytes(b"\0" * 3_000_000)  # never an entry
     (base / "avatars" / ".x.123.tmp.npy").write_bytes(b"\0" * 1000)  # someone's write in progress
     got = cache_limit.entries()
-    assert [(e.kind, e.name) for e in got] == [("exports", "aaaa"), ("avatars", "old"), ("avatars", "inuse"),
-                                                ("detections", "d1"), ("avatars", "new")]
+    assert [(e.kind, e.name) for e in got] == [
+        ("exports", "aaaa"),
+        ("avatars", "old"),
+        ("avatars", "inuse"),
+        ("detections", "d1"),
+        ("avatars", "new"),
+    ]
     assert got[1].size_bytes == 2_000_000 and len(got[1].paths) == 2
     cache_limit.touch(base / "avatars" / "inuse.json")  # used by this process: never evicted by it
     monkeypatch.setenv(cache_limit.ENV_LIMIT, "4.5")
@@ -264,8 +271,9 @@ def test_cache_cli_lists_and_clears(tmp_path):
     env = dict(os.environ, LIPSYNC_CACHE_DIR=str(base), PYTHONPATH=str(ROOT))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lipsync.cli", "cache", *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "lipsync.cli", "cache", *args], env=env, cwd=ROOT, capture_output=True, text=True
+        )
 
     listed = cli("list")
     assert listed.returncode == 0 and "3.5 MB in 3 entries" in listed.stdout
@@ -294,8 +302,9 @@ def test_playout_on_a_pingpong_video_shows_the_decoded_frames(tmp_path, img, spe
     path = moving_video(tmp_path / "v.mp4", img, 60, "keyint=12:min-keyint=12", size=512)
     ref, _ = read_video(path)
     clock = ManualClock()
-    pl = build_playout(str(path), [], engine="procedural", clock=clock, loop="pingpong",
-                       pcfg=PlayoutConfig(late_frame_wait_ms=20_000)).start()
+    pl = build_playout(
+        str(path), [], engine="procedural", clock=clock, loop="pingpong", pcfg=PlayoutConfig(late_frame_wait_ms=20_000)
+    ).start()
     assert isinstance(pl.avatar.frames, VideoFrames) and pl.avatar.frames._capacity < 60
     pcm = decode_audio(speech_wav).mono_16k()[:32_000]
     it = pl.frames(timeout_s=20)
@@ -312,7 +321,7 @@ def test_playout_on_a_pingpong_video_shows_the_decoded_frames(tmp_path, img, spe
     try:
         step(30)
         for off in range(0, len(pcm), 1600):
-            pl.push_audio(pcm[off:off + 1600], 16_000, timeout_s=10)
+            pl.push_audio(pcm[off : off + 1600], 16_000, timeout_s=10)
         pl.end_segment()
         assert pl.wait_ready(timeout_s=20)
         step(25)

@@ -20,8 +20,9 @@ def test_camera_avatar_tracks_and_lip_syncs_each_frame(tmp_path, generator_ckpt,
     moving = [np.roll(img, k, axis=1) for k in range(0, 50, 2)]
     cam = media.video_only(tmp_path / "cam.mp4", moving)
     sink = media.CollectSink()
-    engine = build_engine(f"camera:{cam}", [sink], str(generator_ckpt), cfg=EngineConfig(),
-                          clock=MonotonicClock(), engine="wav2lip")
+    engine = build_engine(
+        f"camera:{cam}", [sink], str(generator_ckpt), cfg=EngineConfig(), clock=MonotonicClock(), engine="wav2lip"
+    )
     summary = engine.run(FileSource(str(speech_wav)), 2.0)
     assert summary["no_face"] == 0 and summary["frames"] >= 45  # (speed: see the benchmarks)
     assert engine.avatar.tracker.detector_calls < summary["frames"] / 5  # tracked, not detected per frame
@@ -39,19 +40,38 @@ def test_camera_without_a_face_passes_frames_through(tmp_path, generator_ckpt, s
     blank = [np.full((240, 320, 3), 90, np.uint8)] * 10
     cam = media.video_only(tmp_path / "blank.mp4", blank)
     sink = media.CollectSink()
-    engine = build_engine(f"camera:{cam}", [sink], None, cfg=EngineConfig(), clock=MonotonicClock(),
-                          engine="procedural")
+    engine = build_engine(
+        f"camera:{cam}", [sink], None, cfg=EngineConfig(), clock=MonotonicClock(), engine="procedural"
+    )
     summary = engine.run(FileSource(str(speech_wav)), 1.0)
     assert summary["no_face"] == summary["frames"] >= 20
     camera_frame = engine.avatar.frames[0]
-    assert all(np.array_equal(f.bgr, camera_frame) or np.abs(f.bgr.astype(int) - 90).max() <= 6
-               for f in sink.frames)  # the camera frames themselves (90 give or take codec noise)
+    assert all(
+        np.array_equal(f.bgr, camera_frame) or np.abs(f.bgr.astype(int) - 90).max() <= 6 for f in sink.frames
+    )  # the camera frames themselves (90 give or take codec noise)
 
 
 def test_missing_camera_is_one_line(tmp_path, generator_ckpt, speech_wav):
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", "camera:7", "--audio",
-                           str(speech_wav), "--to", "null", "--engine", "procedural"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            "camera:7",
+            "--audio",
+            str(speech_wav),
+            "--to",
+            "null",
+            "--engine",
+            "procedural",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "VIDEOIO" not in ln and "WARN" not in ln]
     assert proc.returncode != 0
     assert len(lines) == 1 and lines[0].startswith("error: --avatar camera:7"), proc.stderr
@@ -76,8 +96,9 @@ def test_camera_ending_stops_the_session_in_one_line_with_the_recording_finalise
     cam = media.video_only(tmp_path / "cam.mp4", [np.roll(img, k % 40, axis=1) for k in range(0, 200, 2)])
     avatar = CameraAvatar(CameraCapture(str(cam), loop=False), fps=25)
     out = tmp_path / "rec.mkv"
-    engine = Engine(avatar, ProceduralRenderer(avatar.keypoints()), [FileSink(str(out), 25)], EngineConfig(),
-                    MonotonicClock())
+    engine = Engine(
+        avatar, ProceduralRenderer(avatar.keypoints()), [FileSink(str(out), 25)], EngineConfig(), MonotonicClock()
+    )
     with pytest.raises(EngineFailure) as ended:
         engine.run(FileSource(str(speech_wav), loop=True), duration_s=30)
     msg = str(ended.value)

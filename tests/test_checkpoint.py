@@ -28,13 +28,16 @@ def test_generator_parameter_count():
     assert sum(p.numel() for p in Wav2Lip().parameters()) == 36_298_035  # the spec's count
 
 
-@pytest.mark.parametrize("variant", [
-    dict(),  # official: {"state_dict": {"module.*": ...}, "optimizer": ..., ...}
-    dict(prefix=""),  # official layout, prefix already stripped
-    dict(bare=True),  # a bare state dict with module. keys
-    dict(bare=True, prefix=""),
-    dict(legacy_format=True),  # the pre-zip pickle format the 2020 files were saved in
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(),  # official: {"state_dict": {"module.*": ...}, "optimizer": ..., ...}
+        dict(prefix=""),  # official layout, prefix already stripped
+        dict(bare=True),  # a bare state dict with module. keys
+        dict(bare=True, prefix=""),
+        dict(legacy_format=True),  # the pre-zip pickle format the 2020 files were saved in
+    ],
+)
 def test_every_checkpoint_shape_loads_strictly(tmp_path, variant):
     path = tmp_path / "g.pth"
     ref = make_checkpoint(path, "Wav2Lip", seed=3, **variant)

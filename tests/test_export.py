@@ -138,15 +138,20 @@ def test_export_past_tolerance_fails_and_leaves_nothing(tmp_path, monkeypatch, g
 
 
 def test_export_cli(generator_ckpt, full_path):
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "export", "--checkpoint", str(generator_ckpt)],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lipsync.cli", "export", "--checkpoint", str(generator_ckpt)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"full: {full_path}"
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_int8_keeps_30db_on_faces_and_a_voice_it_was_not_calibrated_on(generator_ckpt, full_path, judge_inputs,
-                                                                        runtime):
+def test_int8_keeps_30db_on_faces_and_a_voice_it_was_not_calibrated_on(
+    generator_ckpt, full_path, judge_inputs, runtime
+):
     """int8 takes its ranges from face A with voice A (export.samples.calibration_set) and the build
     checks itself on face B with voices B and C; judged here on neither: other people's faces (LFW)
     and another voice. The error is measured against the picture's own contrast as well as the
@@ -215,10 +220,12 @@ def test_provider_selection_and_no_silent_fallback(full_path):
 
 
 def test_live_path_loads_from_warm_cache_without_torch(generator_ckpt, full_path):
-    code = ("import sys; from realtime.generator import load_generator; "
-            f"g = load_generator({str(generator_ckpt)!r}); "
-            "import numpy as np; g(np.zeros((1,1,80,16),np.float32), np.zeros((1,6,96,96),np.float32)); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from realtime.generator import load_generator; "
+        f"g = load_generator({str(generator_ckpt)!r}); "
+        "import numpy as np; g(np.zeros((1,1,80,16),np.float32), np.zeros((1,6,96,96),np.float32)); "
+        "print('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

@@ -114,9 +114,27 @@ def test_corrupted_packaged_model_is_refused(monkeypatch, tmp_path):
 
 def test_live_cli_with_a_missing_model_is_one_line_error(tmp_path, photo, speech_wav):
     env = {**os.environ, "LIPSYNC_FACE_MODEL": str(tmp_path / "gone.tflite")}
-    r = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
-                        str(speech_wav), "--to", "null", "--engine", "procedural"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            str(speech_wav),
+            "--to",
+            "null",
+            "--engine",
+            "procedural",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: face model ($LIPSYNC_FACE_MODEL)"), r.stderr

@@ -17,7 +17,7 @@ def drive(eng, clock, wav, seconds):
     """Feed `seconds` of `wav` as 20 ms blocks arriving when they end (time moves with the test)."""
     for start in range(0, int(seconds * 16_000), 320):
         clock.advance_ns(20_000_000)
-        eng.process_audio(wav[start % len(wav):start % len(wav) + 320], 16_000, clock.now_ns(), None)
+        eng.process_audio(wav[start % len(wav) : start % len(wav) + 320], 16_000, clock.now_ns(), None)
 
 
 def decoded_video_frames(path) -> int:
@@ -122,7 +122,7 @@ def test_disk_full_under_the_file_sink_finalises_what_was_recorded(small_disk):
     sent = 0
     with pytest.raises(DiskFull) as full:
         for pts in range(2_000):  # ~2 MB at 2 Mbit/s is ~8 s: far fewer frames than this
-            sink.send_audio(AudioChunk(tone[pts * 1920:(pts + 1) * 1920], 48_000, pts * 1920, 0))
+            sink.send_audio(AudioChunk(tone[pts * 1920 : (pts + 1) * 1920], 48_000, pts * 1920, 0))
             img = np.roll(base, 7 * pts, axis=1)  # moving detail: the encoder spends its bitrate
             sink.send_video(VideoFrame(img, pts))
             sent += 1
@@ -142,10 +142,10 @@ def test_disk_full_under_the_file_sink_finalises_what_was_recorded(small_disk):
     assert all(b - a == pytest.approx(1 / FPS) for a, b in zip(frames[1:], frames[2:]))
     # The sound up to the end of the video is there, and is the tone.
     assert len(audio) >= (sent - 1) * 1920
-    mid = audio[len(audio) // 2:len(audio) // 2 + 4800]  # 0.1 s: 44 cycles of 440 Hz
+    mid = audio[len(audio) // 2 : len(audio) // 2 + 4800]  # 0.1 s: 44 cycles of 440 Hz
     spectrum = np.abs(np.fft.rfft(mid))
     assert np.argmax(spectrum) * 48_000 / len(mid) == pytest.approx(440, abs=10)
-    assert np.sqrt(np.mean(mid ** 2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.1)
+    assert np.sqrt(np.mean(mid**2)) == pytest.approx(0.3 / np.sqrt(2), rel=0.1)
 
 
 def test_disk_full_under_a_live_recording_is_one_line_and_exit_1(small_disk, photo, speech_wav):
@@ -156,10 +156,33 @@ def test_disk_full_under_a_live_recording_is_one_line_and_exit_1(small_disk, pho
 
     out = small_disk / "live.mp4"
     # Keyframes 5 times a second at 4 Mbit/s fill the 2 MiB in about 2 s of real time.
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
-                           str(speech_wav), "--loop", "--to", str(out), "--engine", "procedural",
-                           "--video-bitrate-kbps", "4000", "--keyframe-interval-s", "0.2", "--duration", "60"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            str(speech_wav),
+            "--loop",
+            "--to",
+            str(out),
+            "--engine",
+            "procedural",
+            "--video-bitrate-kbps",
+            "4000",
+            "--keyframe-interval-s",
+            "0.2",
+            "--duration",
+            "60",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -277,8 +300,12 @@ def test_a_sink_too_slow_for_the_frame_rate_drops_its_own_video_never_audio(tmp_
 
     pyvirtualcam.register_backend("lipsync-timed", TimedCamera)
     out = tmp_path / "slow.mp4"
-    eng = build_engine(str(photo), [SlowFileSink(out), VcamSink(FPS, backend="lipsync-timed")], engine="procedural",
-                       clock=MonotonicClock())
+    eng = build_engine(
+        str(photo),
+        [SlowFileSink(out), VcamSink(FPS, backend="lipsync-timed")],
+        engine="procedural",
+        clock=MonotonicClock(),
+    )
     seconds = 4.0
     summary = eng.run(FileSource(str(speech_wav), loop=True), duration_s=seconds)
     slow, cam = summary["sinks"]["slow-file"], summary["sinks"]["vcam:lipsync-timed"]

@@ -31,7 +31,7 @@ def reference_frames(ckpt, photo_path, audio_path, box, fps=25.0):
     face = cv2.resize(frame[y1:y2, x1:x2], (96, 96))
     out = []
     for start in range(0, len(chunks), 32):
-        mels = np.stack(chunks[start:start + 32])
+        mels = np.stack(chunks[start : start + 32])
         faces = np.stack([face] * len(mels))
         masked = faces.copy()
         masked[:, 48:] = 0
@@ -57,9 +57,23 @@ def decode_video(path):
 def test_box_render_matches_reference_frame_for_frame(tmp_path, generator_ckpt, photo, speech_wav, backend):
     box = media.ASTRONAUT_FACE_BOX
     out = tmp_path / "out.mkv"
-    rc = inference.main(["--checkpoint_path", str(generator_ckpt), "--face", str(photo), "--audio",
-                         str(speech_wav), "--outfile", str(out), "--box", *map(str, box), "--quiet",
-                         "--backend", backend])
+    rc = inference.main(
+        [
+            "--checkpoint_path",
+            str(generator_ckpt),
+            "--face",
+            str(photo),
+            "--audio",
+            str(speech_wav),
+            "--outfile",
+            str(out),
+            "--box",
+            *map(str, box),
+            "--quiet",
+            "--backend",
+            backend,
+        ]
+    )
     assert rc == 0
     frames, streams, _ = decode_video(out)
     expected = reference_frames(generator_ckpt, photo, speech_wav, box)
@@ -69,15 +83,29 @@ def test_box_render_matches_reference_frame_for_frame(tmp_path, generator_ckpt, 
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     # The generated region changes with the audio (the test is not comparing static images).
     y1, y2, x1, x2 = box
-    mouth = np.stack([f[y1 + (y2 - y1) // 2:y2, x1:x2] for f in frames]).astype(float)
+    mouth = np.stack([f[y1 + (y2 - y1) // 2 : y2, x1:x2] for f in frames]).astype(float)
     assert mouth.std(axis=0).mean() > 1.0
 
 
 def test_classic_command_writes_h264_aac_mp4(tmp_path, generator_ckpt, photo, speech_mp3):
     out = tmp_path / "results" / "ii.mp4"
-    proc = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--checkpoint_path", str(generator_ckpt),
-                           "--face", str(photo), "--audio", str(speech_mp3), "--outfile", str(out)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "inference.py"),
+            "--checkpoint_path",
+            str(generator_ckpt),
+            "--face",
+            str(photo),
+            "--audio",
+            str(speech_mp3),
+            "--outfile",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     frames, streams, duration = decode_video(out)
     assert streams == {"video": "h264", "audio": "aac"}
@@ -93,8 +121,13 @@ def test_detected_boxes_drive_the_render(tmp_path, generator_ckpt, photo, speech
     from lipsync.offline import RenderOptions, render
     from models.torch_generator import TorchGenerator
 
-    res = render(str(photo), str(speech_wav), str(tmp_path / "d.mkv"), TorchGenerator(str(generator_ckpt)),
-                 RenderOptions(progress=False))
+    res = render(
+        str(photo),
+        str(speech_wav),
+        str(tmp_path / "d.mkv"),
+        TorchGenerator(str(generator_ckpt)),
+        RenderOptions(progress=False),
+    )
     y1, y2, x1, x2 = res.boxes[0]
     assert 60 < y1 < 100 and 170 < y2 < 200 and 160 < x1 < 190 and 255 < x2 < 285
     frames, _, _ = decode_video(tmp_path / "d.mkv")
@@ -126,25 +159,38 @@ def bad_inputs(tmp_path_factory, photo, speech_wav, generator_ckpt):
     return d
 
 
-@pytest.mark.parametrize("case,args,says", [
-    ("missing face", dict(face="nothing.jpg"), "no such file"),
-    ("missing audio", dict(audio="nothing.wav"), "no such file"),
-    ("no audio stream", dict(audio="{bad}/silent.mp4"), "audio stream"),
-    ("corrupt audio", dict(audio="{bad}/corrupt.mp3"), "cannot decode"),
-    ("no face", dict(face="{bad}/noface.png"), "no face in frame 0"),
-    ("syncnet as generator", dict(ckpt="{bad}/lipsync_expert.pth"), "SyncNet"),
-    ("truncated checkpoint", dict(ckpt="{bad}/truncated.pth"), "truncated or corrupt"),
-    ("code in pickle", dict(ckpt="{bad}/evil.pth"), "would run code"),
-    ("unknown output type", dict(out="out.avi"), ".mp4"),
-])
-def test_bad_input_gives_one_line_and_no_output(tmp_path, bad_inputs, generator_ckpt, photo, speech_wav,
-                                                case, args, says):
+@pytest.mark.parametrize(
+    "case,args,says",
+    [
+        ("missing face", dict(face="nothing.jpg"), "no such file"),
+        ("missing audio", dict(audio="nothing.wav"), "no such file"),
+        ("no audio stream", dict(audio="{bad}/silent.mp4"), "audio stream"),
+        ("corrupt audio", dict(audio="{bad}/corrupt.mp3"), "cannot decode"),
+        ("no face", dict(face="{bad}/noface.png"), "no face in frame 0"),
+        ("syncnet as generator", dict(ckpt="{bad}/lipsync_expert.pth"), "SyncNet"),
+        ("truncated checkpoint", dict(ckpt="{bad}/truncated.pth"), "truncated or corrupt"),
+        ("code in pickle", dict(ckpt="{bad}/evil.pth"), "would run code"),
+        ("unknown output type", dict(out="out.avi"), ".mp4"),
+    ],
+)
+def test_bad_input_gives_one_line_and_no_output(
+    tmp_path, bad_inputs, generator_ckpt, photo, speech_wav, case, args, says
+):
     fill = lambda s: s.format(bad=bad_inputs)  # noqa: E731
     outdir = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "inference.py"),
-           "--checkpoint_path", fill(args.get("ckpt", str(generator_ckpt))),
-           "--face", fill(args.get("face", str(photo))), "--audio", fill(args.get("audio", str(speech_wav))),
-           "--outfile", str(outdir / args.get("out", "out.mp4")), "--quiet"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "inference.py"),
+        "--checkpoint_path",
+        fill(args.get("ckpt", str(generator_ckpt))),
+        "--face",
+        fill(args.get("face", str(photo))),
+        "--audio",
+        fill(args.get("audio", str(speech_wav))),
+        "--outfile",
+        str(outdir / args.get("out", "out.mp4")),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

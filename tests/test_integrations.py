@@ -20,7 +20,7 @@ def tts_pcm(speech_wav, seconds, rate=24_000):
     import soxr
 
     pcm = decode_audio(speech_wav).mono_16k()
-    pcm = np.tile(pcm, int(np.ceil(seconds * 16_000 / len(pcm))))[:int(seconds * 16_000)]
+    pcm = np.tile(pcm, int(np.ceil(seconds * 16_000 / len(pcm))))[: int(seconds * 16_000)]
     return (np.clip(soxr.resample(pcm, 16_000, rate), -1, 1) * 32767).astype(np.int16)
 
 
@@ -75,13 +75,13 @@ def test_livekit_avatar_runner_plays_and_interrupts_our_generator(photo, speech_
         try:
             pcm = tts_pcm(speech_wav, 1.0)
             for i in range(0, len(pcm), 2400):  # 100 ms frames, as fast as the agent makes them
-                await audio_out.capture_frame(rtc.AudioFrame(pcm[i:i + 2400].tobytes(), 24_000, 1, 2400))
+                await audio_out.capture_frame(rtc.AudioFrame(pcm[i : i + 2400].tobytes(), 24_000, 1, 2400))
             audio_out.flush()
             first = await asyncio.wait_for(finished.get(), 20)
 
             pcm = tts_pcm(speech_wav, 4.0)
             for i in range(0, len(pcm), 2400):
-                await audio_out.capture_frame(rtc.AudioFrame(pcm[i:i + 2400].tobytes(), 24_000, 1, 2400))
+                await audio_out.capture_frame(rtc.AudioFrame(pcm[i : i + 2400].tobytes(), 24_000, 1, 2400))
             audio_out.flush()
             await asyncio.sleep(1.0)  # the user barges in about a second into the reply
             audio_out.clear_buffer()
@@ -116,7 +116,7 @@ def test_livekit_agent_session_say_then_interrupt_reports_interrupted(photo, spe
 
             async def frames():
                 for i in range(0, len(pcm), 2400):
-                    yield rtc.AudioFrame(pcm[i:i + 2400].tobytes(), 24_000, 1, 2400)
+                    yield rtc.AudioFrame(pcm[i : i + 2400].tobytes(), 24_000, 1, 2400)
 
             handle = session.say("(pre-recorded reply)", audio=frames(), add_to_chat_ctx=False)
             await asyncio.sleep(1.2)
@@ -148,8 +148,11 @@ def test_pipecat_processor_turns_tts_audio_into_paired_frames(photo, speech_wav)
     from lipsync.integrations.pipecat import LipsyncVideoService
 
     pcm = tts_pcm(speech_wav, 1.0)
-    frames = [TTSStartedFrame()] + [TTSAudioRawFrame(pcm[i:i + 2400].tobytes(), 24_000, 1)
-                                    for i in range(0, len(pcm), 2400)] + [TTSStoppedFrame(), SleepFrame(sleep=1.5)]
+    frames = (
+        [TTSStartedFrame()]
+        + [TTSAudioRawFrame(pcm[i : i + 2400].tobytes(), 24_000, 1) for i in range(0, len(pcm), 2400)]
+        + [TTSStoppedFrame(), SleepFrame(sleep=1.5)]
+    )
     svc = LipsyncVideoService(str(photo), engine="procedural")
     down, _ = asyncio.run(run_test(svc, frames_to_send=frames, expected_down_frames=None))
 
@@ -170,7 +173,7 @@ def test_pipecat_processor_turns_tts_audio_into_paired_frames(photo, speech_wav)
     import soxr
 
     want = soxr.resample(pcm.astype(np.float32), 24_000, 48_000)
-    assert np.corrcoef(heard, want[:len(heard)])[0, 1] > 0.99
+    assert np.corrcoef(heard, want[: len(heard)])[0, 1] > 0.99
 
 
 def test_pipecat_interruption_stops_the_speech_at_once(photo, speech_wav):
@@ -181,8 +184,9 @@ def test_pipecat_interruption_stops_the_speech_at_once(photo, speech_wav):
     from lipsync.integrations.pipecat import LipsyncVideoService
 
     pcm = tts_pcm(speech_wav, 4.0)
-    frames = [TTSStartedFrame()] + [TTSAudioRawFrame(pcm[i:i + 2400].tobytes(), 24_000, 1)
-                                    for i in range(0, len(pcm), 2400)]
+    frames = [TTSStartedFrame()] + [
+        TTSAudioRawFrame(pcm[i : i + 2400].tobytes(), 24_000, 1) for i in range(0, len(pcm), 2400)
+    ]
     frames += [SleepFrame(sleep=1.0), InterruptionFrame(), SleepFrame(sleep=1.0)]
     svc = LipsyncVideoService(str(photo), engine="procedural")
     down, _ = asyncio.run(run_test(svc, frames_to_send=frames, expected_down_frames=None))
@@ -290,7 +294,7 @@ def test_livekit_remote_avatar_worker_over_data_streams(photo, speech_wav):
             for seconds, cut_after_s in ((1.0, None), (4.0, 1.0)):
                 pcm = tts_pcm(speech_wav, seconds)
                 for i in range(0, len(pcm), 2400):
-                    await out.capture_frame(rtc.AudioFrame(pcm[i:i + 2400].tobytes(), 24_000, 1, 2400))
+                    await out.capture_frame(rtc.AudioFrame(pcm[i : i + 2400].tobytes(), 24_000, 1, 2400))
                 out.flush()
                 if cut_after_s:
                     await asyncio.sleep(cut_after_s)

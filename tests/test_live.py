@@ -25,7 +25,7 @@ def test_streaming_mel_equals_offline_for_random_chunks(speech_wav, seed):
     i, ready_before_end = 0, 0
     while i < len(wav):
         n = int(rng.integers(1, 4000))
-        ms.push(wav[i:i + n])
+        ms.push(wav[i : i + n])
         i += n
         ready_before_end = ms.frames_ready
         # Never ahead of the audio: frame t needs sample 200t+399.
@@ -45,7 +45,7 @@ def test_mel_ring_forgets_old_frames(speech_wav):
     with pytest.raises(IndexError):
         ms.window(0)
     recent = ms.window(ms.frames_ready - 16)
-    assert np.abs(recent - melspectrogram(wav)[:, ms.frames_ready - 16:ms.frames_ready]).max() < 1e-4
+    assert np.abs(recent - melspectrogram(wav)[:, ms.frames_ready - 16 : ms.frames_ready]).max() < 1e-4
 
 
 def test_queue_policies():
@@ -99,7 +99,7 @@ def drive(engine, clock, wav, block=320):
         if clock.now_ns() < end_ns:
             clock.advance_ns(end_ns - clock.now_ns())
         # It arrived at end_ns; if the worker was still busy, it waited in the queue since.
-        engine.process_audio(wav[start:start + block], 16000, end_ns, None)
+        engine.process_audio(wav[start : start + block], 16000, end_ns, None)
     frames: list[VideoFrame] = []
     while len(engine.frames_q):
         frames.append(engine.frames_q.get())
@@ -155,8 +155,10 @@ def test_silence_shows_the_idle_avatar_without_running_the_generator(live_parts,
     # Crossfade: right after speech starts, the mouth region moves only part of the way.
     first = kinds.index("generated")
     y1, y2, x1, x2 = avatar.boxes[0]
-    diffs = [np.abs(frames[k].bgr[y1:y2, x1:x2].astype(int) - avatar.frames[0][y1:y2, x1:x2]).mean()
-             for k in range(first, first + 3)]
+    diffs = [
+        np.abs(frames[k].bgr[y1:y2, x1:x2].astype(int) - avatar.frames[0][y1:y2, x1:x2]).mean()
+        for k in range(first, first + 3)
+    ]
     assert diffs[0] < diffs[2]
 
 
@@ -212,21 +214,22 @@ def test_virtual_camera_gets_every_frame_in_its_byte_order_at_the_output_rate(tm
     img = cv2.imread(str(photo))
     w = img.shape[1]
     for k, bgr in enumerate([(0, 0, 255), (0, 255, 0), (255, 0, 0)]):  # red, green, blue
-        img[:24, k * w // 3:(k + 1) * w // 3] = bgr
+        img[:24, k * w // 3 : (k + 1) * w // 3] = bgr
     painted = tmp_path / "painted.png"
     cv2.imwrite(str(painted), img)
     clock = ManualClock(10**12)
     RecordingCamera.clock = clock
     pyvirtualcam.register_backend("lipsync-test", RecordingCamera)
     made = media.CollectSink()  # what the engine handed to its sinks
-    eng = build_engine(str(painted), [VcamSink(25, backend="lipsync-test"), made], engine="procedural",
-                       clock=clock).start()
+    eng = build_engine(
+        str(painted), [VcamSink(25, backend="lipsync-test"), made], engine="procedural", clock=clock
+    ).start()
     cam = RecordingCamera.instances[-1]
-    wav = decode_audio(speech_wav).mono_16k()[:3 * 16000]
+    wav = decode_audio(speech_wav).mono_16k()[: 3 * 16000]
     try:
         for start in range(0, len(wav), 320):
             clock.advance_ns(20_000_000)
-            eng.process_audio(wav[start:start + 320], 16000, clock.now_ns(), None)
+            eng.process_audio(wav[start : start + 320], 16000, clock.now_ns(), None)
             # process_audio decides this block's frames before it returns; wait until they are out
             assert cam.wait_for(eng._next_pts), f"{eng._next_pts - len(cam.rgb)} frames did not reach the camera"
         driven = len(cam.rgb)
@@ -240,7 +243,7 @@ def test_virtual_camera_gets_every_frame_in_its_byte_order_at_the_output_rate(tm
         assert np.array_equal(got, frame.bgr[:, :, ::-1])
     strip = cam.rgb[driven // 2][:24]
     for k, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
-        assert (strip[:, k * w // 3 + 2:(k + 1) * w // 3 - 2] == rgb).all(), (k, strip[0, k * w // 3 + 2])
+        assert (strip[:, k * w // 3 + 2 : (k + 1) * w // 3 - 2] == rgb).all(), (k, strip[0, k * w // 3 + 2])
     assert sum(f.meta["kind"] == "generated" for f in made.frames) > 20  # and the lips moved
     # The rate they arrived at, on the media clock. Frames 0 and 1 leave together, at the first
     # complete mel window (frame 0's window would start before the audio does); from then on one
@@ -251,8 +254,9 @@ def test_virtual_camera_gets_every_frame_in_its_byte_order_at_the_output_rate(tm
     assert abs(rate - 25) < 0.25, rate
 
 
-@pytest.mark.skipif(bool(glob.glob("/dev/video*")), reason="a video device exists here: the missing-loopback "
-                    "error cannot be provoked")
+@pytest.mark.skipif(
+    bool(glob.glob("/dev/video*")), reason="a video device exists here: the missing-loopback error cannot be provoked"
+)
 def test_vcam_without_loopback_is_one_clear_line():
     from realtime.frames import VideoFrame
     from realtime.sinks.vcam import VcamSink

@@ -18,20 +18,48 @@ READER = ROOT / "tests" / "rtmp_reader.py"
 
 
 def live(*args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "lipsync.cli", "live", *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lipsync.cli", "live", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
 @pytest.mark.slow
 def test_file_output_with_stats_json(tmp_path, generator_ckpt, photo, speech_wav):
     out, stats = tmp_path / "live.mkv", tmp_path / "stats.json"
-    proc = live("--avatar", photo, "--audio", speech_wav, "--to", out, "--to", "null", "--checkpoint",
-                generator_ckpt, "--stats-json", stats, "--duration", 2)
+    proc = live(
+        "--avatar",
+        photo,
+        "--audio",
+        speech_wav,
+        "--to",
+        out,
+        "--to",
+        "null",
+        "--checkpoint",
+        generator_ckpt,
+        "--stats-json",
+        stats,
+        "--duration",
+        2,
+    )
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     s = json.loads(stats.read_text())
-    assert set(s) >= {"fps_sustained", "frames", "dropped", "processing_latency_ms", "audio_to_frame_ms",
-                      "cpu_percent", "rss_mb"}
+    assert set(s) >= {
+        "fps_sustained",
+        "frames",
+        "dropped",
+        "processing_latency_ms",
+        "audio_to_frame_ms",
+        "cpu_percent",
+        "rss_mb",
+    }
     assert set(s["processing_latency_ms"]) == {"p50", "p95", "p99"}
     with av.open(str(out)) as c:
         kinds = sorted(st.type for st in c.streams)
@@ -70,13 +98,29 @@ def test_video_avatar_pingpong_to_udp_mpegts(tmp_path, generator_ckpt, photo, sp
     # ended by the data, not by a guess at how long `live` takes to start (a first use runs the
     # precision ladder: tens of seconds on a busy machine); 120 s only bounds a broken run, and a
     # run that fails ends the viewer at once.
-    viewer = subprocess.Popen([sys.executable, str(READER), url + "?timeout=120000000", "40", "120"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    viewer = subprocess.Popen(
+        [sys.executable, str(READER), url + "?timeout=120000000", "40", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         wait_for(lambda: udp_bound(port) or viewer.poll() is not None, 60, "the viewer listening")
         assert viewer.poll() is None, "the viewer exited before listening"
-        proc = live("--avatar", avatar, "--avatar-loop", "pingpong", "--audio", speech_wav, "--to", url,
-                    "--checkpoint", generator_ckpt, "--duration", 4)
+        proc = live(
+            "--avatar",
+            avatar,
+            "--avatar-loop",
+            "pingpong",
+            "--audio",
+            speech_wav,
+            "--to",
+            url,
+            "--checkpoint",
+            generator_ckpt,
+            "--duration",
+            4,
+        )
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         got = json.loads(viewer.communicate(timeout=60)[0])

@@ -14,9 +14,27 @@ def _live(tmp_path, photo, speech, before=(), after=()):
     """`lipsync [before] live ... [after]` with the auto engine in a folder with no checkpoint: it
     logs which engine it chose (INFO) and where it looked for weights (DEBUG)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LIPSYNC_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "lipsync.cli", *before, "live", "--avatar", str(photo),
-                           "--audio", str(speech), "--to", "null", *after], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            *before,
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            str(speech),
+            "--to",
+            "null",
+            *after,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_quiet_hides_info_and_verbose_shows_a_library_modules_debug(tmp_path, photo):
@@ -53,8 +71,14 @@ ours = [n for n, lg in logging.root.manager.loggerDict.items()
 print(json.dumps({"handlers": len(root.handlers), "level": logging.getLevelName(root.level),
                   "disabled": logging.root.manager.disable, "ours": ours, "skipped": skipped}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (got["handlers"], got["level"], got["disabled"], got["ours"]) == (0, "WARNING", 0, []), got
@@ -79,8 +103,11 @@ def test_the_quantizers_root_logger_chatter_is_dropped_without_touching_the_root
         logging.warning("someone else's root warning")
     exec(chatter, {})  # after it, the quantizer's records flow again
     got = [(r.name, r.getMessage()) for r in caplog.records]
-    assert got == [("export.quantize", "building int8 decoder"), ("root", "someone else's root warning"),
-                   ("root", "please consider pre-processing")], got
+    assert got == [
+        ("export.quantize", "building int8 decoder"),
+        ("root", "someone else's root warning"),
+        ("root", "please consider pre-processing"),
+    ], got
     assert (root.level, list(root.handlers), list(root.filters), logging.root.manager.disable) == before
 
 
@@ -94,7 +121,13 @@ with _quiet_ort_quantizer():
     exec(compile("import logging\\nlogging.warning('chatter')", where, "exec"), {})
 print(len(logging.getLogger().handlers))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0" and "chatter" not in proc.stderr, proc.stdout + proc.stderr

@@ -24,9 +24,13 @@ def test_speech_through_pulseaudio_reaches_the_engine_in_real_time(tmp_path, gen
     seconds = speech.duration_s + 1.0
     out = tmp_path / "mic.mkv"
     try:
-        proc = subprocess.Popen([sys.executable, str(SESSION), str(generator_ckpt), str(photo), str(out),
-                                 str(seconds)], env=pulse.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(SESSION), str(generator_ckpt), str(photo), str(out), str(seconds)],
+            env=pulse.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout.readline().strip() == "capturing", proc.stderr.read()
         player = pulse.play(speech_wav)
         summary = json.loads(proc.stdout.readline())
@@ -57,8 +61,7 @@ def test_speech_through_pulseaudio_reaches_the_engine_in_real_time(tmp_path, gen
     assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.95
 
 
-def test_audio_passthrough_plays_the_input_200_ms_late_to_an_output_device(tmp_path, generator_ckpt, photo,
-                                                                            speech_wav):
+def test_audio_passthrough_plays_the_input_200_ms_late_to_an_output_device(tmp_path, generator_ckpt, photo, speech_wav):
     """The engine plays the input through PulseAudio's null sink; parec records its monitor.
 
     The sink's head start of silence is the delay. The session marks it with a short tone 50 ms
@@ -75,11 +78,25 @@ def test_audio_passthrough_plays_the_input_200_ms_late_to_an_output_device(tmp_p
     raw = tmp_path / "monitor.raw"
     try:
         with open(raw, "wb") as f:
-            rec = subprocess.Popen(["parec", "-d", "vspeaker.monitor", "--format=s16le", "--rate=16000",
-                                    "--channels=1"], env=pulse.env, stdout=f)
-            proc = subprocess.run([sys.executable, str(SESSION.with_name("passthrough_session.py")),
-                                   str(generator_ckpt), str(photo), str(speech_wav), "200"],
-                                  env=pulse.env, capture_output=True, text=True, timeout=120)
+            rec = subprocess.Popen(
+                ["parec", "-d", "vspeaker.monitor", "--format=s16le", "--rate=16000", "--channels=1"],
+                env=pulse.env,
+                stdout=f,
+            )
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    str(SESSION.with_name("passthrough_session.py")),
+                    str(generator_ckpt),
+                    str(photo),
+                    str(speech_wav),
+                    "200",
+                ],
+                env=pulse.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             rec.terminate()
             rec.wait()
     finally:
@@ -94,12 +111,12 @@ def test_audio_passthrough_plays_the_input_200_ms_late_to_an_output_device(tmp_p
     xc = scipy.signal.correlate(heard, want, mode="full", method="fft")
     lag = int(np.argmax(np.abs(xc))) - (len(want) - 1)
     assert lag >= 0
-    seg = heard[lag:lag + len(want)]
+    seg = heard[lag : lag + len(want)]
     assert len(seg) > 0.9 * len(want)
-    assert np.corrcoef(seg, want[:len(seg)])[0, 1] > 0.95  # what is heard is the input
+    assert np.corrcoef(seg, want[: len(seg)])[0, 1] > 0.95  # what is heard is the input
     # The tone, heard just before the speech: the last 50 ms of a 200 ms head start.
     tone = mark(16_000)
-    before = heard[max(0, lag - 16 * 400):lag]
+    before = heard[max(0, lag - 16 * 400) : lag]
     xm = np.abs(scipy.signal.correlate(before, tone, mode="valid"))
     at = int(np.argmax(xm))
     energy = float(np.sum(tone * tone))
@@ -135,8 +152,9 @@ class StderrWatch:
         import re
 
         with self._cv:
-            return self._cv.wait_for(lambda: any(float(v) > 0 for v in re.findall(r"(\d+\.\d) fps", self.text)),
-                                     timeout_s)
+            return self._cv.wait_for(
+                lambda: any(float(v) > 0 for v in re.findall(r"(\d+\.\d) fps", self.text)), timeout_s
+            )
 
     def done(self) -> str:
         self._thread.join(timeout=10)
@@ -153,9 +171,30 @@ def test_audio_server_gone_mid_run_one_line_then_recovery_when_it_returns(tmp_pa
         pytest.fail(str(e))
     out, stats = tmp_path / "mic.mkv", tmp_path / "stats.json"
     seconds = 8
-    proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio", "mic",
-                             "--engine", "procedural", "--to", str(out), "--duration", str(seconds), "--stats-json",
-                             str(stats)], cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            "mic",
+            "--engine",
+            "procedural",
+            "--to",
+            str(out),
+            "--duration",
+            str(seconds),
+            "--stats-json",
+            str(stats),
+        ],
+        cwd=SESSION.parent.parent,
+        env=pulse.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watch = StderrWatch(proc)
     try:
         assert watch.wait_for_frames(60), watch.text  # the microphone delivers and frames are made
@@ -193,9 +232,28 @@ def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, phot
     except RuntimeError as e:
         pytest.fail(str(e))
     out = tmp_path / "mic.mkv"
-    proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio", "mic",
-                             "--engine", "procedural", "--to", str(out), "--mic-give-up-s", "2"],
-                            cwd=SESSION.parent.parent, env=pulse.env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            "mic",
+            "--engine",
+            "procedural",
+            "--to",
+            str(out),
+            "--mic-give-up-s",
+            "2",
+        ],
+        cwd=SESSION.parent.parent,
+        env=pulse.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watch = StderrWatch(proc)
     try:
         # Only once the microphone delivers: stopping the server earlier (the first status line
@@ -209,8 +267,10 @@ def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, phot
             proc.kill()
     err = watch.done()
     assert code == 1 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == ("error: mic:default: no audio input for 2 s (the device or the audio "
-                                            "server went away and did not come back); the session stops")
+    assert err.strip().splitlines()[-1] == (
+        "error: mic:default: no audio input for 2 s (the device or the audio "
+        "server went away and did not come back); the session stops"
+    )
     from mediaio.audio import decode_audio
 
     # The recording is finalised: what was captured, then the 2 s of idle frames and silence

@@ -76,8 +76,7 @@ def make_playout(photo, sinks=(), renderer=None, **pcfg):
     from realtime.playout import Playout, PlayoutConfig
 
     clock = ManualClock()
-    base = build_playout(str(photo), list(sinks), engine="procedural", clock=clock,
-                         pcfg=PlayoutConfig(**pcfg))
+    base = build_playout(str(photo), list(sinks), engine="procedural", clock=clock, pcfg=PlayoutConfig(**pcfg))
     if renderer is not None:
         base = Playout(base.avatar, renderer, list(sinks), base.cfg, base.pcfg, clock)
     return base.start(), clock
@@ -86,7 +85,7 @@ def make_playout(photo, sinks=(), renderer=None, **pcfg):
 def push_all(pl, pcm, rate=16_000, piece_s=0.1, ready=True):
     step = int(rate * piece_s)
     for off in range(0, len(pcm), step):
-        pl.push_audio(pcm[off:off + step], rate, timeout_s=10)
+        pl.push_audio(pcm[off : off + step], rate, timeout_s=10)
     pl.end_segment()
     if ready:  # the next tick starts the utterance
         assert pl.wait_ready(timeout_s=20)
@@ -113,9 +112,9 @@ def test_every_pushed_sample_plays_once_paired_with_its_frame(photo, speech10):
 
     kinds = [i.video.meta["kind"] for i in items]
     first = next(n for n, i in enumerate(items) if i.video.meta["kind"] == "generated")
-    speech = items[first:first + 250]
+    speech = items[first : first + 250]
     # Contiguous: the utterance's 250 frames are one run; nothing held, nothing late, nothing dropped.
-    assert all(k in ("generated", "idle") for k in kinds[first:first + 250])
+    assert all(k in ("generated", "idle") for k in kinds[first : first + 250])
     assert "held" not in kinds and summary["dropped"] == 0 and summary.get("late", 0) == 0
     assert sum(k == "generated" for k in kinds) >= 200
     # One output clock: pts 0, 1, 2, ... and each frame's audio starts at its own time.
@@ -158,8 +157,8 @@ def test_interrupt_silences_at_the_next_tick_and_fades_to_idle(photo, speech10):
     import soxr
 
     want = soxr.resample(speech10[:16_000], 16_000, 48_000, quality="HQ").astype(np.float32)
-    got = np.concatenate([i.audio.pcm for i in again])[:len(want) // 2]
-    assert np.corrcoef(got, want[:len(got)])[0, 1] > 0.99
+    got = np.concatenate([i.audio.pcm for i in again])[: len(want) // 2]
+    assert np.corrcoef(got, want[: len(got)])[0, 1] > 0.99
 
 
 def test_pushes_past_the_pending_bound_wait_then_are_refused_with_the_reason(photo):
@@ -190,9 +189,13 @@ def test_push_audio_takes_int16_and_stereo_and_rejects_the_rest_at_the_call(phot
     stereo = np.stack([left, left], axis=1)
     np.testing.assert_allclose(to_mono_float32(stereo, 48_000), left / 32768, atol=1e-6)
     assert to_mono_float32(left.astype(np.float64) / 32768, 16_000).dtype == np.float32
-    bad = [(left.astype(np.int32), 16_000, "dtype int32"), (np.zeros((2, 3, 4), np.float32), 16_000, "shape"),
-           (left, 0, "sample_rate_hz"), (left, 16_000.0, "sample_rate_hz"),
-           (np.full(10, np.nan, np.float32), 16_000, "NaN")]
+    bad = [
+        (left.astype(np.int32), 16_000, "dtype int32"),
+        (np.zeros((2, 3, 4), np.float32), 16_000, "shape"),
+        (left, 0, "sample_rate_hz"),
+        (left, 16_000.0, "sample_rate_hz"),
+        (np.full(10, np.nan, np.float32), 16_000, "NaN"),
+    ]
     pl, _ = make_playout(photo)
     try:
         for pcm, rate, what in bad:
@@ -315,10 +318,30 @@ def test_cli_burst_pacing_plays_a_file_pushed_like_tts(generator_ckpt, photo, sp
     import av
 
     out, stats = tmp_path / "burst.mp4", tmp_path / "stats.json"
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
-                           str(speech_wav), "--checkpoint", str(generator_ckpt), "--audio-pacing", "burst",
-                           "--to", str(out), "--stats-json", str(stats)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            str(speech_wav),
+            "--checkpoint",
+            str(generator_ckpt),
+            "--audio-pacing",
+            "burst",
+            "--to",
+            str(out),
+            "--stats-json",
+            str(stats),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(stats.read_text())
     assert abs(s["fps_sustained"] - 25) <= 0.3 and s["dropped"] == 0 and s["generated"] > 50
@@ -377,7 +400,7 @@ def test_capture_engine_keeps_feeding_other_sinks_while_one_is_blocked(photo, sp
     try:
         for start in range(0, len(wav), 320):  # 20 ms blocks, arriving when they end
             clock.advance_ns(20_000_000)
-            eng.process_audio(wav[start:start + 320], 16_000, clock.now_ns(), None)
+            eng.process_audio(wav[start : start + 320], 16_000, clock.now_ns(), None)
             # Time runs as fast as the test drives it: let the healthy sink have what was decided.
             assert fine.wait_for(eng._next_pts), "the healthy sink stalled behind the blocked one"
     finally:
@@ -386,7 +409,6 @@ def test_capture_engine_keeps_feeding_other_sinks_while_one_is_blocked(photo, sp
     assert summary["dropped"] == 0
     assert [f.pts for f in fine.frames] == list(range(len(fine.frames))) and len(fine.frames) >= 70
     assert len(blocked.pts) < len(fine.frames) and blocked.pts == sorted(blocked.pts)
-
 
 
 class _DrivenStream:
@@ -444,4 +466,4 @@ def test_audio_passthrough_keeps_its_delay_after_an_underrun_and_plays_whole_bur
     writer.join()
     played = np.concatenate(played)
     start = int(np.argmax(played != 0))
-    assert sink.overruns == 0 and np.array_equal(played[start:start + len(burst)], burst)
+    assert sink.overruns == 0 and np.array_equal(played[start : start + len(burst)], burst)

@@ -92,8 +92,9 @@ def test_parity_tolerance_scales_with_magnitude_but_catches_real_mismatches():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILY))
-def test_family_member_exports_chooses_and_runs_live_with_defaults(name, family, photo, speech_wav, judge_inputs,
-                                                                   tmp_path, cache_dir):
+def test_family_member_exports_chooses_and_runs_live_with_defaults(
+    name, family, photo, speech_wav, judge_inputs, tmp_path, cache_dir
+):
     """`lipsync live` with defaults: fp32 export verified, the ladder picks a variant, the pick
     keeps the gate on faces and a voice nobody calibrated or judged on, and frames flow."""
     from export.cache import entry_dir
@@ -101,9 +102,30 @@ def test_family_member_exports_chooses_and_runs_live_with_defaults(name, family,
     from realtime.generator import RuntimeConfig, SplitGenerator
 
     stats = tmp_path / "stats.json"
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
-                           str(speech_wav), "--checkpoint", str(family[name]), "--to", "null", "--duration", "3",
-                           "--stats-json", str(stats)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            str(speech_wav),
+            "--checkpoint",
+            str(family[name]),
+            "--to",
+            "null",
+            "--duration",
+            "3",
+            "--stats-json",
+            str(stats),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "verified against torch" in proc.stderr and "precision:" in proc.stderr
     s = json.loads(stats.read_text())
@@ -125,11 +147,12 @@ def test_family_member_exports_chooses_and_runs_live_with_defaults(name, family,
     mels, faces = judge_inputs
     enc = d / "face_encoder-fp32.onnx"
     ref_gen = SplitGenerator(enc, d / f"decoder_r{first}-fp32.onnx", first_row=first)
-    got_gen = SplitGenerator(enc, d / c["decoder_file"], RuntimeConfig(runtime=c["runtime"], precision=c["precision"]),
-                             first_row=first)
+    got_gen = SplitGenerator(
+        enc, d / c["decoder_file"], RuntimeConfig(runtime=c["runtime"], precision=c["precision"]), first_row=first
+    )
     feats = ref_gen.encode(faces)
-    ref = np.concatenate([ref_gen.decode(mels[i:i + 1], [f[i:i + 1] for f in feats]) for i in range(len(mels))])
-    got = np.concatenate([got_gen.decode(mels[i:i + 1], [f[i:i + 1] for f in feats]) for i in range(len(mels))])
+    ref = np.concatenate([ref_gen.decode(mels[i : i + 1], [f[i : i + 1] for f in feats]) for i in range(len(mels))])
+    got = np.concatenate([got_gen.decode(mels[i : i + 1], [f[i : i + 1] for f in feats]) for i in range(len(mels))])
     assert ref.shape == (len(mels), 3, 96 - first, 96) and ref.std() > 0.02  # a picture, not a flat colour
     per = _psnr(got, ref)
     assert per.mean() >= GATE_MEAN_DB and per.min() >= GATE_WORST_DB, (c, per.mean(), per.min())
@@ -153,11 +176,13 @@ def test_ladder_records_its_choice_and_honours_pins(family, monkeypatch):
         again = precision.choose(ckpt, auto, first_row=48)
     assert again.recorded and (again.runtime, again.precision) == (first.runtime, first.precision)
     # A warm start reads the record without loading torch or NNCF (a second of start-up, ~300 MB).
-    code = ("import sys; from export import precision; from realtime.generator import RuntimeConfig, SplitGenerator;"
-            f"c = precision.choose({str(ckpt)!r}, RuntimeConfig(runtime='auto', precision='auto', device='auto'),"
-            " first_row=48);"
-            "SplitGenerator(c.encoder_path, c.decoder_path, RuntimeConfig(runtime=c.runtime, precision=c.precision),"
-            " first_row=48); print(c.recorded, 'torch' in sys.modules, 'nncf' in sys.modules)")
+    code = (
+        "import sys; from export import precision; from realtime.generator import RuntimeConfig, SplitGenerator;"
+        f"c = precision.choose({str(ckpt)!r}, RuntimeConfig(runtime='auto', precision='auto', device='auto'),"
+        " first_row=48);"
+        "SplitGenerator(c.encoder_path, c.decoder_path, RuntimeConfig(runtime=c.runtime, precision=c.precision),"
+        " first_row=48); print(c.recorded, 'torch' in sys.modules, 'nncf' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-3:] == ["True", "False", "False"], proc.stdout
@@ -182,17 +207,20 @@ def test_failing_reduced_precision_falls_back_but_a_pinned_one_is_refused(family
     monkeypatch.setattr(precision, "GATE_MEAN_DB", 99.0)  # no reduced precision can pass
     # The accuracy-aware build adds half a minute and nothing to what is checked here.
     every = precision.candidates
-    monkeypatch.setattr(precision, "candidates",
-                        lambda *a, **k: [c for c in every(*a, **k) if c.precision != "int8-mixed"])
+    monkeypatch.setattr(
+        precision, "candidates", lambda *a, **k: [c for c in every(*a, **k) if c.precision != "int8-mixed"]
+    )
     caplog.set_level(logging.INFO, logger="export")
-    got = precision.choose(ckpt, RuntimeConfig(runtime="auto", precision="auto", device="auto"), first_row=48,
-                           remeasure=True)
+    got = precision.choose(
+        ckpt, RuntimeConfig(runtime="auto", precision="auto", device="auto"), first_row=48, remeasure=True
+    )
     assert got.precision == "fp32"
     lines = [r.getMessage() for r in caplog.records if r.name == "export.precision"]
     assert any("refused" in ln and "int8" in ln for ln in lines)
     with pytest.raises(LipsyncError) as e:
-        precision.choose(ckpt, RuntimeConfig(runtime="openvino", precision="int8", device="auto"), first_row=48,
-                         remeasure=True)
+        precision.choose(
+            ckpt, RuntimeConfig(runtime="openvino", precision="int8", device="auto"), first_row=48, remeasure=True
+        )
     assert "dB" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -222,8 +250,8 @@ def test_first_shown_row_is_below_the_nose_and_cropping_does_not_change_the_pict
     mels = heldout_set(6).mels
     frame = av.frames[0]
     for i in range(len(mels)):
-        a = to_uint8_faces(g_full.decode(mels[i:i + 1], feats))[0]
-        b = full_face(to_uint8_faces(g_crop.decode(mels[i:i + 1], feats))[0], av.crops[0])
+        a = to_uint8_faces(g_full.decode(mels[i : i + 1], feats))[0]
+        b = full_face(to_uint8_faces(g_crop.decode(mels[i : i + 1], feats))[0], av.crops[0])
         pa = paste_feathered(frame.copy(), a, av.boxes[0], av.keypoints()[0])
         pb = paste_feathered(frame.copy(), b, av.boxes[0], av.keypoints()[0])
         diff = np.abs(pa.astype(int) - pb.astype(int))
@@ -232,9 +260,11 @@ def test_first_shown_row_is_below_the_nose_and_cropping_does_not_change_the_pict
 
 
 def test_thread_budget_limits_blas_and_opencv():
-    code = ("from realtime import threads; import numpy as np; threads.apply(threads.plan('live'));"
-            "from threadpoolctl import threadpool_info; import cv2;"
-            "print(max(p['num_threads'] for p in threadpool_info() if p['user_api']=='blas'), cv2.getNumThreads())")
+    code = (
+        "from realtime import threads; import numpy as np; threads.apply(threads.plan('live'));"
+        "from threadpoolctl import threadpool_info; import cv2;"
+        "print(max(p['num_threads'] for p in threadpool_info() if p['user_api']=='blas'), cv2.getNumThreads())"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["1", "1"]

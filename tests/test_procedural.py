@@ -30,7 +30,7 @@ def run_with_pause(photo, speech_wav):
     engine = Engine(avatar, ProceduralRenderer(kps), [sink], EngineConfig(), FreeRunClock())
     engine.start()
     for i in range(0, len(wav), 320):
-        engine.push_audio(wav[i:i + 320], 16000)
+        engine.push_audio(wav[i : i + 320], 16000)
     engine.stop()
     return wav, avatar, kps[0], sink.frames
 
@@ -39,9 +39,10 @@ def test_mouth_motion_follows_the_speech_envelope(run_with_pause):
     wav, avatar, kp, frames = run_with_pause
     cx, cy = kp[3].astype(int)
     r = int(0.9 * np.linalg.norm(kp[0] - kp[1]))
-    idle = avatar.frames[0][cy - r:cy + 2 * r, cx - r:cx + r].astype(np.float32)
-    motion = np.array([np.abs(f.bgr[cy - r:cy + 2 * r, cx - r:cx + r].astype(np.float32) - idle).mean()
-                       for f in frames])
+    idle = avatar.frames[0][cy - r : cy + 2 * r, cx - r : cx + r].astype(np.float32)
+    motion = np.array(
+        [np.abs(f.bgr[cy - r : cy + 2 * r, cx - r : cx + r].astype(np.float32) - idle).mean() for f in frames]
+    )
     # Loudness around each frame's own time (20 ms before to 40 ms after), in dB.
     env = []
     for i in range(len(frames)):
@@ -49,7 +50,7 @@ def test_mouth_motion_follows_the_speech_envelope(run_with_pause):
         env.append(10 * np.log10(np.mean(wav[a:b].astype(np.float64) ** 2) + 1e-8) if b > a else -80)
     env = np.maximum(np.array(env), -60)
     n = min(len(env), len(motion))
-    corr = {lag: np.corrcoef(env[:n - lag], motion[lag:n])[0, 1] for lag in range(0, 3)}
+    corr = {lag: np.corrcoef(env[: n - lag], motion[lag:n])[0, 1] for lag in range(0, 3)}
     assert corr[0] >= 0.6, corr  # at the right lag: the engine's own alignment, no shift
     assert max(corr.values()) == pytest.approx(corr[0], abs=0.1)
     # In the pause (away from the 120 ms crossfades and the window's 160 ms look-ahead) it rests.
@@ -97,9 +98,29 @@ def test_auto_engine_without_checkpoint_says_procedural(tmp_path, photo, speech_
     # Its working folder is tmp_path: no checkpoints/ there (a developer's own ./checkpoints
     # might hold one), and the session's cache folder holds none either.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
-                           str(speech_wav), "--to", "null", "--stats-json", str(stats), "--duration", "2"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            str(speech_wav),
+            "--to",
+            "null",
+            "--stats-json",
+            str(stats),
+            "--duration",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     said = [ln for ln in lines if "engine: " in ln]

@@ -34,8 +34,9 @@ pytestmark = pytest.mark.skipif(_namespace_missing() is not None, reason=str(_na
 def in_namespace(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     cmd = " ".join(["ip link set lo up; exec", *[f"'{a}'" for a in args]])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(["unshare", "-n", "bash", "-c", cmd], capture_output=True, text=True, timeout=timeout_s,
-                          env=env, cwd=ROOT)
+    return subprocess.run(
+        ["unshare", "-n", "bash", "-c", cmd], capture_output=True, text=True, timeout=timeout_s, env=env, cwd=ROOT
+    )
 
 
 def test_local_ray_is_refused_outside_a_loopback_only_namespace():
@@ -58,8 +59,17 @@ def test_a_killed_session_actor_streams_again_within_2_s(generator_ckpt, photo, 
     gen = load_generator(generator_ckpt, RuntimeConfig(), split=True)
     load_avatar(AvatarConfig(str(photo))).attach_features(gen, f"{gen.name}:test")
     out = tmp_path / "ray.json"
-    run = in_namespace([sys.executable, str(ROOT / "tests" / "ray_restart.py"), str(generator_ckpt), str(photo),
-                        str(speech_wav), str(out)], timeout_s=150)
+    run = in_namespace(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "ray_restart.py"),
+            str(generator_ckpt),
+            str(photo),
+            str(speech_wav),
+            str(out),
+        ],
+        timeout_s=150,
+    )
     assert run.returncode == 0 and out.is_file(), run.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["node"] == "127.0.0.1"
@@ -79,8 +89,17 @@ def test_sessions_stream_through_a_serve_deployment_routed_by_avatar(generator_c
     @serve.multiplexed by avatar key), two session actors on two avatars."""
     pytest.importorskip("ray.serve")
     out = tmp_path / "serve.json"
-    run = in_namespace([sys.executable, str(ROOT / "tests" / "ray_serve_sessions.py"), str(generator_ckpt),
-                        str(photo), str(speech_wav), str(out)], timeout_s=280)
+    run = in_namespace(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "ray_serve_sessions.py"),
+            str(generator_ckpt),
+            str(photo),
+            str(speech_wav),
+            str(out),
+        ],
+        timeout_s=280,
+    )
     assert run.returncode == 0 and out.is_file(), run.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["node"] == "127.0.0.1"

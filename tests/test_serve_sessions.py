@@ -48,39 +48,68 @@ def video_frames(path) -> int:
 
 
 def serve(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lipsync.cli", "serve", "--port", "0", *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lipsync.cli", "serve", "--port", "0", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_sessions_hosted_together_start_and_stop_over_the_api(tmp_path, generator_ckpt, photo, speech_wav):
     mirror = tmp_path / "mirror.jpg"
     cv2.imwrite(str(mirror), cv2.imread(str(photo))[:, ::-1])
     sessions = tmp_path / "sessions.json"
-    sessions.write_text(json.dumps([
-        {"id": "a", "avatar": str(photo), "audio": str(speech_wav), "outputs": [str(tmp_path / "a.mkv")]},
-        {"id": "b", "avatar": str(mirror), "audio": str(speech_wav), "outputs": ["null"]}]))
-    proc = serve("--sessions", sessions, "--checkpoint", generator_ckpt, "--runtime", "onnxruntime",
-                 "--precision", "fp32", "--blend", "hard")
+    sessions.write_text(
+        json.dumps(
+            [
+                {"id": "a", "avatar": str(photo), "audio": str(speech_wav), "outputs": [str(tmp_path / "a.mkv")]},
+                {"id": "b", "avatar": str(mirror), "audio": str(speech_wav), "outputs": ["null"]},
+            ]
+        )
+    )
+    proc = serve(
+        "--sessions",
+        sessions,
+        "--checkpoint",
+        generator_ckpt,
+        "--runtime",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+        "--blend",
+        "hard",
+    )
     try:
         line = ""
         while not line.startswith("sessions:"):
             line = proc.stdout.readline()
             assert line, f"serve exited early: {proc.stderr.read()[-3000:]}"
-        api = line.split()[-1] if line.split()[-1].startswith("http") else next(
-            w for w in line.split() if w.startswith("http"))
+        api = (
+            line.split()[-1]
+            if line.split()[-1].startswith("http")
+            else next(w for w in line.split() if w.startswith("http"))
+        )
         assert api.startswith("http://127.0.0.1:") and api.endswith("/api/sessions")
         status, doc = call("GET", api)
         live = ("waiting", "running")  # waiting: for its phase of the frame period (a few ms)
         assert status == 200 and {s["id"] for s in doc["sessions"]} == {"a", "b"}
         assert all(s["state"] in live for s in doc["sessions"]), doc
 
-        status, doc = call("POST", api, {"id": "c", "avatar": str(photo), "audio": str(speech_wav),
-                                         "outputs": [str(tmp_path / "c.mkv")]})
+        status, doc = call(
+            "POST",
+            api,
+            {"id": "c", "avatar": str(photo), "audio": str(speech_wav), "outputs": [str(tmp_path / "c.mkv")]},
+        )
         assert status == 201 and doc["state"] in ("waiting", "running"), doc
         status, doc = call("POST", api, {"id": "c", "avatar": str(photo), "audio": str(speech_wav)})
         assert status == 409 and "already running" in doc["error"]
-        status, doc = call("POST", api, {"id": "d", "avatar": str(photo), "audio": str(speech_wav),
-                                         "outputs": ["ftp://example.invalid/x"]})
+        status, doc = call(
+            "POST",
+            api,
+            {"id": "d", "avatar": str(photo), "audio": str(speech_wav), "outputs": ["ftp://example.invalid/x"]},
+        )
         assert status == 422 and "\n" not in doc["error"] and "rtmp" in doc["error"]
         status, doc = call("DELETE", api + "/nobody")
         assert status == 404
@@ -103,13 +132,16 @@ def test_sessions_hosted_together_start_and_stop_over_the_api(tmp_path, generato
     assert video_frames(tmp_path / "c.mkv") > 0  # the server's end stopped c and finalised its file
 
 
-@pytest.mark.parametrize("content, says", [
-    (None, "--avatar (the browser studio) and/or --sessions"),
-    ("{", "invalid JSON"),
-    ('{"id": "a"}', "a JSON list"),
-    ('[{"id": "a", "avatar": "nowhere.jpg", "audio": "mic"}]', "existing photo or video"),
-    ('[{"id": "a", "avatar": "AV", "audio": "mic"}, {"id": "a", "avatar": "AV", "audio": "mic"}]', "twice"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (None, "--avatar (the browser studio) and/or --sessions"),
+        ("{", "invalid JSON"),
+        ('{"id": "a"}', "a JSON list"),
+        ('[{"id": "a", "avatar": "nowhere.jpg", "audio": "mic"}]', "existing photo or video"),
+        ('[{"id": "a", "avatar": "AV", "audio": "mic"}, {"id": "a", "avatar": "AV", "audio": "mic"}]', "twice"),
+    ],
+)
 def test_serve_refuses_a_bad_sessions_file_in_one_line(tmp_path, photo, content, says):
     args = []
     if content is not None:
@@ -164,11 +196,15 @@ def test_a_headless_session_is_watched_over_webrtc_by_several_viewers(photo, spe
         peers = []
         try:
             async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-                r = await client.post("/api/sessions", json={"id": "w", "avatar": str(photo),
-                                                              "audio": str(speech_wav), "outputs": ["webrtc"]})
+                r = await client.post(
+                    "/api/sessions",
+                    json={"id": "w", "avatar": str(photo), "audio": str(speech_wav), "outputs": ["webrtc"]},
+                )
                 assert r.status == 201, await r.text()
-                r = await client.post("/api/sessions", json={"id": "plain", "avatar": str(photo),
-                                                              "audio": str(speech_wav), "outputs": ["null"]})
+                r = await client.post(
+                    "/api/sessions",
+                    json={"id": "plain", "avatar": str(photo), "audio": str(speech_wav), "outputs": ["null"]},
+                )
                 assert r.status == 201
                 r = await client.post("/api/sessions/plain/offer", json={"sdp": "v=0", "type": "offer"})
                 assert r.status == 409 and '"webrtc" output' in (await r.json())["error"]

@@ -91,8 +91,7 @@ def test_submit_many_reaches_a_running_decoder_as_one_batch(parts):
         svc.register_avatar("a", a)
         svc.register_avatar("b", b)
         for round_ in range(20):
-            futs = svc.submit_many([("a" if k % 2 else "b", 0, mel(10 * round_ + k), None, f"s{k}")
-                                    for k in range(4)])
+            futs = svc.submit_many([("a" if k % 2 else "b", 0, mel(10 * round_ + k), None, f"s{k}") for k in range(4)])
             for f in futs:
                 f.result(timeout=30)
     assert [len(batch) for batch in rec.batches] == [4] * 20
@@ -142,10 +141,10 @@ def test_the_engine_counts_frames_the_service_dropped(parts, speech_wav):
     svc.close()
     clock = ManualClock(10**12)
     engine = Engine(a, ServiceRenderer(svc, "a", a, "hard"), [], EngineConfig(output_queue_ms=100_000), clock)
-    wav = decode_audio(speech_wav).mono_16k()[:16000 * 2]
+    wav = decode_audio(speech_wav).mono_16k()[: 16000 * 2]
     for start in range(0, len(wav), 320):
         clock.advance_ns(20 * MS)
-        engine.process_audio(wav[start:start + 320], 16000, clock.now_ns(), None)
+        engine.process_audio(wav[start : start + 320], 16000, clock.now_ns(), None)
     kinds = []
     while len(engine.frames_q):
         kinds.append(engine.frames_q.get().meta["kind"])
@@ -257,8 +256,8 @@ def test_a_static_batch_one_openvino_decoder_runs_batches(parts, generator_ckpt,
     batched = run({"mel": mels, **{n: np.concatenate([f[k] for f in both]) for k, n in enumerate(SKIP_NAMES)}})[0]
     assert batched.shape[0] == 3
     for i in range(3):
-        one = run({"mel": mels[i:i + 1], **dict(zip(SKIP_NAMES, both[i]))})[0]
-        np.testing.assert_allclose(batched[i:i + 1], one, atol=1e-5)
+        one = run({"mel": mels[i : i + 1], **dict(zip(SKIP_NAMES, both[i]))})[0]
+        np.testing.assert_allclose(batched[i : i + 1], one, atol=1e-5)
 
 
 def test_warm_up_runs_each_batch_size_once_before_sessions(parts):

@@ -25,8 +25,7 @@ def mirror(photo, tmp_path):
     return p
 
 
-def test_sessions_start_and_stop_independently_over_one_generator(generator_ckpt, photo, mirror, speech_wav,
-                                                                   tmp_path):
+def test_sessions_start_and_stop_independently_over_one_generator(generator_ckpt, photo, mirror, speech_wav, tmp_path):
     mgr = SessionManager(str(generator_ckpt), RuntimeConfig(), EngineConfig(blend="hard"))
     try:
         mgr.start(SessionRequest("a", str(photo), str(speech_wav), (str(tmp_path / "a.mkv"),), duration_s=2.0))
@@ -68,13 +67,16 @@ def test_without_a_checkpoint_sessions_run_the_procedural_renderer(photo, speech
     assert video_frames(tmp_path / "p.mkv") == sink["delivered"] > 0
 
 
-@pytest.mark.parametrize("doc, says", [
-    ({"id": "x", "avatar": "a.jpg", "colour": "red"}, "unknown key 'colour'"),
-    ({"avatar": "a.jpg"}, "'id'"),
-    ({"id": "x", "avatar": "a.jpg", "outputs": [3]}, "list of output strings"),
-    ({"id": "x", "avatar": "a.jpg", "duration_s": -1}, "positive number"),
-    ([1, 2], "a JSON object"),
-])
+@pytest.mark.parametrize(
+    "doc, says",
+    [
+        ({"id": "x", "avatar": "a.jpg", "colour": "red"}, "unknown key 'colour'"),
+        ({"avatar": "a.jpg"}, "'id'"),
+        ({"id": "x", "avatar": "a.jpg", "outputs": [3]}, "list of output strings"),
+        ({"id": "x", "avatar": "a.jpg", "duration_s": -1}, "positive number"),
+        ([1, 2], "a JSON object"),
+    ],
+)
 def test_malformed_session_descriptions_are_refused_in_one_line(doc, says):
     with pytest.raises(LipsyncError, match=says) as e:
         SessionRequest.from_json(doc)

@@ -107,8 +107,20 @@ def test_summary_keeps_its_keys_and_figures():
     _feed(stats, 100, processing_ms=20.0)
     stats.record(100 * 40_000_000, None, None, "dropped")
     s = stats.summary()
-    assert set(s) >= {"fps_sustained", "frames", "generated", "idle", "dropped", "no_face", "audio_overruns",
-                      "processing_latency_ms", "audio_to_frame_ms", "interframe_gap_ms", "cpu_percent", "rss_mb"}
+    assert set(s) >= {
+        "fps_sustained",
+        "frames",
+        "generated",
+        "idle",
+        "dropped",
+        "no_face",
+        "audio_overruns",
+        "processing_latency_ms",
+        "audio_to_frame_ms",
+        "interframe_gap_ms",
+        "cpu_percent",
+        "rss_mb",
+    }
     assert set(s["processing_latency_ms"]) == {"p50", "p95", "p99"}
     assert set(s["interframe_gap_ms"]) == {"p50", "p99", "max"}
     assert s["frames"] == 101 and s["generated"] == 100 and s["dropped"] == 1
@@ -135,8 +147,16 @@ def test_intervals_hold_only_their_own_frames():
     assert second["frames"] == 31 and second["idle"] == 30 and second["generated"] == 0 and second["dropped"] == 1
     assert second["processing_ms"]["p50"] == pytest.approx(50.0, rel=0.01)
     assert second["processing_ms"]["max"] == pytest.approx(50.0)
-    assert set(first) >= {"t_s", "interval_s", "fps", "audio_to_frame_ms", "interframe_gap_ms", "cpu_percent",
-                          "rss_mb", "threads"}
+    assert set(first) >= {
+        "t_s",
+        "interval_s",
+        "fps",
+        "audio_to_frame_ms",
+        "interframe_gap_ms",
+        "cpu_percent",
+        "rss_mb",
+        "threads",
+    }
     whole = stats.summary()  # the run as a whole still has both
     assert whole["frames"] == 81 and whole["processing_latency_ms"]["p50"] == pytest.approx(10.0, rel=0.01)
     assert stats.take_interval()["frames"] == 0
@@ -144,14 +164,40 @@ def test_intervals_hold_only_their_own_frames():
 
 # -- a real live run --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def live_jsonl(tmp_path_factory, photo, speech_wav):
     d = tmp_path_factory.mktemp("stats-jsonl")
     jsonl, summary = d / "stats.jsonl", d / "stats.json"
-    r = subprocess.run([sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(photo), "--audio",
-                        str(speech_wav), "--loop", "--to", "null", "--engine", "procedural", "--duration", "4.5",
-                        "--stats-jsonl", str(jsonl), "--stats-interval", "1", "--stats-json", str(summary)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lipsync.cli",
+            "live",
+            "--avatar",
+            str(photo),
+            "--audio",
+            str(speech_wav),
+            "--loop",
+            "--to",
+            "null",
+            "--engine",
+            "procedural",
+            "--duration",
+            "4.5",
+            "--stats-jsonl",
+            str(jsonl),
+            "--stats-interval",
+            "1",
+            "--stats-json",
+            str(summary),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in jsonl.read_text().splitlines()], json.loads(summary.read_text())
 
@@ -160,9 +206,23 @@ def test_live_run_writes_interval_lines_with_plausible_values(live_jsonl):
     rows, summary = live_jsonl
     assert len(rows) >= 4
     for r in rows:
-        assert set(r) >= {"time_unix_s", "t_s", "interval_s", "fps", "frames", "generated", "idle", "dropped",
-                          "processing_ms", "audio_to_frame_ms", "cpu_percent", "rss_mb", "queues", "av_offset_ms",
-                          "sinks"}
+        assert set(r) >= {
+            "time_unix_s",
+            "t_s",
+            "interval_s",
+            "fps",
+            "frames",
+            "generated",
+            "idle",
+            "dropped",
+            "processing_ms",
+            "audio_to_frame_ms",
+            "cpu_percent",
+            "rss_mb",
+            "queues",
+            "av_offset_ms",
+            "sinks",
+        }
         assert set(r["processing_ms"]) == {"p50", "p95", "max"}
         assert set(r["queues"]) == {"audio_in", "frames_out", "audio_out"}
         assert 30 < r["rss_mb"] < 4000 and 0 <= r["cpu_percent"] <= 100
@@ -184,8 +244,13 @@ def test_plot_draws_a_png(live_jsonl, tmp_path):
     jsonl = tmp_path / "s.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "plots" / "stats.png"
-    r = subprocess.run([sys.executable, "-m", "lipsync.cli", "plot", str(jsonl), "-o", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "lipsync.cli", "plot", str(jsonl), "-o", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
@@ -199,8 +264,9 @@ def test_plot_draws_a_png(live_jsonl, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "lipsync.cli", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lipsync.cli", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def _one_line_error(r, *needles):
@@ -228,31 +294,72 @@ def test_plot_without_matplotlib_is_one_line_error(tmp_path):
     jsonl = tmp_path / "s.jsonl"
     jsonl.write_text('{"t_s": 10, "fps": 25}\n')
     # A real import failure: matplotlib is made unimportable in the child process.
-    code = ("import sys; sys.modules['matplotlib'] = None; from lipsync.cli import main; "
-            f"sys.exit(main(['plot', {str(jsonl)!r}, '-o', {str(tmp_path / 'x.png')!r}]))")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from lipsync.cli import main; "
+        f"sys.exit(main(['plot', {str(jsonl)!r}, '-o', {str(tmp_path / 'x.png')!r}]))"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     _one_line_error(r, "matplotlib", "pip install")
     assert not (tmp_path / "x.png").exists()
 
 
 def test_unwritable_stats_jsonl_fails_before_the_session(tmp_path, photo, speech_wav):
-    r = _cli("live", "--avatar", photo, "--audio", speech_wav, "--to", "null", "--engine", "procedural",
-             "--stats-jsonl", tmp_path / "no" / "such" / "dir" / "s.jsonl")
+    r = _cli(
+        "live",
+        "--avatar",
+        photo,
+        "--audio",
+        speech_wav,
+        "--to",
+        "null",
+        "--engine",
+        "procedural",
+        "--stats-jsonl",
+        tmp_path / "no" / "such" / "dir" / "s.jsonl",
+    )
     _one_line_error(r, "--stats-jsonl", "No such file")
 
 
 def test_session_that_fails_to_start_leaves_no_jsonl(tmp_path, speech_wav):
     jsonl = tmp_path / "s.jsonl"
-    r = _cli("live", "--avatar", tmp_path / "missing.jpg", "--audio", speech_wav, "--to", "null", "--engine",
-             "procedural", "--stats-jsonl", jsonl)
+    r = _cli(
+        "live",
+        "--avatar",
+        tmp_path / "missing.jpg",
+        "--audio",
+        speech_wav,
+        "--to",
+        "null",
+        "--engine",
+        "procedural",
+        "--stats-jsonl",
+        jsonl,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert not jsonl.exists()
 
 
 def test_playout_mode_writes_interval_lines(tmp_path, photo, speech_wav):
     jsonl = tmp_path / "p.jsonl"
-    r = _cli("live", "--avatar", photo, "--audio", speech_wav, "--audio-pacing", "burst", "--to", "null",
-             "--engine", "procedural", "--duration", "3", "--stats-jsonl", jsonl, "--stats-interval", "1")
+    r = _cli(
+        "live",
+        "--avatar",
+        photo,
+        "--audio",
+        speech_wav,
+        "--audio-pacing",
+        "burst",
+        "--to",
+        "null",
+        "--engine",
+        "procedural",
+        "--duration",
+        "3",
+        "--stats-jsonl",
+        jsonl,
+        "--stats-interval",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(rows) >= 3

@@ -27,8 +27,12 @@ def nginx(tmp_path):
 
 
 def reader(url, frames, open_timeout_s=20):
-    return subprocess.Popen([sys.executable, str(READER), url, str(frames), str(open_timeout_s)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(READER), url, str(frames), str(open_timeout_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # -- pacing and the hand-over to the tracks ---------------------------------------------------------
 
+
 def test_pacer_maps_timestamps_to_wall_time_and_restarts_instead_of_bursting():
     from lipsync.web.tracks import Pacer, TrackConfig
 
@@ -92,6 +93,7 @@ def test_uploads_are_recognised_by_content_not_by_name():
 
 # -- the HTTP API, in-process (no browser) ----------------------------------------------------------
 
+
 def _studio_app(token=None):
     from lipsync.web.server import Studio, StudioConfig, make_app
     from lipsync.web.session import Loaded
@@ -141,6 +143,7 @@ def test_only_loopback_runs_without_a_token():
 
 # -- the whole studio in a real browser ------------------------------------------------------------
 
+
 def _namespace_problem() -> str | None:
     if os.geteuid() != 0:
         return "needs root for a private network namespace (unshare -n)"
@@ -161,10 +164,18 @@ def _namespace_problem() -> str | None:
 @pytest.mark.skipif(_namespace_problem() is not None, reason=str(_namespace_problem()))
 def test_studio_in_a_real_browser(tmp_path, speech_wav):
     out = tmp_path / "studio.json"
-    cmd = (f"ip link set lo up && exec {sys.executable} benchmarks/bench_studio.py --engine procedural "
-           f"--seconds 12 --checks --mic-audio {speech_wav} --json {out} --screenshot {tmp_path / 'page.png'}")
-    proc = subprocess.run(["unshare", "-n", "bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cmd = (
+        f"ip link set lo up && exec {sys.executable} benchmarks/bench_studio.py --engine procedural "
+        f"--seconds 12 --checks --mic-audio {speech_wav} --json {out} --screenshot {tmp_path / 'page.png'}"
+    )
+    proc = subprocess.run(
+        ["unshare", "-n", "bash", "-c", cmd],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["console_errors"] == []

@@ -9,8 +9,7 @@ from realtime.tracking import FaceTracker, OneEuroFilter
 
 def moved(img, dx, dy):
     m = np.float32([[1, 0, dx], [0, 1, dy]])
-    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def centre(box):
@@ -45,8 +44,12 @@ def test_tracks_a_moving_face_within_5px_with_few_detections(detector, img):
 def test_still_face_does_not_shimmer(detector, img):
     rng = np.random.default_rng(1)
     tracker = FaceTracker(detector.detect)
-    c = np.array([centre(tracker.update(np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)).box)
-                  for _ in range(60)])
+    c = np.array(
+        [
+            centre(tracker.update(np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)).box)
+            for _ in range(60)
+        ]
+    )
     assert c[5:].std(axis=0).max() <= 0.5
 
 
@@ -149,8 +152,16 @@ def face_over_texture(img, box, n):
     h, w = img.shape[:2]
     x1, y1, x2, y2 = box
     mask = np.zeros((h, w), np.float32)
-    cv2.ellipse(mask, (int((x1 + x2) / 2), int((y1 + y2) / 2 - 0.1 * (y2 - y1))),
-                (int(0.95 * (x2 - x1)), int(1.25 * (y2 - y1))), 0, 0, 360, 1.0, -1)
+    cv2.ellipse(
+        mask,
+        (int((x1 + x2) / 2), int((y1 + y2) / 2 - 0.1 * (y2 - y1))),
+        (int(0.95 * (x2 - x1)), int(1.25 * (y2 - y1))),
+        0,
+        0,
+        360,
+        1.0,
+        -1,
+    )
     mask = cv2.GaussianBlur(mask, (0, 0), 6)
     bg = cv2.resize(cv2.cvtColor(data.grass(), cv2.COLOR_GRAY2BGR), (w, h)).astype(np.float32)
     frames, transforms = [], []

@@ -28,12 +28,17 @@ pytestmark = pytest.mark.slow
 
 FPS = 25
 # Shipped data a run cannot do without; each is checked for in the wheel by name.
-PACKAGE_DATA = ("models/data/face_detection_short_range.tflite", "export/data/face_a.jpg",
-                "export/data/face_b.png", "export/data/voice_a.mp3", "export/data/voice_b.mp3",
-                "export/data/voice_c.mp3")
+PACKAGE_DATA = (
+    "models/data/face_detection_short_range.tflite",
+    "export/data/face_a.jpg",
+    "export/data/face_b.png",
+    "export/data/voice_a.mp3",
+    "export/data/voice_b.mp3",
+    "export/data/voice_c.mp3",
+)
 # Refuses internet sockets in every process of the fresh venv: the fallback where a network
 # namespace cannot be made.
-REFUSE_NETWORK = '''import socket
+REFUSE_NETWORK = """import socket
 
 _connect, _connect_ex = socket.socket.connect, socket.socket.connect_ex
 
@@ -56,7 +61,7 @@ def connect_ex(self, address):
 
 socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
 socket.getaddrinfo = lambda *a, **k: _refuse(a[:2])
-'''
+"""
 
 
 def _namespace_problem() -> str | None:
@@ -89,8 +94,11 @@ def _files(folder: Path) -> set[Path]:
 
 def _clean_env(**extra) -> dict:
     """This environment minus whatever could point Python back at the checkout or a warm cache."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP") and not k.startswith("LIPSYNC_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP") and not k.startswith("LIPSYNC_")
+    }
     return {**env, **extra}
 
 
@@ -100,9 +108,24 @@ def test_the_wheel_alone_lip_syncs_a_file_offline(tmp_path, generator_ckpt, phot
     # 1. Build the wheel from a copy of the sources, without the network or build isolation.
     src = _copy_sources(tmp_path / "src")
     dist = tmp_path / "dist"
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "-w", str(dist), str(src)], capture_output=True, text=True, timeout=240,
-                           env=_clean_env())
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_clean_env(),
+    )
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (wheel,) = dist.glob("lipsync_rt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -113,11 +136,22 @@ def test_the_wheel_alone_lip_syncs_a_file_offline(tmp_path, generator_ckpt, phot
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True, env=_clean_env()).stdout.strip())
-    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps",
-                                "--no-index", str(wheel)], capture_output=True, text=True, timeout=240,
-                               env=_clean_env())
+    site = Path(
+        subprocess.run(
+            [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=_clean_env(),
+        ).stdout.strip()
+    )
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_clean_env(),
+    )
     assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
     ours = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
     (site / "_project_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
@@ -130,18 +164,44 @@ def test_the_wheel_alone_lip_syncs_a_file_offline(tmp_path, generator_ckpt, phot
     speech = media.speech_wav(run / "mine" / "hello.wav", "Hello there, nice to see you.")
     cache = tmp_path / "cache"
     env = _clean_env(LIPSYNC_CACHE_DIR=str(cache), HOME=str(tmp_path / "home"))
-    where = subprocess.run([py, "-c", "import export, lipsync, mediaio, models, realtime; "
-                                      "print(*(m.__file__ for m in (lipsync, realtime, export, mediaio, models)), "
-                                      "sep='\\n')"],
-                           cwd=run, capture_output=True, text=True, env=env, timeout=60)
+    where = subprocess.run(
+        [
+            py,
+            "-c",
+            "import export, lipsync, mediaio, models, realtime; "
+            "print(*(m.__file__ for m in (lipsync, realtime, export, mediaio, models)), "
+            "sep='\\n')",
+        ],
+        cwd=run,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert where.returncode == 0, where.stderr
     for path in where.stdout.split():
         assert Path(path).is_relative_to(site), f"imported from {path}, not from the wheel in {site}"
 
     # 4. `lipsync live` into a file with the network unreachable. The pinned fp32 runtime is the
     # precision ladder's one cheap candidate: the export and its verification still run in full.
-    cmd = [str(venv / "bin" / "lipsync"), "live", "--checkpoint", ckpt, "--avatar", avatar, "--audio", str(speech),
-           "--to", "out.mp4", "--runtime", "onnxruntime", "--precision", "fp32", "--device", "cpu"]
+    cmd = [
+        str(venv / "bin" / "lipsync"),
+        "live",
+        "--checkpoint",
+        ckpt,
+        "--avatar",
+        avatar,
+        "--audio",
+        str(speech),
+        "--to",
+        "out.mp4",
+        "--runtime",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+    ]
     if _namespace_problem() is None:
         cmd = ["unshare", "-n", *cmd]  # only a loopback device, and that one down
     else:

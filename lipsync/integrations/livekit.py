@@ -34,10 +34,10 @@ from realtime.playout import PlayoutItem, SegmentEnd
 
 
 class LipsyncVideoGenerator(VideoGenerator):
-    def __init__(self, avatar: str, checkpoint: str | None = None, *, engine: str = "auto", runtime=None, cfg=None,
-                 pcfg=None):
-        self._playout = build_playout(avatar, [], checkpoint, runtime, cfg or EngineConfig(), pcfg,
-                                      engine=engine)
+    def __init__(
+        self, avatar: str, checkpoint: str | None = None, *, engine: str = "auto", runtime=None, cfg=None, pcfg=None
+    ):
+        self._playout = build_playout(avatar, [], checkpoint, runtime, cfg or EngineConfig(), pcfg, engine=engine)
         self.width, self.height = self._playout.avatar.size
         self.fps = self._playout.cfg.fps
         self.sample_rate = self._playout.pcfg.output_rate_hz
@@ -48,8 +48,13 @@ class LipsyncVideoGenerator(VideoGenerator):
         return self._playout
 
     def options(self) -> AvatarOptions:
-        return AvatarOptions(video_width=self.width, video_height=self.height, video_fps=self.fps,
-                             audio_sample_rate=self.sample_rate, audio_channels=1)
+        return AvatarOptions(
+            video_width=self.width,
+            video_height=self.height,
+            video_fps=self.fps,
+            audio_sample_rate=self.sample_rate,
+            audio_channels=1,
+        )
 
     def _ensure_started(self) -> None:
         if not self._started:
@@ -109,8 +114,9 @@ class LipsyncAvatarSession:
         self.generator = await asyncio.to_thread(LipsyncVideoGenerator, avatar, checkpoint, **opts)
         self.audio = QueueAudioOutput(sample_rate=None)
         session.output.audio = self.audio
-        self.runner = AvatarRunner(room, audio_recv=self.audio, video_gen=self.generator,
-                                   options=self.generator.options())
+        self.runner = AvatarRunner(
+            room, audio_recv=self.audio, video_gen=self.generator, options=self.generator.options()
+        )
         await self.runner.start()
         return self
 
@@ -132,12 +138,17 @@ class AvatarWorker:
         await self.generator.aclose()
 
 
-async def run_avatar_worker(room, avatar: str, checkpoint: str | None = None, sender_identity: str | None = None,
-                            **engine_options) -> AvatarWorker:
+async def run_avatar_worker(
+    room, avatar: str, checkpoint: str | None = None, sender_identity: str | None = None, **engine_options
+) -> AvatarWorker:
     """The avatar as its own participant in `room` (already connected): audio from the agent over
     data streams, video and audio published back."""
     gen = await asyncio.to_thread(LipsyncVideoGenerator, avatar, checkpoint, **engine_options)
-    runner = AvatarRunner(room, audio_recv=DataStreamAudioReceiver(room, sender_identity=sender_identity),
-                          video_gen=gen, options=gen.options())
+    runner = AvatarRunner(
+        room,
+        audio_recv=DataStreamAudioReceiver(room, sender_identity=sender_identity),
+        video_gen=gen,
+        options=gen.options(),
+    )
     await runner.start()
     return AvatarWorker(runner, gen)

@@ -30,11 +30,19 @@ from realtime.playout import PlayoutItem, SegmentEnd
 
 
 class LipsyncVideoService(FrameProcessor):
-    def __init__(self, avatar: str, checkpoint: str | None = None, *, engine: str = "auto", runtime=None,
-                 cfg=None, pcfg=None, **kwargs):
+    def __init__(
+        self,
+        avatar: str,
+        checkpoint: str | None = None,
+        *,
+        engine: str = "auto",
+        runtime=None,
+        cfg=None,
+        pcfg=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        self._spec = dict(avatar=avatar, checkpoint=checkpoint, engine=engine, runtime=runtime, cfg=cfg,
-                          pcfg=pcfg)
+        self._spec = dict(avatar=avatar, checkpoint=checkpoint, engine=engine, runtime=runtime, cfg=cfg, pcfg=pcfg)
         self._playout = None
         self._pump: asyncio.Task | None = None
 
@@ -42,8 +50,15 @@ class LipsyncVideoService(FrameProcessor):
         s = self._spec
         # Loading the avatar (and, on first use, exporting a checkpoint) takes a while: off the loop.
         self._playout = await asyncio.to_thread(
-            build_playout, s["avatar"], [], s["checkpoint"], s["runtime"], s["cfg"] or EngineConfig(), s["pcfg"],
-            engine=s["engine"])
+            build_playout,
+            s["avatar"],
+            [],
+            s["checkpoint"],
+            s["runtime"],
+            s["cfg"] or EngineConfig(),
+            s["pcfg"],
+            engine=s["engine"],
+        )
         self._playout.start()
         self._pump = self.create_task(self._forward_output(), "lipsync-output")
 
@@ -85,13 +100,15 @@ class LipsyncVideoService(FrameProcessor):
             if isinstance(item, SegmentEnd) or not isinstance(item, PlayoutItem):
                 continue
             bgr = item.video.bgr
-            image = OutputImageRawFrame(image=bgr[:, :, ::-1].tobytes(), size=(bgr.shape[1], bgr.shape[0]),
-                                        format="RGB")
+            image = OutputImageRawFrame(
+                image=bgr[:, :, ::-1].tobytes(), size=(bgr.shape[1], bgr.shape[0]), format="RGB"
+            )
             speaking = item.video.meta.get("segment") is not None
             if speaking:
                 image.sync_with_audio = True  # shown once the audio before it has played
             await self.push_frame(image)
             if speaking:
                 pcm16 = (np.clip(item.audio.pcm, -1, 1) * 32767).round().astype(np.int16)
-                await self.push_frame(OutputAudioRawFrame(audio=pcm16.tobytes(),
-                                                          sample_rate=item.audio.sample_rate_hz, num_channels=1))
+                await self.push_frame(
+                    OutputAudioRawFrame(audio=pcm16.tobytes(), sample_rate=item.audio.sample_rate_hz, num_channels=1)
+                )

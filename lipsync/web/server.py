@@ -87,8 +87,11 @@ class Studio:
         cpu0, wall0 = self._cpu
         cpu1, wall1 = time.process_time(), time.monotonic()
         self._cpu = (cpu1, wall1)
-        return {"cpu_percent": round(100 * (cpu1 - cpu0) / max(1e-6, wall1 - wall0) / (os.cpu_count() or 1), 1),
-                "rss_mb": round(rss_mb(), 1), "uptime_s": round(wall1 - self.started, 1)}
+        return {
+            "cpu_percent": round(100 * (cpu1 - cpu0) / max(1e-6, wall1 - wall0) / (os.cpu_count() or 1), 1),
+            "rss_mb": round(rss_mb(), 1),
+            "uptime_s": round(wall1 - self.started, 1),
+        }
 
     async def close(self) -> None:
         if self.session is not None:
@@ -97,6 +100,7 @@ class Studio:
 
 
 # -- HTTP handlers --------------------------------------------------------------------------------
+
 
 def _error(status: int, message: str):
     from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
@@ -114,8 +118,12 @@ def make_app(studio: Studio, manager=None, outputs=None):
         if studio.cfg.token and (request.path.startswith("/api/") or request.path == "/offer"):
             given = request.query.get("token") or request.headers.get("Authorization", "").removeprefix("Bearer ")
             if not hmac.compare_digest(given.encode(), studio.cfg.token.encode()):
-                return _error(401, "expected the studio's token (printed at start), found "
-                                   + ("a wrong one" if given else "none") + "; add ?token=... to the page's URL")
+                return _error(
+                    401,
+                    "expected the studio's token (printed at start), found "
+                    + ("a wrong one" if given else "none")
+                    + "; add ?token=... to the page's URL",
+                )
         try:
             return await handler(request)
         except UploadError as e:
@@ -123,8 +131,11 @@ def make_app(studio: Studio, manager=None, outputs=None):
 
     async def page(request):
         if not studio.enabled:
-            return _error(404, "studio: expected an avatar for the browser studio, found none; start lipsync serve "
-                               "with --avatar (sessions: GET /api/sessions)")
+            return _error(
+                404,
+                "studio: expected an avatar for the browser studio, found none; start lipsync serve "
+                "with --avatar (sessions: GET /api/sessions)",
+            )
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def offer(request):
@@ -134,8 +145,11 @@ def make_app(studio: Studio, manager=None, outputs=None):
             if kind != "offer" or not isinstance(sdp, str) or not sdp.startswith("v=0"):
                 raise ValueError
         except Exception:
-            return _error(400, "offer: expected JSON {\"sdp\": \"v=0...\", \"type\": \"offer\"}, found something "
-                               "else; send the RTCPeerConnection's localDescription")
+            return _error(
+                400,
+                'offer: expected JSON {"sdp": "v=0...", "type": "offer"}, found something '
+                "else; send the RTCPeerConnection's localDescription",
+            )
         if not studio.enabled:
             return _error(404, "offer: expected a studio avatar, found none; start lipsync serve with --avatar")
         if studio.loaded is None:
@@ -149,17 +163,25 @@ def make_app(studio: Studio, manager=None, outputs=None):
     async def stats(request):
         s = studio.session
         loaded = studio.loaded
-        body = {"process": studio.process_stats(), "sessions": 0 if s is None or s.closed.is_set() else 1,
-                "sessions_started": studio.sessions_started,
-                "avatar": None if loaded is None else {
-                    "name": Path(loaded.path).name, "width": loaded.avatar.size[0], "height": loaded.avatar.size[1],
-                    "mouth_box": loaded.mouth_box(), "fps": studio.engine_cfg.fps},
-                "session": None if s is None or s.closed.is_set() else await asyncio.to_thread(s.stats)}
+        body = {
+            "process": studio.process_stats(),
+            "sessions": 0 if s is None or s.closed.is_set() else 1,
+            "sessions_started": studio.sessions_started,
+            "avatar": None
+            if loaded is None
+            else {
+                "name": Path(loaded.path).name,
+                "width": loaded.avatar.size[0],
+                "height": loaded.avatar.size[1],
+                "mouth_box": loaded.mouth_box(),
+                "fps": studio.engine_cfg.fps,
+            },
+            "session": None if s is None or s.closed.is_set() else await asyncio.to_thread(s.stats),
+        }
         return web.json_response(body)
 
     async def avatar(request):
-        up = await read_upload(request, studio.cfg.max_avatar_upload_bytes, {**IMAGE_KINDS, **VIDEO_KINDS},
-                               "avatar")
+        up = await read_upload(request, studio.cfg.max_avatar_upload_bytes, {**IMAGE_KINDS, **VIDEO_KINDS}, "avatar")
         path = studio.upload_path(up.suffix)
         path.write_bytes(up.data)
         try:
@@ -170,10 +192,20 @@ def make_app(studio: Studio, manager=None, outputs=None):
         except Exception as e:  # a decoder giving up on a broken file deep inside OpenCV or FFmpeg
             path.unlink(missing_ok=True)
             log.debug("avatar upload failed", exc_info=True)
-            return _error(422, f"avatar {up.filename}: expected a readable {up.kind} file, found one that fails to "
-                               f"decode ({type(e).__name__}); re-export it")
-        return web.json_response({"ok": True, "name": up.filename, "width": loaded.avatar.size[0],
-                                  "height": loaded.avatar.size[1], "mouth_box": loaded.mouth_box()})
+            return _error(
+                422,
+                f"avatar {up.filename}: expected a readable {up.kind} file, found one that fails to "
+                f"decode ({type(e).__name__}); re-export it",
+            )
+        return web.json_response(
+            {
+                "ok": True,
+                "name": up.filename,
+                "width": loaded.avatar.size[0],
+                "height": loaded.avatar.size[1],
+                "mouth_box": loaded.mouth_box(),
+            }
+        )
 
     async def speak(request):
         s = studio.session
@@ -190,11 +222,17 @@ def make_app(studio: Studio, manager=None, outputs=None):
             path.unlink(missing_ok=True)
         pcm, rate = decoded
         if len(pcm) / rate < MIN_SPEECH_S:  # what a truncated upload usually decodes to
-            return _error(422, f"speak {up.filename}: expected at least {MIN_SPEECH_S:g} s of audio, found "
-                               f"{len(pcm) / rate:.3f} s; the file may be cut short, resend it")
+            return _error(
+                422,
+                f"speak {up.filename}: expected at least {MIN_SPEECH_S:g} s of audio, found "
+                f"{len(pcm) / rate:.3f} s; the file may be cut short, resend it",
+            )
         if len(pcm) / rate > studio.cfg.max_speech_s:
-            return _error(413, f"speak {up.filename}: expected at most {studio.cfg.max_speech_s:g} s of audio, found "
-                               f"{len(pcm) / rate:.1f} s; send a shorter clip")
+            return _error(
+                413,
+                f"speak {up.filename}: expected at most {studio.cfg.max_speech_s:g} s of audio, found "
+                f"{len(pcm) / rate:.1f} s; send a shorter clip",
+            )
         seconds = await s.speak(pcm, rate)
         return web.json_response({"ok": True, "seconds": round(seconds, 2)})
 
@@ -210,9 +248,10 @@ def make_app(studio: Studio, manager=None, outputs=None):
             await s.close()
         return web.json_response({"ok": True})
 
-    app = web.Application(middlewares=[guard],
-                          client_max_size=max(studio.cfg.max_audio_upload_bytes, studio.cfg.max_avatar_upload_bytes)
-                          + 2**20)
+    app = web.Application(
+        middlewares=[guard],
+        client_max_size=max(studio.cfg.max_audio_upload_bytes, studio.cfg.max_avatar_upload_bytes) + 2**20,
+    )
     app.router.add_get("/", page)
     app.router.add_static("/static/", STATIC)
     app.router.add_post("/offer", offer)
@@ -314,8 +353,9 @@ def secured(cfg: StudioConfig) -> StudioConfig:
     return cfg
 
 
-def run_studio(avatar: str | None, build, engine_cfg: EngineConfig, cfg: StudioConfig, ready=None,
-               manager=None, sessions=()) -> int:
+def run_studio(
+    avatar: str | None, build, engine_cfg: EngineConfig, cfg: StudioConfig, ready=None, manager=None, sessions=()
+) -> int:
     """Serve until interrupted. `build(path) -> (avatar, renderer)` makes an avatar's renderer.
     `avatar` None: no browser studio, only the headless sessions of `manager` (started from
     `sessions`, SessionRequests, before the server listens; all stopped when it ends)."""
@@ -337,6 +377,7 @@ def run_studio(avatar: str | None, build, engine_cfg: EngineConfig, cfg: StudioC
         for req in sessions:
             await asyncio.to_thread(manager.start, req)
         if manager is not None:
+
             async def stop_sessions(_app):
                 await asyncio.to_thread(manager.close)
                 await outputs.close()
@@ -351,8 +392,10 @@ def run_studio(avatar: str | None, build, engine_cfg: EngineConfig, cfg: StudioC
         if avatar is not None:
             print(f"studio: open {url}" + (f"?token={cfg.token}" if cfg.token else ""), flush=True)
         if manager is not None:
-            print(f"sessions: {len(sessions)} running; {url}api/sessions lists, starts (POST) and stops (DELETE) them",
-                  flush=True)
+            print(
+                f"sessions: {len(sessions)} running; {url}api/sessions lists, starts (POST) and stops (DELETE) them",
+                flush=True,
+            )
         if cfg.token:
             print(f"studio: token {cfg.token} (required on /offer and /api/ from non-loopback hosts)", flush=True)
         if ready is not None:

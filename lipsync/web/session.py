@@ -111,8 +111,14 @@ class Session:
         if mode == "mic":
             return Engine(self.loaded.avatar, self.loaded.renderer, [sink], self.cfg).start()
 
-        pl = Playout(self.loaded.avatar, self.loaded.renderer, [sink], self.cfg,
-                     PlayoutConfig(output_rate_hz=self.cfg.output_audio_rate_hz), deliver_to_reader=False)
+        pl = Playout(
+            self.loaded.avatar,
+            self.loaded.renderer,
+            [sink],
+            self.cfg,
+            PlayoutConfig(output_rate_hz=self.cfg.output_audio_rate_hz),
+            deliver_to_reader=False,
+        )
         pl.on_event(self._on_playout_event)
         return pl.start()
 
@@ -171,7 +177,7 @@ class Session:
                     if cancel.is_set():
                         return
                     try:
-                        if not engine.push_audio(pcm[i:i + step], rate, timeout_s=PUSH_POLL_S):
+                        if not engine.push_audio(pcm[i : i + step], rate, timeout_s=PUSH_POLL_S):
                             return  # the engine is stopping
                         break
                     except PlayoutFull:
@@ -222,8 +228,10 @@ class Session:
 
     def stats(self) -> dict:
         engine = self.engine
-        return {"mode": self.mode, "engine": engine.stats.summary() if engine is not None else None,
-                "last_second": self.last_second,
-                "webrtc": {**self.out.counters(), "mic_frames_in": self.mic_frames,
-                           "connection": self.pc.connectionState},
-                "errors": list(self.engine_errors)}
+        return {
+            "mode": self.mode,
+            "engine": engine.stats.summary() if engine is not None else None,
+            "last_second": self.last_second,
+            "webrtc": {**self.out.counters(), "mic_frames_in": self.mic_frames, "connection": self.pc.connectionState},
+            "errors": list(self.engine_errors),
+        }

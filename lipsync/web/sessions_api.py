@@ -135,8 +135,11 @@ def add_session_routes(app, manager: SessionManager, error, outputs: WebRtcOutpu
         try:
             doc = await request.json()
         except Exception:
-            return error(400, 'sessions: expected a JSON body {"id": ..., "avatar": ..., "audio": ..., "outputs": '
-                              '[...]}, found something else; send JSON')
+            return error(
+                400,
+                'sessions: expected a JSON body {"id": ..., "avatar": ..., "audio": ..., "outputs": '
+                "[...]}, found something else; send JSON",
+            )
         try:
             req = SessionRequest.from_json(doc)
             desc = await asyncio.to_thread(manager.start, req)
@@ -151,8 +154,11 @@ def add_session_routes(app, manager: SessionManager, error, outputs: WebRtcOutpu
         try:
             desc = await asyncio.to_thread(manager.stop, sid)
         except KeyError:
-            return error(404, f"sessions: expected the id of a session, found {sid!r}, which is not one; "
-                              "GET /api/sessions lists them")
+            return error(
+                404,
+                f"sessions: expected the id of a session, found {sid!r}, which is not one; "
+                "GET /api/sessions lists them",
+            )
         return web.json_response(desc)
 
     async def offer(request):
@@ -162,17 +168,23 @@ def add_session_routes(app, manager: SessionManager, error, outputs: WebRtcOutpu
         sid = request.match_info["sid"]
         watched = None if outputs is None else outputs.watched.get(sid)
         if watched is None or watched.out.closed:
-            return error(409, f"watch {sid}: expected a running session with the \"webrtc\" output, found "
-                              f"{'none by that id' if sid not in manager.requests else 'none with it running'}; "
-                              'start it with "outputs": ["webrtc", ...]')
+            return error(
+                409,
+                f'watch {sid}: expected a running session with the "webrtc" output, found '
+                f"{'none by that id' if sid not in manager.requests else 'none with it running'}; "
+                'start it with "outputs": ["webrtc", ...]',
+            )
         try:
             params = await request.json()
             sdp = params["sdp"]
             if params.get("type") != "offer" or not isinstance(sdp, str) or not sdp.startswith("v=0"):
                 raise ValueError
         except Exception:
-            return error(400, 'watch: expected JSON {"sdp": "v=0...", "type": "offer"}, found something else; send the '
-                              "RTCPeerConnection's localDescription")
+            return error(
+                400,
+                'watch: expected JSON {"sdp": "v=0...", "type": "offer"}, found something else; send the '
+                "RTCPeerConnection's localDescription",
+            )
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only (lipsync.web.ice)
         watched.peers.add(pc)
 
@@ -190,8 +202,11 @@ def add_session_routes(app, manager: SessionManager, error, outputs: WebRtcOutpu
         except Exception as e:
             watched.peers.discard(pc)
             await pc.close()
-            return error(400, f"watch {sid}: expected an SDP offer aiortc can answer, found: {type(e).__name__}: {e}; "
-                              "reload the page")
+            return error(
+                400,
+                f"watch {sid}: expected an SDP offer aiortc can answer, found: {type(e).__name__}: {e}; "
+                "reload the page",
+            )
         log.info("session %s: a viewer joined (%d watching)", sid, len(watched.peers))
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
 

@@ -115,8 +115,10 @@ class WebRtcOutput:
     def put_audio(self, epoch: int, chunk: AudioChunk) -> None:
         pcm = chunk.pcm
         if chunk.sample_rate_hz != self.cfg.audio_rate_hz:
-            raise ValueError(f"WebRTC output: expected audio at {self.cfg.audio_rate_hz} Hz, "
-                             f"found {chunk.sample_rate_hz} Hz; build the engine with that output rate")
+            raise ValueError(
+                f"WebRTC output: expected audio at {self.cfg.audio_rate_hz} Hz, "
+                f"found {chunk.sample_rate_hz} Hz; build the engine with that output rate"
+            )
         s16 = (np.clip(pcm, -1.0, 1.0) * 32767).astype(np.int16)
         n = len(self._ring)
         with self._lock:
@@ -160,15 +162,20 @@ class WebRtcOutput:
             lo = max(start, self._ring_end - len(self._ring))
             hi = min(start + n, self._ring_end)
             if hi > lo:
-                out[lo - start:hi - start] = self._ring[np.arange(lo, hi) % len(self._ring)]
+                out[lo - start : hi - start] = self._ring[np.arange(lo, hi) % len(self._ring)]
             if hi < start + n:
                 self.audio_underrun_frames += 1
         return out
 
     def counters(self) -> dict:
-        return {"video_frames_in": self.video_in, "video_frames_sent": self.video_sent,
-                "video_dropped_at_track": self.video_dropped, "audio_frames_sent": self.audio_sent,
-                "audio_underrun_frames": self.audio_underrun_frames, "pacing_restarts": self.pacer.restarts}
+        return {
+            "video_frames_in": self.video_in,
+            "video_frames_sent": self.video_sent,
+            "video_dropped_at_track": self.video_dropped,
+            "audio_frames_sent": self.audio_sent,
+            "audio_underrun_frames": self.audio_underrun_frames,
+            "pacing_restarts": self.pacer.restarts,
+        }
 
 
 class _EpochSink:
@@ -251,8 +258,7 @@ def make_tracks(out: WebRtcOutput):
             if now - due > cfg.restart_after_ms * 1_000_000:  # stalled: restart, never burst
                 self._t0, self._n, due = now, 0, now
             at = out.pacer.audio_sample_at(due)
-            pcm = (out.audio_between(at[0], at[1], self._spf) if at is not None
-                   else np.zeros(self._spf, np.int16))
+            pcm = out.audio_between(at[0], at[1], self._spf) if at is not None else np.zeros(self._spf, np.int16)
             frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
             frame.sample_rate = cfg.audio_rate_hz
             frame.pts = self._sent * self._spf

@@ -3,5 +3,15 @@
 from realtime.service.generator_service import DROPPED, GeneratorService, GeneratorServiceDown, ServiceConfig
 from realtime.service.sessions import HostConfig, LiveSession, ServiceRenderer, SessionHost, WaitConfig, prepare_avatar
 
-__all__ = ["DROPPED", "GeneratorService", "GeneratorServiceDown", "ServiceConfig", "HostConfig", "LiveSession",
-           "ServiceRenderer", "SessionHost", "WaitConfig", "prepare_avatar"]
+__all__ = [
+    "DROPPED",
+    "GeneratorService",
+    "GeneratorServiceDown",
+    "ServiceConfig",
+    "HostConfig",
+    "LiveSession",
+    "ServiceRenderer",
+    "SessionHost",
+    "WaitConfig",
+    "prepare_avatar",
+]

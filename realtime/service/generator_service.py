@@ -108,12 +108,18 @@ class ServiceStats:
             a = np.asarray(values, np.float64)
             return {k: round(float(np.percentile(a, q)), 2) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))}
 
-        return {"batches": self.batches, "frames": self.frames,
-                "batch_size_mean": round(self.frames / self.batches, 3) if self.batches else None,
-                "batch_size_histogram": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                "decode_ms": pct(self.decode_ms), "queue_wait_ms": pct(self.wait_ms),
-                "dropped_late": self.dropped_late, "dropped_queue_full": self.dropped_full,
-                "cancelled": self.cancelled, "per_session": {k: dict(v) for k, v in self.per_session.items()}}
+        return {
+            "batches": self.batches,
+            "frames": self.frames,
+            "batch_size_mean": round(self.frames / self.batches, 3) if self.batches else None,
+            "batch_size_histogram": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "decode_ms": pct(self.decode_ms),
+            "queue_wait_ms": pct(self.wait_ms),
+            "dropped_late": self.dropped_late,
+            "dropped_queue_full": self.dropped_full,
+            "cancelled": self.cancelled,
+            "per_session": {k: dict(v) for k, v in self.per_session.items()},
+        }
 
 
 class GeneratorService:
@@ -166,12 +172,24 @@ class GeneratorService:
             _resolve(r.future, DROPPED)
 
     # -- requests ---------------------------------------------------------------------------------
-    def submit(self, avatar_id: str, frame_index: int, mel_window: np.ndarray, deadline_ns: int | None,
-               session: str | None = None) -> Future:
+    def submit(
+        self,
+        avatar_id: str,
+        frame_index: int,
+        mel_window: np.ndarray,
+        deadline_ns: int | None,
+        session: str | None = None,
+    ) -> Future:
         """Queue one face; the future resolves to the decoder's (1, 3, rows, 96) output, to DROPPED,
         or to the decoder's exception. `deadline_ns` (the service clock's time): None, never late."""
-        req = _Request(avatar_id, int(frame_index), np.array(mel_window, np.float32, copy=True).reshape(80, 16),
-                       deadline_ns, session or avatar_id, self.clock.now_ns())
+        req = _Request(
+            avatar_id,
+            int(frame_index),
+            np.array(mel_window, np.float32, copy=True).reshape(80, 16),
+            deadline_ns,
+            session or avatar_id,
+            self.clock.now_ns(),
+        )
         with self._cv:
             if avatar_id not in self._avatars:
                 raise KeyError(f"avatar {avatar_id!r} is not registered with this generator service")
@@ -298,8 +316,9 @@ class GeneratorService:
                 if self._closed:
                     return
                 if self.cfg.batch_wait_ms > 0 and len(self._pending) < self.cfg.max_batch:
-                    self._cv.wait_for(lambda: len(self._pending) >= self.cfg.max_batch or self._closed,
-                                      self.cfg.batch_wait_ms / 1000)
+                    self._cv.wait_for(
+                        lambda: len(self._pending) >= self.cfg.max_batch or self._closed, self.cfg.batch_wait_ms / 1000
+                    )
                 batch, late = self._take(self.clock.now_ns())
                 self._inflight = batch + late
             for r in late:
@@ -333,7 +352,7 @@ class GeneratorService:
             if not layer:
                 break
             layer.sort(key=lambda r: never if r.deadline_ns is None else r.deadline_ns)
-            batch += layer[:self.cfg.max_batch - len(batch)]
+            batch += layer[: self.cfg.max_batch - len(batch)]
             depth += 1
         taken = {id(r) for r in batch}
         self._pending = [r for r in live if id(r) not in taken]
@@ -373,10 +392,11 @@ class GeneratorService:
         if len(batch) > 1 and self._batchable:
             try:
                 out = self.gen.decode(mels, [np.concatenate([f[k] for f in feats]) for k in range(len(feats[0]))])
-                return [out[i:i + 1] for i in range(len(batch))]
+                return [out[i : i + 1] for i in range(len(batch))]
             except Exception as e:
                 # A decoder exported at a fixed batch of 1: one request at a time from now on.
-                log.warning("generator service: the decoder refused a batch of %d (%s); decoding one by one",
-                            len(batch), e)
+                log.warning(
+                    "generator service: the decoder refused a batch of %d (%s); decoding one by one", len(batch), e
+                )
                 self._batchable = False
-        return [self.gen.decode(mels[i:i + 1], feats[i]) for i in range(len(batch))]
+        return [self.gen.decode(mels[i : i + 1], feats[i]) for i in range(len(batch))]

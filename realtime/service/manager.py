@@ -51,13 +51,18 @@ class SessionRequest:
     def from_json(doc: dict) -> SessionRequest:
         """From a JSON object (the --sessions file, POST /api/sessions); unknown keys refused."""
         if not isinstance(doc, dict):
-            raise LipsyncError("session", "a JSON object with id, avatar, audio, outputs", type(doc).__name__,
-                               'write e.g. {"id": "a", "avatar": "face.jpg", "audio": "mic", "outputs": ["vcam"]}')
+            raise LipsyncError(
+                "session",
+                "a JSON object with id, avatar, audio, outputs",
+                type(doc).__name__,
+                'write e.g. {"id": "a", "avatar": "face.jpg", "audio": "mic", "outputs": ["vcam"]}',
+            )
         known = {"id", "avatar", "audio", "outputs", "loop_audio", "avatar_loop", "duration_s"}
         unknown = sorted(set(doc) - known)
         if unknown:
-            raise LipsyncError("session", f"keys among {sorted(known)}", f"unknown key {unknown[0]!r}",
-                               "remove or rename it")
+            raise LipsyncError(
+                "session", f"keys among {sorted(known)}", f"unknown key {unknown[0]!r}", "remove or rename it"
+            )
         for key in ("id", "avatar"):
             if not isinstance(doc.get(key), str) or not doc.get(key):
                 raise LipsyncError(f"session {key!r}", "a non-empty string", repr(doc.get(key)), f"give {key}")
@@ -65,19 +70,37 @@ class SessionRequest:
         if isinstance(outputs, str):
             outputs = [outputs]
         if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs):
-            raise LipsyncError("session 'outputs'", "a list of output strings", repr(outputs),
-                               'give e.g. ["rtmp://host/live/a", "vcam"]')
+            raise LipsyncError(
+                "session 'outputs'",
+                "a list of output strings",
+                repr(outputs),
+                'give e.g. ["rtmp://host/live/a", "vcam"]',
+            )
         duration = doc.get("duration_s")
         if duration is not None and (not isinstance(duration, (int, float)) or duration <= 0):
-            raise LipsyncError("session 'duration_s'", "a positive number of seconds or null", repr(duration),
-                               "give e.g. 60")
-        return SessionRequest(doc["id"], doc["avatar"], str(doc.get("audio", "mic")), tuple(outputs),
-                              bool(doc.get("loop_audio", True)), str(doc.get("avatar_loop", "forward")),
-                              None if duration is None else float(duration))
+            raise LipsyncError(
+                "session 'duration_s'", "a positive number of seconds or null", repr(duration), "give e.g. 60"
+            )
+        return SessionRequest(
+            doc["id"],
+            doc["avatar"],
+            str(doc.get("audio", "mic")),
+            tuple(outputs),
+            bool(doc.get("loop_audio", True)),
+            str(doc.get("avatar_loop", "forward")),
+            None if duration is None else float(duration),
+        )
 
     def to_json(self) -> dict:
-        return {"id": self.session_id, "avatar": self.avatar, "audio": self.audio, "outputs": list(self.outputs),
-                "loop_audio": self.loop_audio, "avatar_loop": self.avatar_loop, "duration_s": self.duration_s}
+        return {
+            "id": self.session_id,
+            "avatar": self.avatar,
+            "audio": self.audio,
+            "outputs": list(self.outputs),
+            "loop_audio": self.loop_audio,
+            "avatar_loop": self.avatar_loop,
+            "duration_s": self.duration_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -101,18 +124,32 @@ def make_input(audio: str, loop: bool):
 def check_request(req: SessionRequest) -> None:
     """What can be checked before anything is loaded: files exist, outputs parse."""
     if not Path(req.avatar).is_file() and not req.avatar.startswith("camera:"):
-        raise LipsyncError(f"session {req.session_id!r} avatar", "an existing photo or video file", repr(req.avatar),
-                           "check the path (it is read on the server)")
+        raise LipsyncError(
+            f"session {req.session_id!r} avatar",
+            "an existing photo or video file",
+            repr(req.avatar),
+            "check the path (it is read on the server)",
+        )
     if req.audio != "mic" and not req.audio.startswith("mic:") and not Path(req.audio).is_file():
-        raise LipsyncError(f"session {req.session_id!r} audio", "'mic', 'mic:<device>' or an existing audio file",
-                           repr(req.audio), "check the path (it is read on the server)")
+        raise LipsyncError(
+            f"session {req.session_id!r} audio",
+            "'mic', 'mic:<device>' or an existing audio file",
+            repr(req.audio),
+            "check the path (it is read on the server)",
+        )
     if not req.outputs:
         raise LipsyncError(f"session {req.session_id!r} outputs", "at least one output", "none", "give e.g. vcam")
 
 
 class SessionManager:
-    def __init__(self, checkpoint: str | None, runtime: RuntimeConfig | None = None, cfg: EngineConfig = EngineConfig(),
-                 mcfg: ManagerConfig = ManagerConfig(), local_outputs=None):
+    def __init__(
+        self,
+        checkpoint: str | None,
+        runtime: RuntimeConfig | None = None,
+        cfg: EngineConfig = EngineConfig(),
+        mcfg: ManagerConfig = ManagerConfig(),
+        local_outputs=None,
+    ):
         """`local_outputs`: {output name: make(session_id) -> sink} for outputs that live in this
         process's host (the server's "webrtc"); sessions in other processes (ray) cannot use them."""
         if mcfg.backend not in ("inprocess", "ray"):
@@ -138,10 +175,8 @@ class SessionManager:
         key = hashlib.sha256(f"{sha256_file(avatar_path)}:{[list(b) for b in av.boxes]}".encode()).hexdigest()
         runtime = self.runtime or default_runtime()
         choice = choose(self.checkpoint, runtime, first_row=first_row, avatar=AvatarSamples(key, av.crops))
-        run_cfg = dataclasses.replace(runtime, runtime=choice.runtime, precision=choice.precision,
-                                      device=choice.device)
-        make = functools.partial(SplitGenerator, choice.encoder_path, choice.decoder_path, run_cfg,
-                                 first_row=first_row)
+        run_cfg = dataclasses.replace(runtime, runtime=choice.runtime, precision=choice.precision, device=choice.device)
+        make = functools.partial(SplitGenerator, choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)
         if self.mcfg.backend == "ray":
             self._gen = GeneratorSpec(make, str(self.checkpoint))
             self._host = RaySessionHost(self._gen, self.cfg)
@@ -156,8 +191,12 @@ class SessionManager:
         check_request(req)
         with self._lock:
             if req.session_id in self.requests and self._state(req.session_id) in ("waiting", "running", "starting"):
-                raise LipsyncError(f"session {req.session_id!r}", "a new session id", "one already running",
-                                   "stop it first or pick another id")
+                raise LipsyncError(
+                    f"session {req.session_id!r}",
+                    "a new session id",
+                    "one already running",
+                    "stop it first or pick another id",
+                )
             self.requests[req.session_id] = req
             try:
                 if self.checkpoint is None:
@@ -175,8 +214,9 @@ class SessionManager:
     def _start_procedural(self, req: SessionRequest) -> None:
         sinks = self._sinks(req)
         engine = build_engine(req.avatar, sinks, None, None, self.cfg, loop=req.avatar_loop, engine="procedural")
-        self._solo[req.session_id] = LiveSession(req.session_id, engine, make_input(req.audio, req.loop_audio),
-                                                 req.duration_s).start()
+        self._solo[req.session_id] = LiveSession(
+            req.session_id, engine, make_input(req.audio, req.loop_audio), req.duration_s
+        ).start()
 
     def _start_inprocess(self, req: SessionRequest) -> None:
         gen = self._generator(req.avatar)
@@ -191,23 +231,37 @@ class SessionManager:
         host.start(req.session_id)
 
     def _sinks(self, req: SessionRequest) -> list:
-        return [self.local_outputs[o](req.session_id) if o in self.local_outputs
-                else make_sink(o, self.cfg.fps, self.mcfg.audio_rate_hz) for o in req.outputs]
+        return [
+            self.local_outputs[o](req.session_id)
+            if o in self.local_outputs
+            else make_sink(o, self.cfg.fps, self.mcfg.audio_rate_hz)
+            for o in req.outputs
+        ]
 
     def _start_ray(self, req: SessionRequest) -> None:
         local = [o for o in req.outputs if o in self.local_outputs]
         if local:
-            raise LipsyncError(f"session {req.session_id!r} outputs", "outputs a Ray session actor can open itself",
-                               repr(local[0]), "use --backend inprocess for it, or stream to rtmp:// / udp://")
+            raise LipsyncError(
+                f"session {req.session_id!r} outputs",
+                "outputs a Ray session actor can open itself",
+                repr(local[0]),
+                "use --backend inprocess for it, or stream to rtmp:// / udp://",
+            )
         self._generator(req.avatar)
         host = self._host
         assert isinstance(host, RaySessionHost)  # made by _generator() above, backend "ray"
         if req.session_id in host.actors:  # a session of that id that ended by itself: its actor goes
             host.stop(req.session_id)
-        host.add(SessionSpec(req.session_id, str(Path(req.avatar).resolve()),
-                                   functools.partial(make_input, req.audio, req.loop_audio),
-                                   functools.partial(make_sinks, req.outputs, self.cfg.fps, self.mcfg.audio_rate_hz),
-                                   req.duration_s, req.avatar_loop))
+        host.add(
+            SessionSpec(
+                req.session_id,
+                str(Path(req.avatar).resolve()),
+                functools.partial(make_input, req.audio, req.loop_audio),
+                functools.partial(make_sinks, req.outputs, self.cfg.fps, self.mcfg.audio_rate_hz),
+                req.duration_s,
+                req.avatar_loop,
+            )
+        )
 
     def stop(self, session_id: str, timeout_s: float = 10.0) -> dict:
         with self._lock:
@@ -258,8 +312,10 @@ class SessionManager:
             out.update({k: summary.get(k) for k in ("frames", "dropped", "fps_sustained")})
             out["processing_p95_ms"] = (summary.get("processing_latency_ms") or {}).get("p95")
             # per output: frames it took, and frames it dropped being slower than the session
-            out["sinks"] = {name: {"delivered": c.get("delivered"), "video_dropped": c.get("video_dropped")}
-                            for name, c in (summary.get("sinks") or {}).items()}
+            out["sinks"] = {
+                name: {"delivered": c.get("delivered"), "video_dropped": c.get("video_dropped")}
+                for name, c in (summary.get("sinks") or {}).items()
+            }
             if s.error is not None:
                 out["error"] = str(s.error)
         elif isinstance(self._host, RaySessionHost) and session_id in self._host.actors:

@@ -117,10 +117,13 @@ def init_local_ray(num_cpus: int = 2, **kwargs) -> None:
     import ray  # ray: an optional extra; importing this module needs none
 
     if not loopback_only():
-        raise LipsyncError("local Ray", "a network namespace with only loopback",
-                           f"interfaces {interfaces()}",
-                           "run it as root inside `unshare -n bash -c 'ip link set lo up; exec <command>'`, "
-                           "or connect to a real cluster with ray.init(address=...)")
+        raise LipsyncError(
+            "local Ray",
+            "a network namespace with only loopback",
+            f"interfaces {interfaces()}",
+            "run it as root inside `unshare -n bash -c 'ip link set lo up; exec <command>'`, "
+            "or connect to a real cluster with ray.init(address=...)",
+        )
     root = str(Path(__file__).resolve().parents[2])
     paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
     os.environ["PYTHONPATH"] = os.pathsep.join(paths)  # the raylet and its workers inherit it
@@ -185,15 +188,26 @@ def node_service(spec: GeneratorSpec, cfg: EngineConfig):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()
-    return ray.remote(GeneratorServiceActor).options(
-        name=service_name(node), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-        num_cpus=spec.num_cpus, max_restarts=-1, max_concurrency=1000,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(spec, cfg)
+    return (
+        ray.remote(GeneratorServiceActor)
+        .options(
+            name=service_name(node),
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=spec.num_cpus,
+            max_restarts=-1,
+            max_concurrency=1000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+        )
+        .remote(spec, cfg)
+    )
 
 
 # -- sessions -------------------------------------------------------------------------------------
-def make_renderer(service, avatar_id: str, avatar, blend: str, session: str, grace_ms: float,
-                  no_deadline_wait_s: float):
+def make_renderer(
+    service, avatar_id: str, avatar, blend: str, session: str, grace_ms: float, no_deadline_wait_s: float
+):
     """ServiceRenderer's contract over an actor hop: faces from the node's service actor, the
     wait bounded by the frame's deadline plus grace (a drop), a lost service a session failure.
     (Made here so that importing this module needs no Ray.)"""
@@ -213,8 +227,9 @@ def make_renderer(service, avatar_id: str, avatar, blend: str, session: str, gra
 
         def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
             t0 = time.monotonic_ns()
-            ref = service.face.remote(avatar_id, idx, np.ascontiguousarray(mel_window, np.float32),
-                                      self.deadline_ns, session)
+            ref = service.face.remote(
+                avatar_id, idx, np.ascontiguousarray(mel_window, np.float32), self.deadline_ns, session
+            )
             if self.deadline_ns is None:
                 timeout_s = no_deadline_wait_s
             else:
@@ -301,24 +316,31 @@ class SessionActor:
         self.incarnation = "restarted" if ray.get_runtime_context().was_current_actor_reconstructed else "first"
         avatar = load_avatar(AvatarConfig(spec.avatar_path, loop=spec.loop, fps=cfg.fps))  # boxes: avatar cache
         if isinstance(gen, ServeTarget):  # the generator is a Serve deployment (GPU nodes)
-
-            self.renderer = make_serve_renderer(gen, avatar_key(spec.avatar_path, spec.loop), avatar, cfg.blend,
-                                                spec.session_id, wait.no_deadline_wait_s)
+            self.renderer = make_serve_renderer(
+                gen,
+                avatar_key(spec.avatar_path, spec.loop),
+                avatar,
+                cfg.blend,
+                spec.session_id,
+                wait.no_deadline_wait_s,
+            )
             self.renderer.load()
         else:
             avatar_id = spec.avatar_id or spec.session_id
             self.service = node_service(gen, cfg)
             ray.get(self.service.register.remote(avatar_id, spec.avatar_path, spec.loop))
-            self.renderer = make_renderer(self.service, avatar_id, avatar, cfg.blend, spec.session_id,
-                                          wait.grace_ms, wait.no_deadline_wait_s)
+            self.renderer = make_renderer(
+                self.service, avatar_id, avatar, cfg.blend, spec.session_id, wait.grace_ms, wait.no_deadline_wait_s
+            )
         self.tally = _Tally()
         clock = MonotonicClock()
         engine = Engine(avatar, self.renderer, [*spec.make_sinks(), self.tally], cfg, clock)
         period = int(1e9 / cfg.fps)
         now = clock.now_ns()
         start_at = now + (spec.epoch_ns + spec.phase_ns - now) % period  # the same phase after a restart
-        self.session = LiveSession(spec.session_id, engine, spec.make_source(), spec.duration_s, start_at,
-                                   on_end=self.tally.ended)
+        self.session = LiveSession(
+            spec.session_id, engine, spec.make_source(), spec.duration_s, start_at, on_end=self.tally.ended
+        )
         self.session.start()
         self.ready_ms = (time.monotonic_ns() - t0) / 1e6
         log.info("session %s (%s incarnation) ready in %.0f ms", spec.session_id, self.incarnation, self.ready_ms)
@@ -326,16 +348,26 @@ class SessionActor:
     def info(self) -> dict:
         import ray  # ray: an optional extra; importing this module needs none
 
-        return {"session": self.spec.session_id, "pid": os.getpid(), "incarnation": self.incarnation,
-                "node": ray.get_runtime_context().get_node_id(), "ready_ms": round(self.ready_ms, 1),
-                "init_ns": self.init_ns, "process_started_ns": _process_start_ns()}
+        return {
+            "session": self.spec.session_id,
+            "pid": os.getpid(),
+            "incarnation": self.incarnation,
+            "node": ray.get_runtime_context().get_node_id(),
+            "ready_ms": round(self.ready_ms, 1),
+            "init_ns": self.init_ns,
+            "process_started_ns": _process_start_ns(),
+        }
 
     def wait_frames(self, n: int, timeout_s: float) -> dict:
         """Frames this incarnation delivered, once there are `n` (or at the timeout), and when
         its first one was delivered (CLOCK_MONOTONIC ns)."""
         frames = self.tally.wait_for(n, timeout_s)
-        return {"frames": frames, "first_frame_ns": self.tally.first_ns, "pid": os.getpid(),
-                "state": self.session.state}
+        return {
+            "frames": frames,
+            "first_frame_ns": self.tally.first_ns,
+            "pid": os.getpid(),
+            "state": self.session.state,
+        }
 
     def wait(self, timeout_s: float) -> str:
         self.session.wait(timeout_s)
@@ -348,12 +380,23 @@ class SessionActor:
 
     def summary(self) -> dict:
         a = np.asarray(self.renderer.hop_ms, np.float64)
-        pct = ({k: round(float(np.percentile(a, q)), 3) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))}
-               if len(a) else {"p50": None, "p95": None, "p99": None})
+        pct = (
+            {k: round(float(np.percentile(a, q)), 3) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))}
+            if len(a)
+            else {"p50": None, "p95": None, "p99": None}
+        )
         s = self.session.summary or self.session.engine.stats.summary()
-        return {**s, "hop_ms": pct, "hop_samples": int(len(a)), "face_timeouts": self.renderer.timeouts,
-                "state": self.session.state, "error": None if self.session.error is None else str(self.session.error),
-                "cpu_s": time.process_time(), "pid": os.getpid(), "incarnation": self.incarnation}
+        return {
+            **s,
+            "hop_ms": pct,
+            "hop_samples": int(len(a)),
+            "face_timeouts": self.renderer.timeouts,
+            "state": self.session.state,
+            "error": None if self.session.error is None else str(self.session.error),
+            "cpu_s": time.process_time(),
+            "pid": os.getpid(),
+            "incarnation": self.incarnation,
+        }
 
 
 @dataclass
@@ -382,8 +425,14 @@ class RaySessionHost:
         self._slots += 1
         spec = dataclasses.replace(spec, phase_ns=phase, epoch_ns=self._epoch_ns)
         p = self.placement
-        opts = {"num_cpus": p.num_cpus, "max_restarts": p.max_restarts, "max_task_retries": -1,
-                "max_concurrency": 8, "name": f"lipsync-session-{spec.session_id}", "namespace": NAMESPACE}
+        opts = {
+            "num_cpus": p.num_cpus,
+            "max_restarts": p.max_restarts,
+            "max_task_retries": -1,
+            "max_concurrency": 8,
+            "name": f"lipsync-session-{spec.session_id}",
+            "namespace": NAMESPACE,
+        }
         if p.memory_bytes:
             opts["memory"] = p.memory_bytes
         if p.resources:
@@ -409,8 +458,11 @@ class RaySessionHost:
     def services(self) -> list:
         import ray  # ray: an optional extra; importing this module needs none
 
-        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                 if isinstance(a, dict) and a.get("namespace") == NAMESPACE and a["name"].startswith(SERVICE_PREFIX)]
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if isinstance(a, dict) and a.get("namespace") == NAMESPACE and a["name"].startswith(SERVICE_PREFIX)
+        ]
         return [ray.get_actor(n, namespace=NAMESPACE) for n in names]
 
     def close(self, timeout_s: float = 30.0) -> dict:

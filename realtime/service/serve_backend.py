@@ -81,17 +81,21 @@ class _HeldAvatar:
         self.service.unregister_avatar(self.key)
 
 
-def generator_app(make_generator, checkpoint_id: str, cfg: EngineConfig = EngineConfig(),
-                  serve_cfg: ServeConfig = ServeConfig()):
+def generator_app(
+    make_generator, checkpoint_id: str, cfg: EngineConfig = EngineConfig(), serve_cfg: ServeConfig = ServeConfig()
+):
     """A Serve application running the generator: `serve.run(generator_app(...),
     name=serve_cfg.app_name, route_prefix=None)`. `make_generator()` runs on each replica (it
     loads the decoder from the export cache there)."""
     from ray import serve  # ray: an optional extra; importing this module needs none
 
     # Serve's decorators take their sizes when the class is made, so it is made here, per config.
-    @serve.deployment(name=serve_cfg.deployment_name, num_replicas=serve_cfg.num_replicas,
-                      ray_actor_options={"num_gpus": serve_cfg.num_gpus, "num_cpus": serve_cfg.num_cpus},
-                      max_ongoing_requests=serve_cfg.max_ongoing_requests)
+    @serve.deployment(
+        name=serve_cfg.deployment_name,
+        num_replicas=serve_cfg.num_replicas,
+        ray_actor_options={"num_gpus": serve_cfg.num_gpus, "num_cpus": serve_cfg.num_cpus},
+        max_ongoing_requests=serve_cfg.max_ongoing_requests,
+    )
     class GeneratorDeployment:
         def __init__(self):
             threads.apply(threads.plan("live"))
@@ -114,8 +118,12 @@ def generator_app(make_generator, checkpoint_id: str, cfg: EngineConfig = Engine
         async def load(self) -> dict:
             """Make sure this request's avatar is held here (a session calls it before streaming)."""
             held = await self._avatar(serve.get_multiplexed_model_id())
-            return {"avatar": held.key, "generator": self.gen.name, "pid": os.getpid(),
-                    "replica": serve.get_replica_context().replica_id.unique_id}
+            return {
+                "avatar": held.key,
+                "generator": self.gen.name,
+                "pid": os.getpid(),
+                "replica": serve.get_replica_context().replica_id.unique_id,
+            }
 
         async def face(self, idx: int, mel: np.ndarray, budget_ns: int | None, session: str):
             """(face as (rows, 96, 3) uint8, or None for a drop; ns spent in this replica)."""
@@ -136,8 +144,12 @@ def generator_app(make_generator, checkpoint_id: str, cfg: EngineConfig = Engine
             return [o if isinstance(o, BaseException) else _to_u8(o) for o in outs]
 
         def summary(self) -> dict:
-            return {**self.svc.summary(), "pid": os.getpid(), "cpu_s": time.process_time(),
-                    "avatars_loaded": self.loads}
+            return {
+                **self.svc.summary(),
+                "pid": os.getpid(),
+                "cpu_s": time.process_time(),
+                "avatars_loaded": self.loads,
+            }
 
     return GeneratorDeployment.bind()
 

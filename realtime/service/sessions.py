@@ -51,8 +51,15 @@ class ServiceRenderer(Wav2LipRenderer):
 
     wants_deadline = True  # the engine sets deadline_ns before each render
 
-    def __init__(self, service: GeneratorService, avatar_id: str, avatar, blend: str = "feather",
-                 session: str | None = None, wait: WaitConfig = WaitConfig()):
+    def __init__(
+        self,
+        service: GeneratorService,
+        avatar_id: str,
+        avatar,
+        blend: str = "feather",
+        session: str | None = None,
+        wait: WaitConfig = WaitConfig(),
+    ):
         super().__init__(service, avatar, blend)
         self.service, self.avatar_id, self.session = service, avatar_id, session or avatar_id
         self.wait = wait
@@ -70,8 +77,9 @@ class ServiceRenderer(Wav2LipRenderer):
         except FutureTimeout:
             self.service.withdraw(fut)  # still queued: nobody will want it now
             if self.deadline_ns is None:
-                raise EngineFailure(f"generator service: no answer for avatar frame {idx} "
-                                    f"within {timeout_s:g} s (no deadline given)") from None
+                raise EngineFailure(
+                    f"generator service: no answer for avatar frame {idx} within {timeout_s:g} s (no deadline given)"
+                ) from None
             self.timeouts += 1
             raise FrameDropped(f"no face for avatar frame {idx} by its deadline + {self.wait.grace_ms:g} ms") from None
         if out is DROPPED:
@@ -79,8 +87,7 @@ class ServiceRenderer(Wav2LipRenderer):
         return out
 
 
-def prepare_avatar(path: str, generator, checkpoint_id: str, cfg: EngineConfig = EngineConfig(),
-                   loop: str = "forward"):
+def prepare_avatar(path: str, generator, checkpoint_id: str, cfg: EngineConfig = EngineConfig(), loop: str = "forward"):
     """Load an avatar and attach the face encoder's features (disk-cached) for a service whose
     decoder is `generator`. The decoder may be cropped to rows first_row..95: an avatar whose
     blend shows rows above that cannot use it."""
@@ -88,8 +95,12 @@ def prepare_avatar(path: str, generator, checkpoint_id: str, cfg: EngineConfig =
     needed = first_shown_row(av.boxes, av.keypoints()) if cfg.blend == "feather" else 0
     first = getattr(generator, "first_row", 0)
     if needed < first:
-        raise LipsyncError(f"avatar {path}", f"a face whose shown rows start at or below row {first}",
-                           f"rows from {needed}", "export the service's decoder with a lower first row (or 0)")
+        raise LipsyncError(
+            f"avatar {path}",
+            f"a face whose shown rows start at or below row {first}",
+            f"rows from {needed}",
+            "export the service's decoder with a lower first row (or 0)",
+        )
     av.attach_features(generator, f"{generator.name}:{checkpoint_id}")
     return av
 
@@ -97,8 +108,15 @@ def prepare_avatar(path: str, generator, checkpoint_id: str, cfg: EngineConfig =
 class LiveSession:
     """One engine run on its own thread: start() returns at once; wait() gives the summary."""
 
-    def __init__(self, session_id: str, engine: Engine, source, duration_s: float | None = None,
-                 start_at_ns: int | None = None, on_end=None):
+    def __init__(
+        self,
+        session_id: str,
+        engine: Engine,
+        source,
+        duration_s: float | None = None,
+        start_at_ns: int | None = None,
+        on_end=None,
+    ):
         self.id, self.engine, self.source, self.duration_s = session_id, engine, source, duration_s
         self.start_at_ns = start_at_ns
         self.state = "created"  # created | waiting | running | stopped | failed
@@ -165,8 +183,9 @@ class HostConfig:
 class SessionHost:
     """N live sessions over one GeneratorService (started here if not already)."""
 
-    def __init__(self, service: GeneratorService, cfg: EngineConfig = EngineConfig(),
-                 host: HostConfig = HostConfig(), clock=None):
+    def __init__(
+        self, service: GeneratorService, cfg: EngineConfig = EngineConfig(), host: HostConfig = HostConfig(), clock=None
+    ):
         self.service, self.cfg, self.host = service.start(), cfg, host
         self.clock = clock or MonotonicClock()
         self.sessions: dict[str, LiveSession] = {}
@@ -175,8 +194,15 @@ class SessionHost:
         self._lock = threading.Lock()
         self._avatar_of: dict[str, str] = {}  # session id -> its avatar id with the service
 
-    def add(self, session_id: str, avatar, sinks: list, source, duration_s: float | None = None,
-            avatar_id: str | None = None) -> LiveSession:
+    def add(
+        self,
+        session_id: str,
+        avatar,
+        sinks: list,
+        source,
+        duration_s: float | None = None,
+        avatar_id: str | None = None,
+    ) -> LiveSession:
         """A session on `avatar` (prepared with prepare_avatar for this service's generator),
         writing to `sinks`, fed by `source` (anything with run(push, clock, duration) and stop())."""
         with self._lock:
@@ -186,8 +212,9 @@ class SessionHost:
         with self._lock:
             self._avatar_of[session_id] = avatar_id
         self.service.register_avatar(avatar_id, avatar)
-        renderer = ServiceRenderer(self.service, avatar_id, avatar, self.cfg.blend, session=session_id,
-                                   wait=self.host.wait)
+        renderer = ServiceRenderer(
+            self.service, avatar_id, avatar, self.cfg.blend, session=session_id, wait=self.host.wait
+        )
         engine = Engine(avatar, renderer, sinks, self.cfg, self.clock)
         session = LiveSession(session_id, engine, source, duration_s, on_end=self._ended)
         with self._lock:

@@ -37,14 +37,28 @@ class AudioOutSink:
         try:
             import sounddevice as sd  # sounddevice: needs the PortAudio library; reported here if it is missing
         except (ImportError, OSError) as e:
-            raise LipsyncError("--audio-out", "PortAudio and sounddevice", str(e).splitlines()[0][:80],
-                               "install libportaudio2 and pip install sounddevice") from None
+            raise LipsyncError(
+                "--audio-out",
+                "PortAudio and sounddevice",
+                str(e).splitlines()[0][:80],
+                "install libportaudio2 and pip install sounddevice",
+            ) from None
         try:
-            self._stream = sd.OutputStream(device=self.device, channels=1, samplerate=self.rate, dtype="float32",
-                                           blocksize=self.rate // 50, callback=self._callback)
+            self._stream = sd.OutputStream(
+                device=self.device,
+                channels=1,
+                samplerate=self.rate,
+                dtype="float32",
+                blocksize=self.rate // 50,
+                callback=self._callback,
+            )
         except Exception as e:  # PortAudioError: no such device, unsupported rate
-            raise LipsyncError("--audio-out", "an output device that opens", str(e).splitlines()[0][:100],
-                               "see `lipsync devices` for output devices") from None
+            raise LipsyncError(
+                "--audio-out",
+                "an output device that opens",
+                str(e).splitlines()[0][:100],
+                "see `lipsync devices` for output devices",
+            ) from None
 
     def _callback(self, outdata, frames, time_info, status):
         with self._lock:

@@ -85,8 +85,11 @@ class SinkRunner:
                 else:
                     self._audio_ms -= 1000 * item.samples / item.sample_rate_hz
                     if not self.audio_dropped:
-                        log.warning("sink %s: stuck for over %d s; its oldest audio is being dropped",
-                                    self.sink.name, self._audio_ms_cap // 1000)
+                        log.warning(
+                            "sink %s: stuck for over %d s; its oldest audio is being dropped",
+                            self.sink.name,
+                            self._audio_ms_cap // 1000,
+                        )
                     self.audio_dropped += 1
                 return
 
@@ -123,14 +126,20 @@ class SinkRunner:
         status and reconnects) and what the sink costs: its thread's CPU seconds so far, per
         frame delivered, and as % of one core; for the stats and the per-interval lines."""
         with self._cv:
-            out = {"queued_video": self._videos, "queued_audio_ms": round(self._audio_ms, 1),
-                   "delivered": self.delivered, "video_dropped": self.video_dropped,
-                   "audio_dropped": self.audio_dropped}
+            out = {
+                "queued_video": self._videos,
+                "queued_audio_ms": round(self._audio_ms, 1),
+                "delivered": self.delivered,
+                "video_dropped": self.video_dropped,
+                "audio_dropped": self.audio_dropped,
+            }
         end_s = self._ended_s if self._ended_s is not None else time.monotonic()
         wall_s = end_s - self._started_s if self._started_s is not None else 0.0
-        out.update(cpu_s=round(self.cpu_s, 3),
-                   cpu_ms_per_frame=round(1000 * self.cpu_s / self.delivered, 2) if self.delivered else None,
-                   cpu_percent=round(100 * self.cpu_s / wall_s, 1) if wall_s > 0 else None)
+        out.update(
+            cpu_s=round(self.cpu_s, 3),
+            cpu_ms_per_frame=round(1000 * self.cpu_s / self.delivered, 2) if self.delivered else None,
+            cpu_percent=round(100 * self.cpu_s / wall_s, 1) if wall_s > 0 else None,
+        )
         for key in ("status", "frames_lost", "reconnects"):
             if hasattr(self.sink, key):
                 out[key] = getattr(self.sink, key)

@@ -49,7 +49,7 @@ class ReservedFile:
                 # A file system without fallocate: real blocks, or the reserve would be sparse.
                 chunk = b"\0" * (1 << 20)
                 for off in range(0, n, len(chunk)):
-                    os.write(fd, chunk[:n - off])
+                    os.write(fd, chunk[: n - off])
         except OSError:
             os.close(fd)
             self._release()

@@ -43,9 +43,16 @@ class LiveVideoEncoding:
         return max(1, round(float(fps) * self.keyframe_interval_s))
 
     def x264_options(self, fps: float) -> dict[str, str]:
-        return {"preset": self.preset, "tune": self.tune, "b": f"{self.bitrate_kbps}k",
-                "maxrate": f"{self.bitrate_kbps}k", "bufsize": f"{2 * self.bitrate_kbps}k",
-                "g": str(self.gop_frames(fps)), "sc_threshold": "0", **encoder_options()}
+        return {
+            "preset": self.preset,
+            "tune": self.tune,
+            "b": f"{self.bitrate_kbps}k",
+            "maxrate": f"{self.bitrate_kbps}k",
+            "bufsize": f"{2 * self.bitrate_kbps}k",
+            "g": str(self.gop_frames(fps)),
+            "sc_threshold": "0",
+            **encoder_options(),
+        }
 
     def bytes_per_keyframe_interval(self) -> int:
         """About what one keyframe interval of video occupies (what a fragmented file buffers)."""

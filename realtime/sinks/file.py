@@ -42,14 +42,26 @@ def fps_fraction(fps: float) -> Fraction:
 class VideoFileWriter:
     """Append BGR frames at a fixed rate; optionally mux a planar float audio track alongside."""
 
-    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float,
-                 audio: np.ndarray | None = None, audio_rate_hz: int | None = None,
-                 live: LiveVideoEncoding | None = None, reserve_bytes: int = 0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        height: int,
+        fps: float,
+        audio: np.ndarray | None = None,
+        audio_rate_hz: int | None = None,
+        live: LiveVideoEncoding | None = None,
+        reserve_bytes: int = 0,
+    ):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FORMATS:
-            raise LipsyncError(f"output {path}", "a file name ending in " + ", ".join(FORMATS),
-                               f"'{suffix or 'no extension'}'", "change the output file name")
+            raise LipsyncError(
+                f"output {path}",
+                "a file name ending in " + ", ".join(FORMATS),
+                f"'{suffix or 'no extension'}'",
+                "change the output file name",
+            )
         vcodec, pix_fmt, options, acodec = FORMATS[suffix]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(f".{self.path.stem}.partial{suffix}")
@@ -98,7 +110,7 @@ class VideoFileWriter:
         if pcm.ndim == 1:
             pcm = pcm[None]
         if pcm.shape[0] != self._channels:
-            pcm = np.repeat(pcm[:1], self._channels, axis=0) if pcm.shape[0] == 1 else pcm[:self._channels]
+            pcm = np.repeat(pcm[:1], self._channels, axis=0) if pcm.shape[0] == 1 else pcm[: self._channels]
         self._pending = np.concatenate([self._pending, pcm], axis=1)
 
     def _mux_audio_until(self, end_sample: int | None):
@@ -114,8 +126,9 @@ class VideoFileWriter:
                 data = (np.clip(block, -1, 1) * 32767).round().astype(np.int16).T.reshape(1, -1)
             else:
                 data = block
-            frame = self._av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=self._audio_fmt,
-                                                     layout=self._layout)
+            frame = self._av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(data), format=self._audio_fmt, layout=self._layout
+            )
             frame.sample_rate = self._audio_rate
             frame.pts = self._audio_pos
             frame.time_base = Fraction(1, self._audio_rate)

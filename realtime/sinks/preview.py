@@ -15,8 +15,12 @@ class PreviewSink:
 
     def __init__(self, title: str = "lipsync"):
         if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise LipsyncError("--to preview", "a graphical display", "no DISPLAY or WAYLAND_DISPLAY",
-                               "run on a desktop session, or send to vcam / a file instead")
+            raise LipsyncError(
+                "--to preview",
+                "a graphical display",
+                "no DISPLAY or WAYLAND_DISPLAY",
+                "run on a desktop session, or send to vcam / a file instead",
+            )
         self.title = title
 
     def send_video(self, frame: VideoFrame) -> None:

@@ -29,8 +29,14 @@ def reserve_for(path: str, encoding: LiveVideoEncoding) -> int:
 
 
 class FileSink:
-    def __init__(self, path: str, fps: float, sample_rate_hz: int = 48_000,
-                 encoding: LiveVideoEncoding = LiveVideoEncoding(), reserve_bytes: int | None = None):
+    def __init__(
+        self,
+        path: str,
+        fps: float,
+        sample_rate_hz: int = 48_000,
+        encoding: LiveVideoEncoding = LiveVideoEncoding(),
+        reserve_bytes: int | None = None,
+    ):
         self.name = f"file:{path}"
         self._path, self._fps, self._rate, self._enc = path, fps, sample_rate_hz, encoding
         self._reserve = reserve_for(path, encoding) if reserve_bytes is None else reserve_bytes
@@ -44,8 +50,9 @@ class FileSink:
         if self._writer is None:
             h, w = frame.bgr.shape[:2]
             audio = np.concatenate(self._early_audio) if self._early_audio else np.zeros(0, np.float32)
-            self._writer = VideoFileWriter(self._path, w, h, self._fps, audio[None], self._rate,
-                                           live=self._enc, reserve_bytes=self._reserve)
+            self._writer = VideoFileWriter(
+                self._path, w, h, self._fps, audio[None], self._rate, live=self._enc, reserve_bytes=self._reserve
+            )
             self._early_audio = []
         self._writer.write(frame.bgr, pts=frame.pts if frame.pts >= 0 else None)
         self._stop_if_disk_full()
@@ -70,8 +77,10 @@ class FileSink:
             kept = f"the recording up to there is finalised in {self._path}"
         except Exception as e:  # the reserve was not enough; the file is kept as far as it got
             kept = f"{self._path} is kept up to its last whole fragment (finalising failed: {type(e).__name__})"
-        raise DiskFull(f"the disk holding {folder} is full after {writer.duration_s:.1f} s of video; "
-                       f"{kept}; free space or record elsewhere")
+        raise DiskFull(
+            f"the disk holding {folder} is full after {writer.duration_s:.1f} s of video; "
+            f"{kept}; free space or record elsewhere"
+        )
 
     def close(self) -> None:
         if self._writer is not None:

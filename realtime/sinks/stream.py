@@ -50,8 +50,9 @@ def container_format(url: str) -> str:
 
 
 class StreamSink:
-    def __init__(self, url: str, fps: float, sample_rate_hz: int = 48_000,
-                 encoding: LiveVideoEncoding = LiveVideoEncoding()):
+    def __init__(
+        self, url: str, fps: float, sample_rate_hz: int = 48_000, encoding: LiveVideoEncoding = LiveVideoEncoding()
+    ):
         self.name = f"stream:{url}"
         self.url, self._fps, self._rate = url, Fraction(fps).limit_denominator(1001), sample_rate_hz
         self._enc = encoding
@@ -157,7 +158,7 @@ class StreamSink:
         # By timestamp: audio dropped upstream leaves silence, later sound stays where it belongs.
         self._audio_buf = np.concatenate([self._audio_buf, self._timeline.place(chunk)])
         while self._out is not None and len(self._audio_buf) >= self._afs:
-            block, self._audio_buf = self._audio_buf[:self._afs], self._audio_buf[self._afs:]
+            block, self._audio_buf = self._audio_buf[: self._afs], self._audio_buf[self._afs :]
             af = av.AudioFrame.from_ndarray(block[None], format="fltp", layout="mono")
             af.sample_rate, af.pts, af.time_base = self._rate, self._audio_pts, Fraction(1, self._rate)
             self._audio_pts += self._afs

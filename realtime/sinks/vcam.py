@@ -7,8 +7,10 @@ import sys
 from models.errors import LipsyncError
 from realtime.frames import AudioChunk, VideoFrame
 
-LOOPBACK_HELP = ("load the v4l2loopback kernel module: sudo modprobe v4l2loopback devices=1 "
-                 "exclusive_caps=1 card_label=lipsync (package v4l2loopback-dkms)")
+LOOPBACK_HELP = (
+    "load the v4l2loopback kernel module: sudo modprobe v4l2loopback devices=1 "
+    "exclusive_caps=1 card_label=lipsync (package v4l2loopback-dkms)"
+)
 
 
 class VcamSink:
@@ -21,15 +23,25 @@ class VcamSink:
         try:
             import pyvirtualcam  # pyvirtualcam: only for --to vcam; reported here if it is missing
         except ImportError:
-            raise LipsyncError("--to vcam", "the pyvirtualcam package", "it is not installed",
-                               "pip install pyvirtualcam") from None
+            raise LipsyncError(
+                "--to vcam", "the pyvirtualcam package", "it is not installed", "pip install pyvirtualcam"
+            ) from None
         try:
-            return pyvirtualcam.Camera(width=width, height=height, fps=self._fps, fmt=pyvirtualcam.PixelFormat.BGR,
-                                       device=self._device, backend=self._backend)
+            return pyvirtualcam.Camera(
+                width=width,
+                height=height,
+                fps=self._fps,
+                fmt=pyvirtualcam.PixelFormat.BGR,
+                device=self._device,
+                backend=self._backend,
+            )
         except (RuntimeError, KeyError) as e:
             first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            fix = LOOPBACK_HELP if sys.platform.startswith("linux") else (
-                "install OBS Studio (its virtual camera) or UnityCapture, and start it once")
+            fix = (
+                LOOPBACK_HELP
+                if sys.platform.startswith("linux")
+                else ("install OBS Studio (its virtual camera) or UnityCapture, and start it once")
+            )
             raise LipsyncError("--to vcam", "a virtual camera device", f"none usable ({first})", fix) from None
 
     def prepare(self, width: int, height: int) -> None:

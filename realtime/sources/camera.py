@@ -28,8 +28,14 @@ class CameraLost(EngineFailure):
 
 
 class CameraCapture:
-    def __init__(self, source: int | str, width: int | None = None, height: int | None = None,
-                 loop: bool = True, lost_after_s: float = 2.0):
+    def __init__(
+        self,
+        source: int | str,
+        width: int | None = None,
+        height: int | None = None,
+        loop: bool = True,
+        lost_after_s: float = 2.0,
+    ):
         self.source = source
         with native_stderr_silenced():  # OpenCV lists every backend it tried on fd 2
             self._cap = cv2.VideoCapture(source)
@@ -41,10 +47,12 @@ class CameraCapture:
             ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
         if not ok:
             self._cap.release()
-            raise LipsyncError(f"--avatar camera:{source}", "a camera that delivers frames",
-                               "none at that index" if isinstance(source, int) else "an unreadable video",
-                               "check the index (0 is the first camera), permissions, and that no other "
-                               "program holds the camera")
+            raise LipsyncError(
+                f"--avatar camera:{source}",
+                "a camera that delivers frames",
+                "none at that index" if isinstance(source, int) else "an unreadable video",
+                "check the index (0 is the first camera), permissions, and that no other program holds the camera",
+            )
         self.first = first
         self._is_file = isinstance(source, str)
         fps = self._cap.get(cv2.CAP_PROP_FPS) or 25.0
@@ -75,8 +83,10 @@ class CameraCapture:
                     self._end(f"the video ended after {self.frames_read} frames")
                     return
                 if now - failing_since >= self.lost_after_s:
-                    self._end(f"no frames for {self.lost_after_s:g} s after {self.frames_read} "
-                              "(unplugged, or taken by another program)")
+                    self._end(
+                        f"no frames for {self.lost_after_s:g} s after {self.frames_read} "
+                        "(unplugged, or taken by another program)"
+                    )
                     return
                 self._stop.wait(0.02)  # a camera may fail a read or two and recover
                 continue
@@ -93,8 +103,9 @@ class CameraCapture:
 
     def raise_if_ended(self) -> None:
         if self.ended.is_set():
-            raise CameraLost(f"camera:{self.source}: {self.ended_reason}; the session stops (restart it once "
-                             "the camera is back)")
+            raise CameraLost(
+                f"camera:{self.source}: {self.ended_reason}; the session stops (restart it once the camera is back)"
+            )
 
     def latest(self) -> np.ndarray:
         """The newest frame (the previous one again if none arrived since)."""

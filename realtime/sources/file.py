@@ -33,7 +33,7 @@ class FileSource:
                 n = min(n, limit - sent)
             end_ns = t0 + (sent + n) * 1_000_000_000 // 16000
             clock.sleep_until_ns(end_ns)
-            push(self.pcm[pos:pos + n], 16000, clock.now_ns(), t0 + sent * 1_000_000_000 // 16000)
+            push(self.pcm[pos : pos + n], 16000, clock.now_ns(), t0 + sent * 1_000_000_000 // 16000)
             sent += n
 
     def stop(self) -> None:

@@ -36,8 +36,12 @@ def _sounddevice():
     try:
         import sounddevice as sd  # sounddevice: needs the PortAudio library; reported here if it is missing
     except (ImportError, OSError) as e:
-        raise LipsyncError("--audio mic", "PortAudio and the sounddevice package", f"{e}".splitlines()[0][:100],
-                           "install libportaudio2 (Debian/Ubuntu) and pip install sounddevice") from None
+        raise LipsyncError(
+            "--audio mic",
+            "PortAudio and the sounddevice package",
+            f"{e}".splitlines()[0][:100],
+            "install libportaudio2 (Debian/Ubuntu) and pip install sounddevice",
+        ) from None
     return sd
 
 
@@ -53,9 +57,12 @@ def find_input_device(device: str | int | None):
         err = ""
     inputs = [(i, d) for i, d in enumerate(devices) if d["max_input_channels"] > 0]
     if not inputs:
-        raise LipsyncError("--audio mic", "a microphone (an audio input device)",
-                           "no input devices" + (f" ({err[:60]})" if err else ""),
-                           "plug one in, start PulseAudio/PipeWire, or pass an audio file instead of mic")
+        raise LipsyncError(
+            "--audio mic",
+            "a microphone (an audio input device)",
+            "no input devices" + (f" ({err[:60]})" if err else ""),
+            "plug one in, start PulseAudio/PipeWire, or pass an audio file instead of mic",
+        )
     if device is None or device == "":
         return None
     if isinstance(device, int) or str(device).isdigit():
@@ -67,13 +74,22 @@ def find_input_device(device: str | int | None):
             if str(device).lower() in d["name"].lower():
                 return i
     names = ", ".join(f"{i}: {d['name']}" for i, d in inputs)
-    raise LipsyncError("--mic-device", f"one of the input devices ({names})", repr(device),
-                       "pick one by index or name (see `lipsync devices`)")
+    raise LipsyncError(
+        "--mic-device",
+        f"one of the input devices ({names})",
+        repr(device),
+        "pick one by index or name (see `lipsync devices`)",
+    )
 
 
 class MicSource:
-    def __init__(self, device: str | int | None = None, block_ms: int = 20, reopen_every_s: float = 1.0,
-                 give_up_after_s: float = 60.0):
+    def __init__(
+        self,
+        device: str | int | None = None,
+        block_ms: int = 20,
+        reopen_every_s: float = 1.0,
+        give_up_after_s: float = 60.0,
+    ):
         self.device = find_input_device(device)
         sd = _sounddevice()
         info = sd.query_devices(self.device, "input")
@@ -114,12 +130,22 @@ class MicSource:
 
         with native_stderr_filtered(NATIVE_NOISE):
             try:
-                stream = sd.InputStream(device=self.device, channels=1, samplerate=rate, blocksize=self.block,
-                                        dtype="float32", callback=callback)
+                stream = sd.InputStream(
+                    device=self.device,
+                    channels=1,
+                    samplerate=rate,
+                    blocksize=self.block,
+                    dtype="float32",
+                    callback=callback,
+                )
                 stream.start()
             except Exception as e:  # PortAudioError: no device, busy, unsupported rate
-                raise LipsyncError("--audio mic", "an input stream that opens", str(e).splitlines()[0][:100],
-                                   "check the device with `lipsync devices`") from None
+                raise LipsyncError(
+                    "--audio mic",
+                    "an input stream that opens",
+                    str(e).splitlines()[0][:100],
+                    "check the device with `lipsync devices`",
+                ) from None
             try:
                 self.started.set()
                 while self._capture(stream, limit):
@@ -150,8 +176,11 @@ class MicSource:
         None once stopped or at the duration; raises MicLost after give_up_after_s."""
         self.losses += 1
         rate, block = self.rate, self.block
-        log.warning("%s stopped delivering audio (device or audio server gone); idle frames go on, "
-                    "reopening every %g s", self.name, self.reopen_every_s)
+        log.warning(
+            "%s stopped delivering audio (device or audio server gone); idle frames go on, reopening every %g s",
+            self.name,
+            self.reopen_every_s,
+        )
         lost_ns = clock.now_ns()
         t0 = self._last_audio_ns if self._last_audio_ns is not None else lost_ns
         pushed, silence_before_s = 0, self.silence_s
@@ -178,8 +207,10 @@ class MicSource:
                     log.warning("%s is back after %.1f s; capturing again", self.name, (now - lost_ns) / 1e9)
                     self.recovered.set()
                 elif (now - lost_ns) / 1e9 >= self.give_up_after_s:
-                    raise MicLost(f"{self.name}: no audio input for {self.give_up_after_s:g} s (the device or "
-                                  "the audio server went away and did not come back); the session stops")
+                    raise MicLost(
+                        f"{self.name}: no audio input for {self.give_up_after_s:g} s (the device or "
+                        "the audio server went away and did not come back); the session stops"
+                    )
                 next_try_ns = now + int(self.reopen_every_s * 1e9)
             self._stop.wait(block / rate)
         if stream is not None:
@@ -189,8 +220,14 @@ class MicSource:
     def _reopen(self, sd, callback):
         with native_stderr_silenced():  # each failed attempt has ALSA and PortAudio print a few lines
             try:
-                stream = sd.InputStream(device=self.device, channels=1, samplerate=self.rate,
-                                        blocksize=self.block, dtype="float32", callback=callback)
+                stream = sd.InputStream(
+                    device=self.device,
+                    channels=1,
+                    samplerate=self.rate,
+                    blocksize=self.block,
+                    dtype="float32",
+                    callback=callback,
+                )
             except Exception:  # PortAudioError: still gone; the next attempt is on schedule
                 return None
             try:
