@@ -67,20 +67,17 @@ def make_avatars(photo: str, n: int, outdir: Path) -> list[str]:
 
 # -- child: choose the decoder, warm the feature cache ----------------------------------------------
 def prepare(ckpt: str, avatars: list[str]) -> dict:
-    import hashlib
-
-    from export.precision import AvatarSamples, choose
-    from models.hashing import sha256_file
+    from export.precision import choose
     from realtime.avatar import AvatarConfig, load_avatar
     from realtime.compositor import first_shown_row
+    from realtime.generator import ladder_samples
     from realtime.live import default_runtime
 
     loaded = [load_avatar(AvatarConfig(p, fps=FPS)) for p in avatars]
     first_row = min(first_shown_row(a.boxes, a.keypoints()) for a in loaded)
     a0 = loaded[0]
-    key = hashlib.sha256(f"{sha256_file(avatars[0])}:{[list(b) for b in a0.boxes]}".encode()).hexdigest()
     with logged_lines("export") as lines:
-        c = choose(ckpt, default_runtime(), first_row=first_row, avatar=AvatarSamples(key, a0.crops))
+        c = choose(ckpt, default_runtime(), first_row=first_row, avatar=ladder_samples(avatars[0], a0))
     spec = {
         "checkpoint": ckpt,
         "encoder": str(c.encoder_path),

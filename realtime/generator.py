@@ -10,13 +10,17 @@ Each is warmed up once when made.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from export.cache import ensure_exported
-from export.precision import choose
+from export.precision import AvatarSamples, choose
 from export.runtime import OrtRunner, RuntimeConfig, graph_precision, make_runner
+from models.hashing import sha256_file
 
 SKIP_NAMES = [f"skip{i}" for i in range(7)]
 
@@ -95,17 +99,24 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
     return OnnxGenerator(paths["full"], cfg)
 
 
+def live_generator_maker(
+    checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None
+) -> functools.partial[SplitGenerator]:
+    """The ladder's choice for the live path, as `make()` -> SplitGenerator: picklable, so a Ray
+    actor or Serve replica can make the generator where it runs (from the export cache)."""
+    choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar)
+    run_cfg = dataclasses.replace(cfg, runtime=choice.runtime, precision=choice.precision, device=choice.device)
+    return functools.partial(SplitGenerator, choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)
+
+
 def load_live_generator(checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None):
     """The live path's generator: split graphs, decoder cropped to the rows shown, runtime and
     precision from the ladder (`export.precision.choose`) unless `cfg` pins them."""
-    choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar)
-    run_cfg = RuntimeConfig(
-        runtime=choice.runtime,
-        precision=choice.precision,
-        device=choice.device,
-        intra_op_threads=cfg.intra_op_threads,
-        inter_op_threads=cfg.inter_op_threads,
-        graph_optimization=cfg.graph_optimization,
-        warmup_runs=cfg.warmup_runs,
-    )
-    return SplitGenerator(choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)
+    return live_generator_maker(checkpoint, cfg, first_row, avatar)()
+
+
+def ladder_samples(path: str | Path, avatar) -> AvatarSamples:
+    """The avatar's face crops for the ladder's calibration, keyed by the file and its boxes (a
+    changed file or detection is a different calibration)."""
+    key = hashlib.sha256(f"{sha256_file(path)}:{[list(b) for b in avatar.boxes]}".encode()).hexdigest()
+    return AvatarSamples(key, avatar.crops)

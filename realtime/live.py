@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
-from export.precision import AvatarSamples
 from models.errors import LipsyncError
 from models.face_model import cache_dir
-from models.hashing import sha256_file
 from realtime import heap, threads
 from realtime.avatar import AvatarConfig, load_avatar
 from realtime.camera_avatar import CameraAvatar
 from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
 from realtime.engine import Engine, Wav2LipRenderer
-from realtime.generator import RuntimeConfig, load_live_generator
+from realtime.generator import RuntimeConfig, ladder_samples, load_live_generator
 from realtime.playout import Playout, PlayoutConfig
 from realtime.procedural import ProceduralRenderer
 from realtime.sinks.base import NullSink
@@ -195,8 +192,7 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
     if not avatar.startswith("camera:"):
         if cfg.blend == "feather":
             first_row = first_shown_row(av.boxes, av.keypoints())
-        key = hashlib.sha256(f"{sha256_file(avatar)}:{[list(b) for b in av.boxes]}".encode()).hexdigest()
-        samples = AvatarSamples(key, av.crops)
+        samples = ladder_samples(avatar, av)
     gen = load_live_generator(checkpoint, runtime, first_row=first_row, avatar=samples)
     if engine == "auto":
         log.info(f"engine: wav2lip ({Path(checkpoint).name})")

@@ -13,21 +13,17 @@ manager with a lower first_row, or 0).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.precision import AvatarSamples, choose
 from models.errors import LipsyncError
-from models.hashing import sha256_file
 from realtime.avatar import AvatarConfig, load_avatar
 from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
-from realtime.generator import RuntimeConfig, SplitGenerator
+from realtime.generator import RuntimeConfig, SplitGenerator, ladder_samples, live_generator_maker
 from realtime.live import build_engine, default_runtime, make_sink, make_source
 from realtime.service import GeneratorService, SessionHost
 from realtime.service.ray_backend import GeneratorSpec, RaySessionHost, SessionSpec
@@ -172,18 +168,16 @@ class SessionManager:
         first_row = self.mcfg.first_row
         if first_row is None:
             first_row = first_shown_row(av.boxes, av.keypoints()) if self.cfg.blend == "feather" else 0
-        key = hashlib.sha256(f"{sha256_file(avatar_path)}:{[list(b) for b in av.boxes]}".encode()).hexdigest()
+        assert self.checkpoint is not None  # procedural sessions never reach the shared generator
         runtime = self.runtime or default_runtime()
-        choice = choose(self.checkpoint, runtime, first_row=first_row, avatar=AvatarSamples(key, av.crops))
-        run_cfg = dataclasses.replace(runtime, runtime=choice.runtime, precision=choice.precision, device=choice.device)
-        make = functools.partial(SplitGenerator, choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)
+        make = live_generator_maker(self.checkpoint, runtime, first_row, ladder_samples(avatar_path, av))
         if self.mcfg.backend == "ray":
             self._gen = GeneratorSpec(make, str(self.checkpoint))
             self._host = RaySessionHost(self._gen, self.cfg)
         else:
             self._gen = make()
             self._host = SessionHost(GeneratorService(self._gen), self.cfg)
-        log.info("shared generator: %s (rows %d-95)", choice.precision, first_row)
+        log.info("shared generator made on %s (decoder rows %d-95)", avatar_path, first_row)
         return self._gen
 
     # -- sessions -----------------------------------------------------------------------------------
