@@ -25,7 +25,6 @@ init_local_ray): a local Ray otherwise binds and advertises the machine's public
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import os
@@ -44,8 +43,9 @@ from realtime.avatar import AvatarConfig, load_avatar
 from realtime.clock import MonotonicClock
 from realtime.compositor import to_uint8_faces
 from realtime.config import EngineConfig
-from realtime.engine import Engine, FrameDropped, Wav2LipRenderer
+from realtime.engine import Engine
 from realtime.service.generator_service import DROPPED, GeneratorService, ServiceConfig
+from realtime.service.remote_renderer import RemoteFaceRenderer
 from realtime.service.serve_backend import ServeTarget, avatar_key, make_serve_renderer
 from realtime.service.sessions import LiveSession, prepare_avatar, van_der_corput
 
@@ -208,48 +208,28 @@ def node_service(spec: GeneratorSpec, cfg: EngineConfig):
 def make_renderer(
     service, avatar_id: str, avatar, blend: str, session: str, grace_ms: float, no_deadline_wait_s: float
 ):
-    """ServiceRenderer's contract over an actor hop: faces from the node's service actor, the
-    wait bounded by the frame's deadline plus grace (a drop), a lost service a session failure.
-    (Made here so that importing this module needs no Ray.)"""
+    """Faces from the node's service actor (RemoteFaceRenderer's bounds); deadlines cross as
+    CLOCK_MONOTONIC ns, which one machine shares. (Made here so that importing this module needs
+    no Ray.)"""
     import ray  # ray: an optional extra; importing this module needs none
-    from ray.exceptions import GetTimeoutError, RayActorError
+    from ray.exceptions import RayActorError
 
-    class RayServiceRenderer(Wav2LipRenderer):
-        wants_deadline = True
+    class RayServiceRenderer(RemoteFaceRenderer):
+        service_name = "generator service actor"
 
-        def __init__(self):
-            super().__init__(service, avatar, blend)
-            self.name = "ray-service"
-            self.deadline_ns: int | None = None
-            self.clock = MonotonicClock()
-            self.hop_ms: collections.deque = collections.deque(maxlen=8192)
-            self.timeouts = 0
+        def _ask(self, idx, mel, deadline_ns, now_ns):
+            return service.face.remote(avatar_id, idx, mel, deadline_ns, session)
 
-        def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
-            t0 = time.monotonic_ns()
-            ref = service.face.remote(
-                avatar_id, idx, np.ascontiguousarray(mel_window, np.float32), self.deadline_ns, session
-            )
-            if self.deadline_ns is None:
-                timeout_s = no_deadline_wait_s
-            else:
-                timeout_s = max(0, self.deadline_ns - t0) / 1e9 + grace_ms / 1000
+        def _answer(self, ref, timeout_s):
             try:
-                out, inside_ns = ray.get(ref, timeout=timeout_s)
-            except GetTimeoutError:
-                ray.cancel(ref)  # the service withdraws it if still queued
-                if self.deadline_ns is None:
-                    raise EngineFailure(f"generator service actor: no answer within {timeout_s:g} s") from None
-                self.timeouts += 1
-                raise FrameDropped(f"no face for avatar frame {idx} by its deadline + {grace_ms:g} ms") from None
+                return ray.get(ref, timeout=timeout_s)  # GetTimeoutError is a TimeoutError
             except RayActorError as e:
                 raise EngineFailure.wrap("the node's generator service actor", e) from e
-            self.hop_ms.append((time.monotonic_ns() - t0 - inside_ns) / 1e6)
-            if out is None:
-                raise FrameDropped(f"frame of avatar frame {idx} dropped past its deadline")
-            return out
 
-    return RayServiceRenderer()
+        def _cancel(self, ref):
+            ray.cancel(ref)
+
+    return RayServiceRenderer(avatar, blend, "ray-service", grace_ms, no_deadline_wait_s)
 
 
 class _Tally:

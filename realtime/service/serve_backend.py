@@ -36,8 +36,8 @@ from models.errors import EngineFailure
 from realtime import threads
 from realtime.compositor import to_uint8_faces
 from realtime.config import EngineConfig
-from realtime.engine import FrameDropped, Wav2LipRenderer
 from realtime.service.generator_service import DROPPED, GeneratorService, ServiceConfig
+from realtime.service.remote_renderer import RemoteFaceRenderer
 from realtime.service.sessions import prepare_avatar
 
 
@@ -159,46 +159,31 @@ def _to_u8(out):
 
 
 def make_serve_renderer(target: ServeTarget, key: str, avatar, blend: str, session: str, no_deadline_wait_s: float):
-    """The session side: faces from the deployment, routed by avatar key; the wait bounded by
-    the frame's deadline plus grace (a drop), as with the per-node service actor."""
+    """The session side: faces from the deployment, routed by avatar key, with
+    RemoteFaceRenderer's bounds; the deadline crosses as a budget (ns left)."""
     from ray import serve  # ray: an optional extra; importing this module needs none
     from ray.exceptions import RayActorError
 
     handle = serve.get_deployment_handle(target.deployment_name, app_name=target.app_name)
     routed = handle.options(multiplexed_model_id=key)
 
-    class ServeRenderer(Wav2LipRenderer):
-        wants_deadline = True
-
-        def __init__(self):
-            super().__init__(None, avatar, blend)
-            self.name = "ray-serve"
-            self.deadline_ns: int | None = None
-            self.hop_ms: list[float] = []
-            self.timeouts = 0
+    class ServeRenderer(RemoteFaceRenderer):
+        service_name = "generator deployment"
 
         def load(self) -> dict:
             return routed.load.remote().result(timeout_s=600)
 
-        def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
-            t0 = time.monotonic_ns()
-            budget = None if self.deadline_ns is None else max(0, self.deadline_ns - t0)
-            resp = routed.face.remote(idx, np.ascontiguousarray(mel_window, np.float32), budget, session)
-            timeout_s = no_deadline_wait_s if budget is None else budget / 1e9 + target.grace_ms / 1000
+        def _ask(self, idx, mel, deadline_ns, now_ns):
+            budget = None if deadline_ns is None else max(0, deadline_ns - now_ns)
+            return routed.face.remote(idx, mel, budget, session)
+
+        def _answer(self, resp, timeout_s):
             try:
-                out, inside_ns = resp.result(timeout_s=timeout_s)
-            except TimeoutError:
-                resp.cancel()
-                if budget is None:
-                    raise EngineFailure(f"generator deployment: no answer within {timeout_s:g} s") from None
-                self.timeouts += 1
-                raise FrameDropped(f"no face for avatar frame {idx} by its deadline + {target.grace_ms:g} ms") from None
+                return resp.result(timeout_s=timeout_s)
             except RayActorError as e:
                 raise EngineFailure.wrap("the generator deployment", e) from e
-            if len(self.hop_ms) < 65536:
-                self.hop_ms.append((time.monotonic_ns() - t0 - inside_ns) / 1e6)
-            if out is None:
-                raise FrameDropped(f"frame of avatar frame {idx} dropped past its deadline")
-            return out
 
-    return ServeRenderer()
+        def _cancel(self, resp):
+            resp.cancel()
+
+    return ServeRenderer(avatar, blend, "ray-serve", target.grace_ms, no_deadline_wait_s)
