@@ -395,3 +395,29 @@ def test_a_token_never_reaches_the_log(tmp_path, photo):
         out, err = srv.stop()
     assert "refused" in err  # the log did record the refusals ...
     assert token not in out and token not in err  # ... and never the token
+
+
+def test_decoding_stops_at_the_callers_limit(speech_wav):
+    from mediaio.audio import AudioTooLong, decode_audio
+
+    full = decode_audio(speech_wav)
+    assert decode_audio(speech_wav, max_duration_s=full.duration_s + 0.1).pcm.shape == full.pcm.shape
+    with pytest.raises(AudioTooLong, match="at most 1 s of audio"):
+        decode_audio(speech_wav, max_duration_s=1.0)
+    with pytest.raises(AudioTooLong, match="at most 1000 samples"):
+        decode_audio(speech_wav, max_samples=1000)
+
+
+@pytest.mark.parametrize("ext, kind", [(".png", "png"), (".jpg", "jpeg"), (".bmp", "bmp"), (".webp", "webp")])
+@pytest.mark.parametrize("lossless", [False, True])
+def test_picture_sizes_come_from_the_header(ext, kind, lossless):
+    import cv2
+
+    from lipsync.web.uploads import image_size, sniff
+
+    params = [cv2.IMWRITE_WEBP_QUALITY, 101 if lossless else 80] if ext == ".webp" else []
+    ok, buf = cv2.imencode(ext, np.full((37, 53, 3), 90, np.uint8), params)
+    data = buf.tobytes()
+    assert ok and sniff(data[:16]) == kind
+    assert image_size(data, kind) == (53, 37)
+    assert image_size(data[:20], kind) is None  # cut short: unknown, and the upload is refused

@@ -148,12 +148,14 @@ def image_size(data: bytes, kind: str) -> tuple[int, int] | None:
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:
     chunk = data[12:16]
+    if len(data) < 30:
+        return None
     if chunk == b"VP8X":  # extended: 24-bit sizes minus one
         return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
     if chunk == b"VP8L":  # lossless: 14-bit sizes minus one, packed after a signature byte
         bits = int.from_bytes(data[21:25], "little")
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8 " and len(data) >= 30:  # lossy: 14-bit sizes after the key frame's start code
+    if chunk == b"VP8 ":  # lossy: 14-bit sizes after the key frame's start code
         return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
     return None
 
