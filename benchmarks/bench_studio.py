@@ -105,7 +105,10 @@ def get_json(url: str) -> dict:
 
 
 def post(url: str, body: bytes = b"", ctype: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": ctype} if ctype else {})
+    # No body: no data at all (urllib would label even b"" as a form, which the server refuses).
+    req = urllib.request.Request(
+        url, data=body or None, method="POST", headers={"Content-Type": ctype} if ctype else {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())

@@ -24,6 +24,7 @@ from realtime.generator import RuntimeConfig
 from realtime.live import build_engine, build_playout, build_renderer, choose_engine, make_sink, make_source
 from realtime.playout import PlayoutConfig
 from realtime.service.manager import ManagerConfig, SessionManager, SessionRequest, check_request
+from realtime.service.policy import SessionPolicy
 from realtime.service.ray_backend import NAMESPACE, init_local_ray
 from realtime.sinks.audio_out import AudioOutSink
 from realtime.sinks.encoding import X264_PRESETS, LiveVideoEncoding
@@ -333,9 +334,35 @@ def _serve(args) -> int:
         args.avatar,
         build,
         cfg,
-        StudioConfig(host=args.host, port=args.port, token=args.token),
+        StudioConfig(
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            allowed_hosts=tuple(args.allowed_host),
+            policy=_session_policy(args),
+        ),
         manager=manager,
         sessions=requests,
+    )
+
+
+def _session_policy(args) -> SessionPolicy:
+    """What sessions started over /api/sessions may touch (README, "Security")."""
+    for flag, dirs in (("--allow-read-dir", args.allow_read_dir), ("--allow-write-dir", args.allow_write_dir)):
+        for d in dirs:
+            if not Path(d).is_dir():
+                raise LipsyncError(flag, "an existing directory", repr(d), "create it or fix the path")
+    for prefix in args.allow_url:
+        if "://" not in prefix or not prefix.split("://", 1)[1]:
+            raise LipsyncError(
+                "--allow-url", "a URL prefix with scheme and host", repr(prefix), "give e.g. rtmp://host/live/"
+            )
+    return SessionPolicy(
+        devices=args.allow_devices,
+        read_dirs=tuple(args.allow_read_dir),
+        write_dirs=tuple(args.allow_write_dir),
+        url_prefixes=tuple(args.allow_url),
+        avatars=(args.avatar,) if args.avatar else (),
     )
 
 
@@ -549,7 +576,46 @@ def main(argv=None) -> int:
     sv.add_argument("--blend", default="feather", choices=["feather", "hard"])
     sv.add_argument("--host", default="127.0.0.1", help="a non-loopback host requires a token (printed at start)")
     sv.add_argument("--port", type=int, default=8080, help="0: any free port (printed)")
-    sv.add_argument("--token", default=None, help="default: random when --host is not loopback")
+    sv.add_argument(
+        "--token",
+        default=None,
+        help="required on /offer and /api/ (also on loopback when given); default: random when --host is not loopback",
+    )
+    sv.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="a Host name the server answers to besides IP addresses, localhost and --host (a DNS name, a "
+        "reverse proxy's public name); repeatable",
+    )
+    sv.add_argument(
+        "--allow-devices",
+        action="store_true",
+        help="sessions started over the API may use microphones (mic, mic:DEV), cameras (camera:N) and vcam",
+    )
+    sv.add_argument(
+        "--allow-read-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="sessions started over the API may read avatar and audio files under DIR; repeatable",
+    )
+    sv.add_argument(
+        "--allow-write-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="sessions started over the API may record .mp4/.mkv files under DIR; repeatable",
+    )
+    sv.add_argument(
+        "--allow-url",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="sessions started over the API may stream to URLs under PREFIX (same scheme and host:port, "
+        "path starting with its path: rtmp://host/live/); repeatable",
+    )
     sub.add_parser("devices", help="list audio devices and virtual camera backends")
     pl = sub.add_parser("plot", help="draw a --stats-jsonl file (needs matplotlib: the bench extra)")
     pl.add_argument("jsonl", help="the file `lipsync live --stats-jsonl` wrote")

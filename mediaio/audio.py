@@ -35,8 +35,16 @@ def to_model_rate(mono: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     return soxr.resample(mono, sample_rate_hz, MODEL_SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
 
 
-def decode_audio(path: str | Path) -> DecodedAudio:
-    """Decode the first audio stream of `path` to float32 planar at its native rate."""
+class AudioTooLong(LipsyncError):
+    """The file holds more audio than the caller's limit; decoding stopped there."""
+
+
+def decode_audio(path: str | Path, max_duration_s: float | None = None, max_samples: int | None = None) -> DecodedAudio:
+    """Decode the first audio stream of `path` to float32 planar at its native rate.
+
+    `max_duration_s` / `max_samples` (all channels together): decoding stops with AudioTooLong
+    as soon as the file passes either, whatever its header claims: a small file of compressed
+    silence may hold hours, and memory must stay bounded by the limit, not by the file."""
     what = f"audio {path}"
     if not Path(path).is_file():
         raise LipsyncError(what, "an audio or video file", "no such file", "check the path")
@@ -52,12 +60,12 @@ def decode_audio(path: str | Path) -> DecodedAudio:
                 )
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="fltp")
-            blocks = []
+            got = _Collected(what, max_duration_s, max_samples)
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    blocks.append(out.to_ndarray())
+                    got.add(out.to_ndarray(), frame.sample_rate)
             for out in resampler.resample(None):
-                blocks.append(out.to_ndarray())
+                got.add(out.to_ndarray(), out.sample_rate)
             rate = stream.codec_context.sample_rate or stream.rate
     except LipsyncError:
         raise
@@ -68,6 +76,33 @@ def decode_audio(path: str | Path) -> DecodedAudio:
             f"data FFmpeg cannot decode ({type(e).__name__}: {e})",
             "re-export or re-download the file",
         ) from None
-    if not blocks or sum(b.shape[1] for b in blocks) == 0:
+    if got.frames == 0:
         raise LipsyncError(what, "some audio samples", "an empty audio stream", "pass a file with sound")
-    return DecodedAudio(np.concatenate(blocks, axis=1).astype(np.float32, copy=False), int(rate))
+    return DecodedAudio(np.concatenate(got.blocks, axis=1).astype(np.float32, copy=False), int(rate))
+
+
+class _Collected:
+    """Decoded blocks, refused the moment they pass a limit."""
+
+    def __init__(self, what: str, max_duration_s: float | None, max_samples: int | None):
+        self.what, self.max_duration_s, self.max_samples = what, max_duration_s, max_samples
+        self.blocks: list[np.ndarray] = []
+        self.frames = 0  # samples per channel
+
+    def add(self, block: np.ndarray, rate: int) -> None:
+        self.blocks.append(block)
+        self.frames += block.shape[1]
+        if self.max_duration_s is not None and rate and self.frames > self.max_duration_s * rate:
+            raise AudioTooLong(
+                self.what,
+                f"at most {self.max_duration_s:g} s of audio",
+                f"more (decoding stopped at {self.frames / rate:.1f} s)",
+                "send a shorter clip",
+            )
+        if self.max_samples is not None and self.frames * block.shape[0] > self.max_samples:
+            raise AudioTooLong(
+                self.what,
+                f"at most {self.max_samples} samples (all channels together)",
+                f"more at {block.shape[0]} channels, {rate} Hz (decoding stopped there)",
+                "send a shorter clip, in mono or stereo at 48 kHz or less",
+            )

@@ -80,6 +80,10 @@ def test_sessions_hosted_together_start_and_stop_over_the_api(tmp_path, generato
         "fp32",
         "--blend",
         "hard",
+        "--allow-read-dir",
+        Path(photo).parent,
+        "--allow-write-dir",
+        tmp_path,
     )
     try:
         line = ""
@@ -110,7 +114,7 @@ def test_sessions_hosted_together_start_and_stop_over_the_api(tmp_path, generato
             api,
             {"id": "d", "avatar": str(photo), "audio": str(speech_wav), "outputs": ["ftp://example.invalid/x"]},
         )
-        assert status == 422 and "\n" not in doc["error"] and "rtmp" in doc["error"]
+        assert status == 403 and "\n" not in doc["error"] and "--allow-url" in doc["error"]
         status, doc = call("DELETE", api + "/nobody")
         assert status == 404
 
@@ -169,6 +173,7 @@ def test_a_headless_session_is_watched_over_webrtc_by_several_viewers(photo, spe
     from lipsync.web.sessions_api import WebRtcOutputs
     from realtime.config import EngineConfig
     from realtime.service.manager import SessionManager
+    from realtime.service.policy import SessionPolicy
 
     offer_candidates_for("127.0.0.1")  # both peers offer loopback only
     height, width = cv2.imread(str(photo)).shape[:2]
@@ -188,7 +193,7 @@ def test_a_headless_session_is_watched_over_webrtc_by_several_viewers(photo, spe
     async def go():
         cfg = EngineConfig(output_audio_rate_hz=48_000)
         manager = SessionManager(None, cfg=cfg)
-        studio = Studio(StudioConfig(), cfg, build=None)
+        studio = Studio(StudioConfig(policy=SessionPolicy(read_dirs=(str(Path(photo).parent),))), cfg, build=None)
         studio.enabled = False
         outputs = WebRtcOutputs(cfg, asyncio.get_running_loop())
         manager.local_outputs["webrtc"] = outputs.make

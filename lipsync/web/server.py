@@ -10,12 +10,13 @@
   /api/sessions          headless sessions (lipsync.web.sessions_api): list, start, stop
 One browser at a time: a new connection takes over from the previous one. Bound to 127.0.0.1
 by default; any other host requires the token printed at start (Bearer header or ?token=).
+Every request passes lipsync.web.guard first (Host, Origin, token, Content-Type); sessions
+started over the API pass the operator's SessionPolicy (realtime.service.policy).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import secrets
@@ -25,13 +26,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lipsync.web.guard import Access, Body, Routes, make_guard
 from lipsync.web.ice import is_loopback, offer_candidates_for
 from lipsync.web.session import Loaded, Session
 from lipsync.web.sessions_api import WebRtcOutputs, add_session_routes
-from lipsync.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, read_upload
-from mediaio.audio import decode_audio
+from lipsync.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, check_pixels, read_upload
+from mediaio.audio import AudioTooLong, decode_audio
 from models.errors import LipsyncError
 from realtime.config import EngineConfig
+from realtime.service.policy import SessionPolicy
 from realtime.stats import rss_mb
 
 log = logging.getLogger(__name__)
@@ -45,9 +48,13 @@ class StudioConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None  # required on the API and /offer when set
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides IP addresses, localhost and `host`
+    policy: SessionPolicy = SessionPolicy()  # what sessions started over the API may touch
     max_audio_upload_bytes: int = 16 * 2**20
     max_avatar_upload_bytes: int = 32 * 2**20
+    max_avatar_pixels: int = 25_000_000  # a 6000x4000 photo; per frame for a video
     max_speech_s: float = 120.0
+    max_speech_channels: int = 2  # with max_speech_s at 48 kHz: the decoded samples' bound
     # A browser that vanished without a goodbye: ICE "disconnected" this long, or no microphone
     # audio this long while the microphone drives the avatar, ends its session.
     disconnect_grace_s: float = 3.0
@@ -75,10 +82,15 @@ class Studio:
     async def set_avatar(self, path: str) -> Loaded:
         async with self._avatar_lock:
             loaded = await self.load_avatar(path)
-            self.loaded = loaded
+            old, self.loaded = self.loaded, loaded
             if self.session is not None:
                 await self.session.set_avatar(loaded)
+            if old is not None and old.path != path and self.is_upload(old.path):
+                Path(old.path).unlink(missing_ok=True)  # a replaced upload: nothing shows it now
             return loaded
+
+    def is_upload(self, path: str) -> bool:
+        return Path(path).parent == Path(self._uploads.name)
 
     def upload_path(self, suffix: str) -> Path:
         return Path(self._uploads.name) / f"{secrets.token_hex(8)}{suffix}"
@@ -114,16 +126,7 @@ def make_app(studio: Studio, manager=None, outputs=None):
     from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
     @web.middleware
-    async def guard(request, handler):
-        if studio.cfg.token and (request.path.startswith("/api/") or request.path == "/offer"):
-            given = request.query.get("token") or request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), studio.cfg.token.encode()):
-                return _error(
-                    401,
-                    "expected the studio's token (printed at start), found "
-                    + ("a wrong one" if given else "none")
-                    + "; add ?token=... to the page's URL",
-                )
+    async def upload_errors(request, handler):
         try:
             return await handler(request)
         except UploadError as e:
@@ -185,7 +188,11 @@ def make_app(studio: Studio, manager=None, outputs=None):
         path = studio.upload_path(up.suffix)
         path.write_bytes(up.data)
         try:
+            await asyncio.to_thread(check_pixels, up, path, studio.cfg.max_avatar_pixels, f"avatar {up.filename}")
             loaded = await studio.set_avatar(str(path))
+        except UploadError:
+            path.unlink(missing_ok=True)
+            raise
         except LipsyncError as e:
             path.unlink(missing_ok=True)
             return _error(422, f"avatar {up.filename}: expected {e.expected}, found {e.found}; {e.fix}")
@@ -214,8 +221,12 @@ def make_app(studio: Studio, manager=None, outputs=None):
             return _error(409, "speak: expected a connected browser, found none; open the page and press Connect")
         path = studio.upload_path(up.suffix)
         path.write_bytes(up.data)
+        cfg = studio.cfg
+        limit = int(cfg.max_speech_s * 48_000 * cfg.max_speech_channels)
         try:
-            decoded = await asyncio.to_thread(_decode_audio, str(path))
+            decoded = await asyncio.to_thread(_decode_audio, str(path), cfg.max_speech_s, limit)
+        except AudioTooLong as e:
+            return _error(413, f"speak {up.filename}: expected {e.expected}, found {e.found}; {e.fix}")
         except LipsyncError as e:
             return _error(422, f"speak {up.filename}: expected {e.expected}, found {e.found}; {e.fix}")
         finally:
@@ -226,12 +237,6 @@ def make_app(studio: Studio, manager=None, outputs=None):
                 422,
                 f"speak {up.filename}: expected at least {MIN_SPEECH_S:g} s of audio, found "
                 f"{len(pcm) / rate:.3f} s; the file may be cut short, resend it",
-            )
-        if len(pcm) / rate > studio.cfg.max_speech_s:
-            return _error(
-                413,
-                f"speak {up.filename}: expected at most {studio.cfg.max_speech_s:g} s of audio, found "
-                f"{len(pcm) / rate:.1f} s; send a shorter clip",
             )
         seconds = await s.speak(pcm, rate)
         return web.json_response({"ok": True, "seconds": round(seconds, 2)})
@@ -248,20 +253,21 @@ def make_app(studio: Studio, manager=None, outputs=None):
             await s.close()
         return web.json_response({"ok": True})
 
-    app = web.Application(
-        middlewares=[guard],
-        client_max_size=max(studio.cfg.max_audio_upload_bytes, studio.cfg.max_avatar_upload_bytes) + 2**20,
-    )
-    app.router.add_get("/", page)
+    cfg = studio.cfg
+    app = web.Application(client_max_size=max(cfg.max_audio_upload_bytes, cfg.max_avatar_upload_bytes) + 2**20)
+    routes = Routes(app)
+    access = Access(cfg.host, cfg.allowed_hosts, cfg.token)
+    app.middlewares.extend([make_guard(access, routes, _error), upload_errors])
+    routes.add("GET", "/", page)
     app.router.add_static("/static/", STATIC)
-    app.router.add_post("/offer", offer)
-    app.router.add_get("/api/stats", stats)
-    app.router.add_post("/api/avatar", avatar)
-    app.router.add_post("/api/speak", speak)
-    app.router.add_post("/api/interrupt", interrupt)
-    app.router.add_post("/api/bye", bye)
+    routes.add("POST", "/offer", offer, Body.JSON)
+    routes.add("GET", "/api/stats", stats)
+    routes.add("POST", "/api/avatar", avatar, Body.UPLOAD)
+    routes.add("POST", "/api/speak", speak, Body.UPLOAD)
+    routes.add("POST", "/api/interrupt", interrupt)
+    routes.add("POST", "/api/bye", bye)
     if manager is not None:
-        add_session_routes(app, manager, _error, outputs)
+        add_session_routes(routes, manager, _error, outputs, cfg.policy)
 
     async def on_shutdown(app):
         await studio.close()
@@ -270,8 +276,8 @@ def make_app(studio: Studio, manager=None, outputs=None):
     return app
 
 
-def _decode_audio(path: str):
-    d = decode_audio(path)
+def _decode_audio(path: str, max_duration_s: float, max_samples: int):
+    d = decode_audio(path, max_duration_s, max_samples)
     return d.pcm.mean(axis=0), d.sample_rate_hz
 
 
@@ -361,7 +367,9 @@ def run_studio(
     `sessions`, SessionRequests, before the server listens; all stopped when it ends)."""
     from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
 
+    given = cfg.token
     cfg = secured(cfg)
+    generated = cfg.token if given is None else None
     offer_candidates_for(cfg.host)
     studio = Studio(cfg, engine_cfg, build)
     studio.enabled = avatar is not None
@@ -390,14 +398,18 @@ def run_studio(
         port = site._server.sockets[0].getsockname()[1] if cfg.port == 0 else cfg.port
         url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}/"
         if avatar is not None:
-            print(f"studio: open {url}" + (f"?token={cfg.token}" if cfg.token else ""), flush=True)
+            print(f"studio: open {url}" + (f"?token={generated}" if generated else ""), flush=True)
         if manager is not None:
             print(
                 f"sessions: {len(sessions)} running; {url}api/sessions lists, starts (POST) and stops (DELETE) them",
                 flush=True,
             )
-        if cfg.token:
-            print(f"studio: token {cfg.token} (required on /offer and /api/ from non-loopback hosts)", flush=True)
+        # A generated token is shown once, on stdout, to the operator who started the server; one
+        # the operator gave is never repeated. Logging never carries either (see lipsync.web.guard).
+        if generated:
+            print(f"studio: token {generated} (generated; required on /offer and /api/)", flush=True)
+        elif cfg.token:
+            print("studio: the --token given is required on /offer and /api/ (add ?token=... to the URL)", flush=True)
         if ready is not None:
             ready(port)
         stop = asyncio.Event()

@@ -7,6 +7,9 @@
                               output (any number of viewers, fanned out by aiortc's MediaRelay)
   GET    /watch/{id}          a page that does that in a browser
 
+A session started here may use devices, read files, write recordings and stream to URLs only
+as far as the operator's SessionPolicy allows (realtime.service.policy; refused with 403).
+
 Starting a session loads its avatar (and, for the first one, chooses and loads the shared
 generator): blocking work, run off the event loop so the studio's streams keep going.
 """
@@ -20,10 +23,12 @@ from pathlib import Path
 
 import av
 
+from lipsync.web.guard import Body, Routes
 from lipsync.web.tracks import TrackConfig, WebRtcOutput, make_tracks
 from models.errors import LipsyncError
 from realtime.config import EngineConfig
 from realtime.service.manager import SessionManager, SessionRequest
+from realtime.service.policy import NotAllowed, SessionPolicy
 
 log = logging.getLogger(__name__)
 WATCH_PAGE = Path(__file__).resolve().parent / "static" / "watch.html"
@@ -119,9 +124,12 @@ class WebRtcOutputs:
             await w.hang_up()
 
 
-def add_session_routes(app, manager: SessionManager, error, outputs: WebRtcOutputs | None = None) -> None:
+def add_session_routes(
+    routes: Routes, manager: SessionManager, error, outputs: WebRtcOutputs | None, policy: SessionPolicy
+) -> None:
     """`error(status, message)` -> the server's JSON error response; `outputs`: the "webrtc"
-    output's registry (None: sessions cannot be watched over WebRTC)."""
+    output's registry (None: sessions cannot be watched over WebRTC); `policy`: what a session
+    started here may touch."""
 
     async def list_sessions(request):
         from aiohttp import web  # aiohttp: the web extra, needed only by lipsync serve
@@ -141,8 +149,10 @@ def add_session_routes(app, manager: SessionManager, error, outputs: WebRtcOutpu
                 "[...]}, found something else; send JSON",
             )
         try:
-            req = SessionRequest.from_json(doc)
+            req = policy.admit(SessionRequest.from_json(doc))
             desc = await asyncio.to_thread(manager.start, req)
+        except NotAllowed as e:
+            return error(403, str(e))
         except LipsyncError as e:
             return error(409 if "already running" in e.found else 422, str(e))
         return web.json_response(desc, status=201)
@@ -215,8 +225,8 @@ def add_session_routes(app, manager: SessionManager, error, outputs: WebRtcOutpu
 
         return web.FileResponse(WATCH_PAGE, headers={"Cache-Control": "no-store"})
 
-    app.router.add_get("/api/sessions", list_sessions)
-    app.router.add_post("/api/sessions/{sid}/offer", offer)
-    app.router.add_get("/watch/{sid}", watch_page)
-    app.router.add_post("/api/sessions", start)
-    app.router.add_delete("/api/sessions/{sid}", stop)
+    routes.add("GET", "/api/sessions", list_sessions)
+    routes.add("POST", "/api/sessions/{sid}/offer", offer, Body.JSON)
+    routes.add("GET", "/watch/{sid}", watch_page)
+    routes.add("POST", "/api/sessions", start, Body.JSON)
+    routes.add("DELETE", "/api/sessions/{sid}", stop)
