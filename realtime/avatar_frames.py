@@ -104,6 +104,15 @@ class VideoFrames:
                 frame = self._decode_next()
                 if frame is None:
                     break
+                if self._shape is not None and (frame.height, frame.width) != self._shape[:2]:
+                    # Everything downstream (boxes, crops, the paste) assumes one size; and a stream
+                    # that grows mid-way would get past the upload's header check of the first frame.
+                    raise LipsyncError(
+                        f"face {self.path}",
+                        f"frames of one size ({self._shape[1]}x{self._shape[0]}, the first frame's)",
+                        f"a {frame.width}x{frame.height} frame at frame {len(pts_seen)}",
+                        "re-export the video at one size",
+                    )
                 img = frame.to_ndarray(format="bgr24")
                 if self._shape is None:
                     self._shape = img.shape

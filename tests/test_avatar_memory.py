@@ -86,6 +86,23 @@ def test_unreadable_video_is_a_clear_error(tmp_path):
         VideoFrames(bad)
 
 
+def test_a_video_whose_frames_grow_mid_stream_is_refused_before_converting_them(tmp_path, img):
+    """An upload's size check reads the first frame's size from the header; a stream that changes
+    size later (two MPEG-TS segments back to back) must not get past it."""
+    from models.errors import LipsyncError
+
+    small = moving_video(tmp_path / "a.ts", img, 10, size=64)
+    big = moving_video(tmp_path / "b.ts", img, 10, size=512)
+    both = tmp_path / "both.ts"
+    both.write_bytes(small.read_bytes() + big.read_bytes())
+    vf = VideoFrames(both)
+    shown = []
+    with pytest.raises(LipsyncError, match=r"frames of one size \(64x64.*a 512x512 frame"):
+        for f in vf.scan():
+            shown.append(f.shape)
+    assert shown and set(shown) == {(64, 64, 3)}
+
+
 def test_video_avatar_same_boxes_crops_and_frames_as_reading_every_frame(tmp_path, img):
     """The avatar a video gives: the same frames, boxes and crops as when every frame was read
     into memory first (the previous way), for the tracked and the reference framing."""
