@@ -12,10 +12,11 @@ from realtime.avatar import AvatarConfig, load_avatar
 from realtime.camera_avatar import CameraAvatar
 from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
-from realtime.engine import Engine, Wav2LipRenderer
+from realtime.engine import Engine
 from realtime.generator import RuntimeConfig, ladder_samples, load_live_generator
 from realtime.playout import Playout, PlayoutConfig
 from realtime.procedural import ProceduralRenderer
+from realtime.renderer import Wav2LipRenderer
 from realtime.sinks.base import NullSink
 from realtime.sinks.encoding import LiveVideoEncoding
 from realtime.sinks.file import FORMATS

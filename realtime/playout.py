@@ -30,16 +30,17 @@ import numpy as np
 import soxr
 
 from models.errors import EngineFailure
-from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
+from models.mel import WINDOW_FRAMES, chunk_start
 from realtime.audio_input import to_mono_float32
 from realtime.clock import MediaClock, MonotonicClock
 from realtime.compositor import crossfade
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
-from realtime.engine import Wav2LipRenderer
+from realtime.frame_maker import FrameMaker
 from realtime.frames import AudioChunk, FrameKind, FrameMeta, VideoFrame
 from realtime.mel_stream import MelStream
 from realtime.protocols import FaceDecoder, Renderer, Sink
 from realtime.queues import BoundedQueue, Closed, Policy
+from realtime.renderer import Wav2LipRenderer
 from realtime.sinks.delivery import SinkRunner, close_all
 from realtime.stats import Stats
 
@@ -206,7 +207,7 @@ class Playout:
         self._epoch = 0  # bumped by interrupt(): older work is discarded
         self._speaking_seg: int | None = None  # segment whose frames the pacer is emitting
         self._seg_played: dict[int, int] = {}
-        self._alpha = 0.0
+        self._maker = FrameMaker(avatar, renderer, cfg)
         self._last_speech: np.ndarray | None = None
         self._fade_from: np.ndarray | None = None
         self._fade_alpha = 0.0
@@ -219,7 +220,6 @@ class Playout:
         self._interrupt_pending = False
         self._busy = False  # the generator is working on a command (wait_idle)
         self._alpha_shown = 0.0  # blend weight of the last speech frame shown (where a fade starts)
-        self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
         self._silence = np.zeros(self._spf_out, np.float32)
         self._av_offset_ms: float | None = None  # media time of the audio sent minus that of the video, at _emit
 
@@ -455,7 +455,7 @@ class Playout:
                 self._cv.wait_for(lambda: self._pending or self._stop.is_set() or self._epoch != epoch, 0.05)  # noqa: B023
                 if self._epoch != epoch:
                     epoch, seg = self._epoch, None
-                    self._alpha = 0.0  # an interrupted utterance fades out in the pacer
+                    self._maker.reset()  # an interrupted utterance fades out in the pacer
                     continue
                 if not self._pending:
                     if seg is not None and not seg.ended and self.clock.now_ns() - last_audio_ns > idle_end_ns:
@@ -528,28 +528,20 @@ class Playout:
         # The avatar frame this output tick will show: the pacer's clock, plus what is queued ahead.
         pts = self._out_pts + len(self._ahead) + 1
         idx = self.avatar.index(pts)
-        idle = self.avatar.frames[idx]
-        last = HOP * (s + WINDOW_FRAMES - 1) + N_FFT // 2 - 1
-        lo = max(0, HOP * s - N_FFT // 2, seg.samples16 - len(seg.hist))
-        hi = max(lo + 1, min(seg.samples16, last + 1))
-        window = seg.hist[np.arange(lo, hi) % len(seg.hist)]
-        dbfs = 10 * np.log10(float(np.mean(window.astype(np.float64) ** 2)) + 1e-12)
-        step = 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms)
-        speaking = dbfs > self.cfg.silence_threshold_dbfs
-        self._alpha = min(1.0, self._alpha + step) if speaking else max(0.0, self._alpha - step)
-        kind: FrameKind
-        if self._alpha == 0.0 or not getattr(self.avatar, "has_face", True):
-            out, kind = idle, FrameKind.IDLE
-        else:
+        self._maker.gate(seg.hist, seg.samples16, s)
+
+        def fill_mel(buf: np.ndarray) -> None:
+            # Past the end of an utterance the last full window stays in `buf` (Wav2Lip's reference).
             if s + WINDOW_FRAMES <= seg.mel.frames_ready:
-                seg.mel.window(s, out=self._mel_buf)
-            out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
-            if self._alpha < 1.0:
-                out = crossfade(out, idle, self._alpha)
-            kind = FrameKind.GENERATED
+                seg.mel.window(s, out=buf)
+
+        made = self._maker.make(idx, fill_mel)
+        # A faceless frame plays as idle here (playout's picture is the avatar's own frame).
+        kind = FrameKind.IDLE if made.kind is FrameKind.NO_FACE else made.kind
+        out = made.bgr
         audio = seg.take_out(self._spf_out)
         return PlayoutItem(
-            VideoFrame(out, -1, FrameMeta(kind=kind, segment=seg.id, epoch=epoch, alpha=self._alpha)),
+            VideoFrame(out, -1, FrameMeta(kind=kind, segment=seg.id, epoch=epoch, alpha=self._maker.alpha)),
             AudioChunk(audio, self.pcfg.output_rate_hz, -1, 0),
         )
 
