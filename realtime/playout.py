@@ -6,22 +6,37 @@ playout plays *everything* pushed at real time:
 
   push_audio --pending (bounded in seconds: blocks or refuses)--> generator thread
   generator: resample (16 kHz for the mel, output rate for the sound), mel window per frame,
-             lips or idle, crossfade; each frame paired with exactly its 1/fps of audio
-  generator --ahead (bounded: lookahead_ms of frames, waits)--> pacer thread
-  pacer: one frame every 1/fps against the clock, always: the next speech frame if it is
-         there, else an idle frame with silence; re-anchors after a stall instead of bursting
-  pacer --> one SinkRunner per sink (own thread and queue) and the `frames()` / `recv()` stream
+             lips or idle, crossfade (realtime.frame_maker); each frame paired with exactly
+             its 1/fps of audio
+  generator --ahead (bounded: lookahead_ms of frames, waits)--> one tick per output frame:
+             the next speech frame if it is there, else an idle frame with silence
+
+Exactly one component owns the clock that makes the ticks (`Pacing`):
+  PLAYOUT   the playout's pacer thread ticks every 1/fps (re-anchoring after a stall, never
+            bursting) for sinks without a clock of their own (virtual camera, RTMP, files): one
+            SinkRunner per sink, and a copy for a `frames()` reader.
+  CONSUMER  the reader owns the clock (LiveKit's AVSynchronizer, pipecat's output transport,
+            an aiortc track's `recv()`): each `frames()` / `recv()` pull makes one tick, so
+            frames are made as they are pulled, up to the lookahead; the audio producer waits
+            (back-pressure), never the consumer.
 
 What every sink and reader gets is the paired frame and audio, so the sound heard is the sound
-the lips were made from. `interrupt()` (alias `clear_buffer()`) drops queued speech; the very
-next tick starts the crossfade back to idle with silence. `end_segment()` ends an utterance.
-Events (`on_event`): ("playback_started", segment) and ("playback_finished", SegmentEnd).
+the lips were made from. `interrupt()` (alias `clear_buffer()`) drops queued speech and every
+frame made ahead; the very next tick starts the crossfade back to idle with silence, so no
+speech reaches a consumer after the call beyond a frame it was already being handed.
+`end_segment()` ends an utterance; so does `segment_idle_end_ms` without audio (a long pause:
+the timer runs from when the generator has taken all pushed audio, not from a push's arrival).
+Events (`on_event`): ("playback_started", segment) and ("playback_finished", SegmentEnd), called
+on the ticking thread; a listener that raises is logged and the playout goes on. A reader gets
+SegmentEnd in order between the frames, on a path that never drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +60,21 @@ from realtime.sinks.delivery import SinkRunner, close_all
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
+log = logging.getLogger(__name__)
+
+
+class Pacing(enum.Enum):
+    """Who owns the output clock (see the module docstring)."""
+
+    PLAYOUT = "playout"  # the playout's pacer: sinks without a clock; frames() reads a copy
+    CONSUMER = "consumer"  # the reader's pulls: each frames()/recv() item is made as it is asked for
+
+
+class _Next(enum.Enum):
+    """What a tick found instead of a speech frame."""
+
+    LATE = "late"  # an utterance is playing and its next frame did not come in time
+    INTERRUPTED = "interrupted"  # an interrupt came while the tick waited
 
 
 @dataclass(frozen=True)
@@ -54,9 +84,11 @@ class PlayoutConfig:
     max_pending_s: float = 20.0  # pushed audio not yet taken by the generator; pushes wait beyond
     start_buffer_ms: int = 120  # an utterance starts playing once this much of it is made (or all of it)
     late_frame_wait_ms: int = 30  # mid-utterance, how long a tick waits for a late speech frame
-    segment_idle_end_ms: int = 600  # an utterance nobody ended is ended after this long without audio
+    # An utterance nobody ended is ended after this long without audio, counted from when all of
+    # it was taken in (a TTS that stalls mid-reply for a second or two stays one utterance).
+    segment_idle_end_ms: int = 3_000
     restart_after_ms: int = 200  # a tick later than this re-anchors the clock (no catch-up burst)
-    output_queue_ms: int = 1_000  # frames kept for a `frames()` reader; oldest dropped
+    output_queue_ms: int = 1_000  # Pacing.PLAYOUT: frames kept for a `frames()` reader; oldest dropped, events never
 
 
 @dataclass(frozen=True)
@@ -177,7 +209,17 @@ class Playout:
         pcfg: PlayoutConfig = PlayoutConfig(),
         clock: MediaClock | None = None,
         deliver_to_reader=True,
+        pacing: Pacing = Pacing.PLAYOUT,
     ):
+        """`pacing`: who ticks (see Pacing). With Pacing.CONSUMER there are no sinks and the
+        frames()/recv() reader is the consumer; `deliver_to_reader` is for Pacing.PLAYOUT (a copy
+        of what the sinks get, for a reader; False when nobody reads it)."""
+        if pacing is Pacing.CONSUMER and sinks:
+            raise ValueError(
+                f"Playout: expected no sinks with Pacing.CONSUMER (the reader owns the clock), found "
+                f"{len(sinks)}; use Pacing.PLAYOUT to drive sinks"
+            )
+        self.pacing = pacing
         if not isinstance(renderer, Renderer):
             renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
         self.avatar, self.renderer, self.cfg, self.pcfg = avatar, renderer, cfg, pcfg
@@ -194,10 +236,19 @@ class Playout:
         self.stats.add_section("sinks", lambda: {r.sink.name: r.counts() for r in self._runners})
         self._stopped: tuple[dict | None, EngineFailure | None] | None = None  # what stop() gave
         self._reader = (
-            BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out")
-            if deliver_to_reader
+            BoundedQueue(
+                cfg.frames_in(pcfg.output_queue_ms),
+                Policy.DROP_OLDEST_FRAME,
+                "playout_out",
+                keep=lambda x: isinstance(x, SegmentEnd),
+            )
+            if deliver_to_reader and pacing is Pacing.PLAYOUT
             else None
         )
+        # Pacing.CONSUMER: what the current pull made (segment events, then its frame); read by
+        # the same puller, so it never holds more than one tick's output.
+        self._outbox: collections.deque[PlayoutItem | SegmentEnd] = collections.deque()
+        self._pull_lock = threading.Lock()  # one tick at a time, whoever pulls
         self._cv = threading.Condition()
         self._pending: collections.deque[_PushedAudio | _EndSegment] = collections.deque()
         self._pending_s = 0.0
@@ -290,6 +341,12 @@ class Playout:
                 self._seg_in += 1
                 self._seg_open = False
             self._interrupt_pending = True
+            # Made for the consumer but not yet handed over: speech goes, events stay.
+            kept = [
+                x for x in self._outbox if not (isinstance(x, PlayoutItem) and x.video.meta.get("segment") is not None)
+            ]
+            self._outbox.clear()
+            self._outbox.extend(kept)
             self._cv.notify_all()
         self._ahead.clear()
         self._ahead.put(_End(-1, -1))  # wakes a tick that is waiting for a speech frame
@@ -298,7 +355,16 @@ class Playout:
 
     # -- output stream (for transports that take frames themselves) -------------------------------
     def frames(self, timeout_s: float | None = None) -> Iterator[PlayoutItem | SegmentEnd]:
-        """Yields PlayoutItem and SegmentEnd in output order until the playout is stopped."""
+        """Yields PlayoutItem and SegmentEnd in output order until the playout is stopped. With
+        Pacing.CONSUMER each item is made when asked for (`timeout_s` is not used: a pull returns
+        within late_frame_wait_ms); with Pacing.PLAYOUT it is the pacer's copy (None when nothing
+        came within `timeout_s`, then the iteration ends)."""
+        if self.pacing is Pacing.CONSUMER:
+            while True:
+                try:
+                    yield self._pull()
+                except Closed:
+                    return
         reader = self._reader
         if reader is None:
             raise RuntimeError("frames(): this playout was made with deliver_to_reader=False")
@@ -313,6 +379,16 @@ class Playout:
 
     async def recv(self) -> PlayoutItem | SegmentEnd:
         """The next PlayoutItem or SegmentEnd (aiortc's track shape); raises StopAsyncIteration at the end."""
+        if self.pacing is Pacing.CONSUMER:
+            with self._cv:
+                ready = self._outbox.popleft() if self._outbox else None
+            if ready is not None:
+                return ready
+            try:
+                # A tick may wait up to late_frame_wait_ms for a late speech frame: off the loop.
+                return await asyncio.to_thread(self._pull)
+            except Closed:
+                raise StopAsyncIteration from None
         reader = self._reader
         if reader is None:
             raise RuntimeError("recv(): this playout was made with deliver_to_reader=False")
@@ -335,7 +411,10 @@ class Playout:
     def start(self) -> Playout:
         for r in self._runners:
             r.start(*self.avatar.size)
-        for fn, name in ((self._generate_loop, "playout-generator"), (self._pace_loop, "playout-pacer")):
+        loops = [(self._generate_loop, "playout-generator")]
+        if self.pacing is Pacing.PLAYOUT:
+            loops.append((self._pace_loop, "playout-pacer"))
+        for fn, name in loops:
             t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -409,6 +488,7 @@ class Playout:
                 "pending_audio_s": round(pending_s, 2),
                 self._ahead.name: len(self._ahead),
                 **({self._reader.name: len(self._reader)} if self._reader is not None else {}),
+                **({"playout_outbox": len(self._outbox)} if self.pacing is Pacing.CONSUMER else {}),
             },
             "av_offset_ms": self._av_offset_ms,
             "sinks": {r.sink.name: r.counts() for r in self._runners},
@@ -474,7 +554,6 @@ class Playout:
                 self._cv.notify_all()
             if isinstance(cmd, _PushedAudio):
                 seg_id, pcm, rate = cmd.segment, cmd.pcm, cmd.rate_hz
-                last_audio_ns = self.clock.now_ns()
                 if seg is None or seg.id != seg_id or seg.rate != rate:
                     if seg is not None and not seg.ended:  # a rate change inside an utterance: close it
                         self._finish_segment(seg, epoch)
@@ -487,6 +566,9 @@ class Playout:
                         break
                     seg.mel.push(seg.add(pcm[off : off + step]))
                     self._make_frames(seg, epoch, final=False)
+                # The silence that may end the utterance starts now: making its frames waited on
+                # the lookahead for about the push's own length, and that was no pause.
+                last_audio_ns = self.clock.now_ns()
             else:
                 if seg is not None and seg.id == cmd.segment and not seg.ended:
                     self._finish_segment(seg, epoch)
@@ -545,7 +627,27 @@ class Playout:
             AudioChunk(audio, self.pcfg.output_rate_hz, -1, 0),
         )
 
-    # -- pacer thread -------------------------------------------------------------------------------
+    # -- ticks: the pacer thread (Pacing.PLAYOUT) or each pull (Pacing.CONSUMER) --------------------
+    def _pull(self) -> PlayoutItem | SegmentEnd:
+        """The consumer's next item: what the last tick left, else one more tick. Raises Closed
+        once the playout is stopped."""
+        with self._pull_lock:
+            while True:
+                with self._cv:
+                    if self._outbox:
+                        return self._outbox.popleft()
+                if self._stop.is_set():
+                    raise Closed("playout")
+                self._tick(self.clock.now_ns())
+
+    def _out(self, item: PlayoutItem | SegmentEnd) -> None:
+        """Hands a tick's output to the reader, in order."""
+        if self.pacing is Pacing.CONSUMER:
+            with self._cv:
+                self._outbox.append(item)
+        elif self._reader is not None:
+            self._reader.put(item)
+
     def _pace_loop(self) -> None:
         t0 = self.clock.now_ns()
         n = 0
@@ -570,7 +672,7 @@ class Playout:
     def _tick(self, now: int) -> None:
         self._take_interrupt()
         item = self._next_item()
-        if item == "interrupted":  # arrived while this tick waited: it already shows the fade
+        if item is _Next.INTERRUPTED:  # arrived while this tick waited: it already shows the fade
             self._take_interrupt()
             item = None
         pts = self._out_pts
@@ -597,7 +699,7 @@ class Playout:
                     kind = FrameKind.CROSSFADE
                 else:
                     self._fade_from = None
-            elif item == "late":
+            elif item is _Next.LATE:
                 bgr, kind = self._last_speech if self._last_speech is not None else idle, FrameKind.HELD
         # "segment": the utterance this frame belongs to (None while idle or fading out), so
         # that adapters can send audio only while speaking.
@@ -614,13 +716,13 @@ class Playout:
         with self._cv:
             self._cv.notify_all()
 
-    def _next_item(self):
-        """This tick's speech frame (ending finished utterances on the way), else None, or "late"
+    def _next_item(self) -> PlayoutItem | _Next | None:
+        """This tick's speech frame (ending finished utterances on the way), else None, or LATE
         when an utterance is playing and its next frame has not come in time."""
         self._drop_stale()
         while True:
             if self._interrupt_pending:
-                return "interrupted"
+                return _Next.INTERRUPTED
             if self._speaking_seg is None and not self._ready_to_start():
                 return None
             wait = self.pcfg.late_frame_wait_ms / 1000 if self._speaking_seg is not None else 0
@@ -636,7 +738,7 @@ class Playout:
                 continue  # made before an interrupt
             if item is None and self._speaking_seg is not None:
                 self.stats.late += 1
-                return "late"
+                return _Next.LATE
             return item
 
     def _drop_stale(self) -> None:
@@ -674,18 +776,19 @@ class Playout:
         # Back to idle through the crossfade, from the last face shown (an utterance may end on
         # open lips, and an interrupt always can).
         self._fade_from, self._fade_alpha = self._last_speech, self._alpha_shown
-        if self._reader is not None:
-            self._reader.put(end)
+        self._out(end)
         self._emit_event("playback_finished", end)
 
     def _emit_event(self, kind: str, payload) -> None:
         for cb in list(self._listeners):
-            cb(kind, payload)
+            try:
+                cb(kind, payload)
+            except Exception:  # a listener's bug must not stop the output clock
+                log.exception("playout: on_event listener %r failed on %s", cb, kind)
 
     def _emit(self, video: VideoFrame, audio: AudioChunk) -> None:
         self._av_offset_ms = round(1000 * (audio.pts / audio.sample_rate_hz - video.pts / self.cfg.fps), 1)
         for r in self._runners:
             r.offer(video, audio)
-        if self._reader is not None:
-            self._reader.put(PlayoutItem(video, audio))
+        self._out(PlayoutItem(video, audio))
         self.stats.record(video.meta["emitted_ns"], None, None, video.meta["kind"])

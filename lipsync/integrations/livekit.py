@@ -30,14 +30,16 @@ from livekit.agents.voice.avatar import (
 
 from realtime.config import EngineConfig
 from realtime.live import build_playout
-from realtime.playout import PlayoutItem, SegmentEnd
+from realtime.playout import Pacing, PlayoutItem, SegmentEnd
 
 
 class LipsyncVideoGenerator(VideoGenerator):
     def __init__(
         self, avatar: str, checkpoint: str | None = None, *, engine: str = "auto", runtime=None, cfg=None, pcfg=None
     ):
-        self._playout = build_playout(avatar, [], checkpoint, runtime, cfg or EngineConfig(), pcfg, engine=engine)
+        self._playout = build_playout(
+            avatar, [], checkpoint, runtime, cfg or EngineConfig(), pcfg, engine=engine, pacing=Pacing.CONSUMER
+        )
         self.width, self.height = self._playout.avatar.size
         self.fps = self._playout.cfg.fps
         self.sample_rate = self._playout.pcfg.output_rate_hz
