@@ -353,6 +353,12 @@ class Playout:
 
     clear_buffer = interrupt
 
+    @property
+    def epoch(self) -> int:
+        """How many interrupts so far. An adapter that hands a frame's picture and sound over
+        in two steps compares it across them: if it moved, the sound was cut (drop it)."""
+        return self._epoch
+
     # -- output stream (for transports that take frames themselves) -------------------------------
     def frames(self, timeout_s: float | None = None) -> Iterator[PlayoutItem | SegmentEnd]:
         """Yields PlayoutItem and SegmentEnd in output order until the playout is stopped. With

@@ -101,7 +101,13 @@ class LipsyncVideoGenerator(VideoGenerator):
         return self._frames()
 
     async def _frames(self):
-        async for item in self._playout:
+        pl = self._playout
+        while True:
+            epoch = pl.epoch
+            try:
+                item = await pl.recv()
+            except StopAsyncIteration:
+                return
             if isinstance(item, SegmentEnd):
                 if not item.interrupted:
                     yield AudioSegmentEnd()
@@ -113,7 +119,10 @@ class LipsyncVideoGenerator(VideoGenerator):
             rgba[..., :3] = bgr[..., ::-1]
             rgba[..., 3] = 255
             yield rtc.VideoFrame(self.width, self.height, rtc.VideoBufferType.RGBA, rgba.tobytes())
-            if item.video.meta.get("segment") is not None:
+            # The runner may have been told to clear while it took the picture (or while this
+            # frame was being made): then its sound is cut too, so that nothing of the old
+            # reply reaches the room after clear_buffer() (and no new "playback started").
+            if item.video.meta.get("segment") is not None and pl.epoch == epoch:
                 pcm16 = (np.clip(item.audio.pcm, -1, 1) * 32767).round().astype(np.int16)
                 yield rtc.AudioFrame(pcm16.tobytes(), item.audio.sample_rate_hz, 1, len(pcm16))
 
