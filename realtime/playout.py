@@ -236,15 +236,15 @@ class Playout:
         self.stats.add_section("sinks", lambda: {r.sink.name: r.counts() for r in self._runners})
         self._stopped: tuple[dict | None, EngineFailure | None] | None = None  # what stop() gave
         self._reader = (
-            BoundedQueue(
-                cfg.frames_in(pcfg.output_queue_ms),
-                Policy.DROP_OLDEST_FRAME,
-                "playout_out",
-                keep=lambda x: isinstance(x, SegmentEnd),
-            )
+            BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out")
             if deliver_to_reader and pacing is Pacing.PLAYOUT
             else None
         )
+        # Pacing.PLAYOUT: the reader's segment events, beside its lossy frame queue, each with the
+        # pts of the frame it comes before. A few per utterance: the bound is only reached by a
+        # reader that has not read for hours (then the oldest go).
+        self._reader_events: collections.deque[tuple[int, SegmentEnd]] = collections.deque(maxlen=4096)
+        self._reader_held: PlayoutItem | None = None  # a frame taken that waits behind an event
         # Pacing.CONSUMER: what the current pull made (segment events, then its frame); read by
         # the same puller, so it never holds more than one tick's output.
         self._outbox: collections.deque[PlayoutItem | SegmentEnd] = collections.deque()
@@ -376,7 +376,7 @@ class Playout:
             raise RuntimeError("frames(): this playout was made with deliver_to_reader=False")
         while True:
             try:
-                item = reader.get(timeout_s)
+                item = self._read(reader, timeout_s)
             except Closed:
                 return
             if item is None:
@@ -400,12 +400,37 @@ class Playout:
             raise RuntimeError("recv(): this playout was made with deliver_to_reader=False")
         while True:
             try:
-                item = reader.get(timeout_s=0)
+                item = self._read(reader, timeout_s=0)
             except Closed:
                 raise StopAsyncIteration from None
             if item is not None:
                 return item
             await asyncio.sleep(self._frame_ns / 4e9)
+
+    def _read(self, reader: BoundedQueue, timeout_s: float | None) -> PlayoutItem | SegmentEnd | None:
+        """Pacing.PLAYOUT's reader: the next frame from the lossy queue, with the events that came
+        before it first (None: nothing within `timeout_s`). Raises Closed at the end."""
+        with self._cv:
+            held, events = self._reader_held, self._reader_events
+            if events and (held is None or events[0][0] <= held.video.pts):
+                return events.popleft()[1]
+            if held is not None:
+                self._reader_held = None
+                return held
+        try:
+            item = reader.get(timeout_s)
+        except Closed:
+            with self._cv:
+                if self._reader_events:
+                    return self._reader_events.popleft()[1]
+            raise
+        if item is None:
+            return None
+        with self._cv:
+            if self._reader_events and self._reader_events[0][0] <= item.video.pts:
+                self._reader_held = item
+                return self._reader_events.popleft()[1]
+        return item
 
     def __aiter__(self):
         return self
@@ -652,7 +677,11 @@ class Playout:
             with self._cv:
                 self._outbox.append(item)
         elif self._reader is not None:
-            self._reader.put(item)
+            if isinstance(item, SegmentEnd):
+                with self._cv:  # before the frame this tick is about to emit
+                    self._reader_events.append((self._out_pts, item))
+            else:
+                self._reader.put(item)
 
     def _pace_loop(self) -> None:
         t0 = self.clock.now_ns()

@@ -5,8 +5,6 @@ can never make memory or latency grow without bound:
   NEVER_DROP   audio in: it is the clock; a full queue is an overrun, counted and reported
   DROP_OLDEST  frames waiting for a stage: the stalest is least worth showing
   KEEP_LATEST  a sink that only ever wants the newest frame (size 1)
-  DROP_OLDEST_FRAME  frames with events between them (a reader of the playout): the stalest
-               frame goes, an event (`keep(item)` true) never does
 """
 
 from __future__ import annotations
@@ -14,14 +12,12 @@ from __future__ import annotations
 import collections
 import enum
 import threading
-from collections.abc import Callable
 
 
 class Policy(enum.Enum):
     NEVER_DROP = "never_drop"
     DROP_OLDEST = "drop_oldest"
     KEEP_LATEST = "keep_latest"
-    DROP_OLDEST_FRAME = "drop_oldest_frame"
 
 
 class Closed(Exception):
@@ -29,12 +25,9 @@ class Closed(Exception):
 
 
 class BoundedQueue:
-    def __init__(self, capacity: int, policy: Policy, name: str = "", keep: Callable[[object], bool] | None = None):
+    def __init__(self, capacity: int, policy: Policy, name: str = ""):
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
-        if (keep is not None) != (policy is Policy.DROP_OLDEST_FRAME):
-            raise ValueError("keep= goes with Policy.DROP_OLDEST_FRAME, and only with it")
-        self._keep = keep
         self.capacity = 1 if policy is Policy.KEEP_LATEST else capacity
         self.policy, self.name = policy, name
         self._items: collections.deque = collections.deque()
@@ -55,18 +48,8 @@ class BoundedQueue:
                     # Refusing the newest keeps what is queued contiguous; the source counts it.
                     self.overruns += 1
                     return False
-                if self._keep is None:
-                    self._items.popleft()
-                    self.dropped += 1
-                else:
-                    # The oldest frame goes; events stay (a queue of events only may pass capacity:
-                    # they are a few per utterance).
-                    drop = next((i for i, x in enumerate(self._items) if not self._keep(x)), None)
-                    if drop is not None:
-                        del self._items[drop]
-                        self.dropped += 1
-                    else:
-                        ok = True
+                self._items.popleft()
+                self.dropped += 1
             self._items.append(item)
             self._cv.notify()
             return ok

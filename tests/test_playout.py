@@ -338,6 +338,29 @@ def test_a_blocked_sink_does_not_hold_up_the_others(photo, speech10):
     assert blocked.pts == sorted(blocked.pts) and blocked.pts[-1] == n - 1  # the newest, in order
 
 
+def test_a_reader_that_falls_behind_loses_old_frames_but_never_a_segment_end(photo, speech10):
+    """Pacing.PLAYOUT: the pacer keeps its clock for the sinks while a frames() reader does not
+    read; the reader's frames are kept for output_queue_ms (oldest dropped), its events all."""
+    from realtime.playout import PlayoutItem, SegmentEnd
+
+    sink = WatchedSink()
+    pl, clock = make_playout(photo, sinks=[sink])
+    try:
+        assert sink.wait_for(1)  # the first tick, at start
+        push_all(pl, speech10[:16_000])  # 1 s
+        for n in range(2, 80):  # 3 s of ticks, nothing read
+            clock.advance_ns(TICK_NS)
+            assert sink.wait_for(n)
+        it = pl.frames(timeout_s=0)
+        first = next(it)
+        rest = list(it)
+    finally:
+        pl.stop()
+    assert isinstance(first, SegmentEnd) and not first.interrupted and first.position_s == 1.0
+    assert all(isinstance(i, PlayoutItem) for i in rest) and len(rest) == 25  # output_queue_ms: 1 s
+    assert [i.video.pts for i in rest] == list(range(54, 79))
+
+
 def test_a_failing_renderer_stops_the_playout_and_the_caller_hears_why(photo, speech10):
     class Broken:
         name = "broken"
