@@ -103,8 +103,8 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     from realtime import threads
     from realtime.avatar import AvatarConfig, load_avatar
     from realtime.compositor import first_shown_row
-    from realtime.engine import Wav2LipRenderer
     from realtime.generator import OnnxGenerator, RuntimeConfig, load_live_generator
+    from realtime.renderer import Wav2LipRenderer
 
     budget = threads.apply(threads.plan("live"))
     av = load_avatar(AvatarConfig(str(AVATAR)))

@@ -304,7 +304,8 @@ def stream_child(spec_path: str, avatar: str, audio: str, k: int, n: int, second
     from realtime import threads
     from realtime.clock import MonotonicClock
     from realtime.config import EngineConfig
-    from realtime.engine import Engine, Wav2LipRenderer
+    from realtime.engine import Engine
+    from realtime.renderer import Wav2LipRenderer
     from realtime.service import prepare_avatar
     from realtime.sinks.base import NullSink
 

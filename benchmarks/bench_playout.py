@@ -2,6 +2,7 @@
 """Playout for a voice agent, measured: TTS bursts, interruptions, a blocked sink, a long burst.
 
     python benchmarks/bench_playout.py --json bench-out/playout.json [--checkpoint PTH]
+    python benchmarks/bench_playout.py --engine procedural --only consumer_interrupt,segments --cuts 1   # smoke
 
 Set up like `lipsync live` with defaults (thread budget, precision ladder, feathered paste) on the
 embedded 512x512 photo. Without --checkpoint, the hardest stand-in of bench_generator (not a
@@ -12,7 +13,14 @@ test checkpoint) is made; it and the first export + ladder run in child processe
              frame at a sink, and the A/V pairing error (lag between the audio the sink got beside
              the utterance's frames and the pushed audio)
   interrupt  three utterances, each cut 1.5 s in: from interrupt() to the last speech audio a
-             sink received, and to the first idle frame after the crossfade
+             sink received, how much speech audio it received after the call, and the time to
+             the first idle frame after the crossfade (the playout's own pacer: Pacing.PLAYOUT)
+  consumer_interrupt  the same cuts with a consumer that owns the clock (Pacing.CONSUMER, pulled
+             one frame per 1/fps as LiveKit's AVSynchronizer does): speech audio it received
+             after interrupt() returned (target <= 40 ms: the one frame being handed over)
+  segments   replies with pauses inside (a 1.5 s TTS stall; 1 s pushes with 0.6 s gaps), each
+             ended once by end_segment(): how many utterances the playout played for each
+             (expected 1) and whether any ended by itself
   blocked    a second sink that blocks for 5 s: the fps the first sink keeps meanwhile
   cli        a 42 s file through `lipsync live --audio-pacing burst --to null`
 """
@@ -89,10 +97,51 @@ def gaps_ms(rows):
     )
 
 
-def build(ckpt, sinks):
-    from realtime.live import build_playout, default_runtime
+ENGINE = "wav2lip"  # --engine
 
-    return build_playout(str(AVATAR), sinks, ckpt, default_runtime(), reader=False)
+
+def build(ckpt, sinks, pacing=None):
+    from realtime.live import build_playout, default_runtime
+    from realtime.playout import Pacing
+
+    pacing = pacing or Pacing.PLAYOUT
+    return build_playout(
+        str(AVATAR), sinks, ckpt, default_runtime(), reader=pacing is Pacing.CONSUMER, engine=ENGINE, pacing=pacing
+    )
+
+
+class Puller:
+    """A consumer that owns the clock: pulls one item per 1/fps (never faster than real time)
+    from a Pacing.CONSUMER playout, and records (t_ns, seconds of speech audio, SegmentEnd|None)."""
+
+    def __init__(self, pl):
+        self.pl, self.rows = pl, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._t.start()
+        return self
+
+    def _run(self):
+        from realtime.playout import PlayoutItem
+
+        t0, n = time.monotonic_ns(), 0
+        for item in self.pl.frames():
+            now = time.monotonic_ns()
+            if not isinstance(item, PlayoutItem):
+                self.rows.append((now, 0.0, item))
+                continue
+            speaking = item.video.meta.get("segment") is not None
+            self.rows.append((now, item.audio.samples / item.audio.sample_rate_hz if speaking else 0.0, None))
+            n += 1
+            if self._stop.is_set():
+                return
+            time.sleep(max(0.0, (t0 + n * 40_000_000 - time.monotonic_ns()) / 1e9))
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(5)
 
 
 def burst(ckpt) -> dict:
@@ -142,6 +191,73 @@ def burst(ckpt) -> dict:
     }
 
 
+def consumer_interrupts(ckpt, cuts=3) -> dict:
+    from realtime.playout import Pacing
+
+    pl = build(ckpt, [], Pacing.CONSUMER)
+    started = threading.Event()
+    pl.on_event(lambda k, p: started.set() if k == "playback_started" else None)
+    pl.start()
+    puller = Puller(pl).start()
+    time.sleep(0.5)
+    pcm, rate = speech(5.0)
+    marks = []
+    for _ in range(cuts):
+        started.clear()
+        pl.push_audio(pcm, rate)
+        pl.end_segment()
+        started.wait(10)
+        time.sleep(1.5)
+        pl.interrupt()
+        marks.append(time.monotonic_ns())  # when interrupt() returned
+        time.sleep(0.6)
+    puller.stop()
+    summary = pl.stop()
+    after_ms = [round(1000 * sum(a for t, a, _ in puller.rows if m <= t < m + 500_000_000), 1) for m in marks]
+    ends = [e for _, _, e in puller.rows if e is not None]
+    return {
+        "speech_audio_after_interrupt_ms": after_ms,
+        "max_ms": max(after_ms),
+        "target_ms": 40,
+        "segment_ends": len(ends),
+        "interrupted_ends": sum(e.interrupted for e in ends),
+        "late": summary.get("late", 0),
+    }
+
+
+def segments(ckpt) -> dict:
+    """Replies with pauses inside, pushed at real time as a streaming TTS does, each ended once."""
+    from realtime.playout import Pacing
+
+    pl = build(ckpt, [], Pacing.CONSUMER)
+    ends = []
+    pl.on_event(lambda k, p: ends.append(p) if k == "playback_finished" else None)
+    pl.start()
+    puller = Puller(pl).start()
+    pcm, rate = speech(4.0)
+    replies = {
+        "tts_stall_1.5s": [(0.0, 0.0, 2.0), (1.5, 2.0, 4.0)],  # (pause before, from s, to s)
+        "1s_pushes_0.6s_gaps": [(0.0, 0.0, 1.0), (0.6, 1.0, 2.0), (0.6, 2.0, 3.0), (0.6, 3.0, 4.0)],
+    }
+    out = {}
+    for name, pieces in replies.items():
+        before = len(ends)
+        t0 = time.monotonic()
+        for pause, a, b in pieces:
+            t0 += pause
+            for off in range(int(a * rate), int(b * rate), rate // 10):  # 100 ms pieces at real time
+                time.sleep(max(0.0, t0 + off / rate - a - time.monotonic()))  # due at its place in the reply
+                pl.push_audio(pcm[off : min(off + rate // 10, int(b * rate))], rate)
+            t0 += b - a
+        pl.end_segment()
+        pl.wait_idle(timeout_s=30)
+        out[name] = {"segments_played": len(ends) - before, "expected": 1}
+    puller.stop()
+    pl.stop()
+    out["all_one_segment"] = all(v["segments_played"] == 1 for v in out.values() if isinstance(v, dict))
+    return out
+
+
 def interrupts(ckpt) -> dict:
     sink = TimedSink()
     pl = build(ckpt, [sink])
@@ -170,9 +286,11 @@ def interrupts(ckpt) -> dict:
         # Until the next utterance is pushed (0.6 s after each cut).
         last_sound = max((r[0] for r in sink.rows if r[3] and r[0] < t_cut + 500_000_000), default=t_cut)
         idle = next(r for r in after if r[2] == "idle")
+        sound_after = [r for r in after if r[3] and r[0] < t_cut + 500_000_000]
         out.append(
             {
                 "to_last_speech_audio_ms": round(max(0, last_sound - t_cut) / 1e6, 1),
+                "speech_audio_after_interrupt_ms": 40 * len(sound_after),
                 "to_idle_frame_ms": round((idle[0] - t_cut) / 1e6, 1),
                 "crossfade_frames": sum(1 for r in after if r[0] < idle[0] and r[2] == "crossfade"),
             }
@@ -227,8 +345,7 @@ def cli(ckpt, tmp: Path) -> dict:
             str(AVATAR),
             "--audio",
             str(path),
-            "--checkpoint",
-            ckpt,
+            *(["--checkpoint", ckpt] if ckpt else ["--engine", ENGINE]),
             "--audio-pacing",
             "burst",
             "--to",
@@ -262,28 +379,47 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--json", default="bench-out/playout.json")
+    ap.add_argument(
+        "--engine", choices=["wav2lip", "procedural"], default="wav2lip", help="procedural: no weights (a smoke run)"
+    )
+    ap.add_argument("--only", default=None, help="comma-separated scenarios (default: all)")
+    ap.add_argument("--cuts", type=int, default=3, help="interrupts in consumer_interrupt")
     args = ap.parse_args()
+    global ENGINE
+    ENGINE = args.engine
     tmp = tempfile.TemporaryDirectory()
     os.environ.setdefault("LIPSYNC_CACHE_DIR", os.path.join(tmp.name, "cache"))
-    ckpt, weights = args.checkpoint, "user checkpoint"
-    if ckpt is None:
-        ckpt, weights = standin_checkpoint(tmp.name)
-    from bench_live import warm_up
     from realtime import threads
 
-    ladder = warm_up(ckpt, str(AVATAR))
+    ckpt, weights, ladder = args.checkpoint, "user checkpoint", ""
+    if args.engine == "procedural":
+        weights = "none (procedural lips)"
+    else:
+        if ckpt is None:
+            ckpt, weights = standin_checkpoint(tmp.name)
+        from bench_live import warm_up
+
+        ladder = warm_up(ckpt, str(AVATAR))
     threads.apply(threads.plan("live"))
     doc = {
         "weights": weights,
         "avatar": "media/avatar.jpg (512x512 photo)",
         "ladder": [ln.strip() for ln in ladder.splitlines() if ln.startswith("precision:")],
     }
-    for name, fn in (
+    scenarios = (
         ("burst", lambda: burst(ckpt)),
         ("interrupt", lambda: interrupts(ckpt)),
+        ("consumer_interrupt", lambda: consumer_interrupts(ckpt, args.cuts)),
+        ("segments", lambda: segments(ckpt)),
         ("blocked_sink", lambda: blocked(ckpt)),
         ("cli_burst_42s", lambda: cli(ckpt, Path(tmp.name))),
-    ):
+    )
+    only = set(args.only.split(",")) if args.only else None
+    if only is not None and only - {n for n, _ in scenarios}:
+        ap.error(f"--only: expected names from {[n for n, _ in scenarios]}, found {sorted(only)}")
+    for name, fn in scenarios:
+        if only is not None and name not in only:
+            continue
         print(f"[{name}] ...", file=sys.stderr)
         doc[name] = fn()
         print(json.dumps(doc[name]), file=sys.stderr)

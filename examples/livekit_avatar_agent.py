@@ -21,8 +21,8 @@ async def entrypoint(ctx: JobContext):
 
     await ctx.connect()
     session = AgentSession(stt=openai.STT(), llm=openai.LLM(), tts=openai.TTS())
-    avatar = await LipsyncAvatarSession(avatar=AVATAR, checkpoint=CHECKPOINT).start(session, ctx.room)
-    ctx.add_shutdown_callback(avatar.aclose)
+    avatar = LipsyncAvatarSession(avatar=AVATAR, checkpoint=CHECKPOINT)
+    await avatar.start(session, ctx.room)  # before session.start(): its audio goes to the avatar (closed at shutdown)
     await session.start(agent=Agent(instructions="You are a friendly assistant with a face."), room=ctx.room)
     await session.generate_reply(instructions="Greet the user.")
 

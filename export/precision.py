@@ -315,10 +315,11 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
         trial = Trial(c.runtime, c.precision, c.device, "skipped")
         trials.append(trial)
         passed_before = [t for t in eligible if t.status == "ok"]
+        unsupported = False  # this machine cannot run it at all: not even measured for the record
         if c.precision == "int8-mixed" and any(t.precision == "int8" for t in passed_before):
             trial.reason = "plain int8 passed the gate"
         elif c.precision == "bf16" and not machine.has_bf16():
-            trial.reason = "this CPU has no native bf16"
+            trial.reason, unsupported = "this CPU has no native bf16", True
         elif passed_before and c.precision == "fp32" and cfg.precision == "auto":
             best = min(t.ms_per_frame for t in passed_before)
             trial.reason = f"a faster precision passed ({best:.1f} ms/frame)"
@@ -327,7 +328,7 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
                 trial.status, trial.reason = "reference", "timed as the reference for speed-ups"
         if not trial.reason or trial.status == "reference":
             eligible.append(trial)
-        elif exhaustive and "no native" not in trial.reason:
+        elif exhaustive and not unsupported:
             trial.reason = f"measured for the record; the ladder skips it ({trial.reason})"
         else:
             log.info(f"  {c.label:<22} skipped: {trial.reason}")

@@ -30,45 +30,18 @@ from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
 from realtime.audio_input import to_mono_float32
 from realtime.avatar import Avatar
 from realtime.clock import FreeRunClock, MediaClock, MonotonicClock
-from realtime.compositor import crossfade, full_face, paste_feathered, paste_hard, to_uint8_faces
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
+from realtime.frame_maker import FrameMaker
 from realtime.frames import AudioChunk, FrameKind, FrameMeta, VideoFrame
 from realtime.mel_stream import MelStream
 from realtime.protocols import AudioSource, DeadlineRenderer, FaceDecoder, PreparableSink, Renderer, Sink
 from realtime.queues import BoundedQueue, Closed, Policy
+from realtime.renderer import Wav2LipRenderer
 from realtime.sinks.delivery import SinkRunner, close_all
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
 log = logging.getLogger(__name__)
-
-
-class Wav2LipRenderer:
-    """The neural lips: the split generator's decoder on cached face features, pasted back."""
-
-    def __init__(self, generator: FaceDecoder, avatar: Avatar, blend: str = "hard"):
-        self.gen, self.avatar, self.blend = generator, avatar, blend
-        self.name = getattr(generator, "name", "wav2lip")
-        if blend == "feather":
-            avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
-
-    def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float) -> np.ndarray:
-        face = self.face_u8(idx, mel_window)
-        if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
-            face = full_face(face, self.avatar.crops[idx])
-        if self.blend == "feather":
-            return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.keypoints()[idx])
-        return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
-
-    def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
-        """The face for avatar frame `idx` as (rows, 96, 3) uint8; a renderer whose faces come
-        from another process overrides this to ship a quarter of the bytes."""
-        return to_uint8_faces(self.face(idx, mel_window))[0]
-
-    def face(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
-        """The decoder's output for avatar frame `idx`: (1, 3, rows, 96) in [0, 1]. A shared
-        generator service overrides this (realtime.service) and may raise FrameDropped."""
-        return self.gen.decode(mel_window[None, None], self.avatar.features_at(idx))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +52,6 @@ class _InputPiece:
     arrival_ns: int
     capture0_ns: int  # capture time of its first sample
     start: int  # its first 16 kHz sample
-
-
-class FrameDropped(Exception):
-    """A renderer gave up on a frame that would be too late anyway (a shared generator dropped
-    it past its deadline); the engine shows the previous frame and counts a drop."""
 
 
 class Engine:
@@ -119,9 +87,7 @@ class Engine:
         self._resamplers: dict = {}
         self._out_samples = 0  # audio handed to the sinks, at output_audio_rate_hz
         self._next_pts = 0
-        self._alpha = 0.0
-        self._last: np.ndarray | None = None
-        self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
+        self.maker = FrameMaker(avatar, renderer, cfg)
         self._threads: list[threading.Thread] = []
         self._flush = True
         self._error: BaseException | None = None
@@ -343,41 +309,19 @@ class Engine:
         capture_ns = self._capture_of(min(own, self._samples - 1))
         lateness_ms = (self.clock.now_ns() - ready_ns) / 1e6
         self._decided_ns = self.clock.now_ns()
-        if not self.offline and lateness_ms > self.cfg.max_lateness_ms and self._last is not None:
-            self._put(self._last, pts, ready_ns, capture_ns, FrameKind.DROPPED)
+        if not self.offline and lateness_ms > self.cfg.max_lateness_ms and self.maker.last is not None:
+            self._put(self.maker.last, pts, ready_ns, capture_ns, FrameKind.DROPPED)
             return
         if hasattr(self.avatar, "advance"):  # a live camera: newest frame, tracked, encoded
             self.avatar.advance(pts)
         idx = self.avatar.index(pts)
-        lo, hi = max(0, HOP * s - N_FFT // 2), min(self._samples, last_sample + 1)
-        lo = max(lo, self._samples - len(self._hist))
-        window = self._hist[np.arange(lo, hi) % len(self._hist)]
-        dbfs = 10 * np.log10(float(np.mean(window.astype(np.float64) ** 2)) + 1e-12)
-        step = 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms)
-        speaking = dbfs > self.cfg.silence_threshold_dbfs
-        self._alpha = min(1.0, self._alpha + step) if speaking else max(0.0, self._alpha - step)
-        idle = self.avatar.frames[idx]
-        kind: FrameKind
-        if not getattr(self.avatar, "has_face", True):
-            out, kind = idle, FrameKind.NO_FACE  # passed through unchanged, counted
-        elif self._alpha == 0.0:
-            out, kind = idle, FrameKind.IDLE
-        else:
-            self.mel.window(s, out=self._mel_buf)
-            if getattr(self.renderer, "wants_deadline", False):  # a shared generator schedules by it
-                cast(DeadlineRenderer, self.renderer).deadline_ns = (
-                    None if self.offline else ready_ns + int(self.cfg.max_lateness_ms * 1e6)
-                )
-            try:
-                out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
-            except FrameDropped:
-                self._put(self._last if self._last is not None else idle, pts, ready_ns, capture_ns, FrameKind.DROPPED)
-                return
-            if self._alpha < 1.0:
-                out = crossfade(out, idle, self._alpha)
-            kind = FrameKind.GENERATED
-        self._last = out
-        self._put(out, pts, ready_ns, capture_ns, kind)
+        self.maker.gate(self._hist, self._samples, s)
+        if getattr(self.renderer, "wants_deadline", False):  # a shared generator schedules by it
+            cast(DeadlineRenderer, self.renderer).deadline_ns = (
+                None if self.offline else ready_ns + int(self.cfg.max_lateness_ms * 1e6)
+            )
+        made = self.maker.make(idx, lambda buf: self.mel.window(s, out=buf))
+        self._put(made.bgr, pts, ready_ns, capture_ns, made.kind)
 
     def _put(self, bgr: np.ndarray, pts: int, ready_ns: int, capture_ns: int, kind: FrameKind) -> None:
         if self.offline:

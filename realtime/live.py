@@ -12,10 +12,11 @@ from realtime.avatar import AvatarConfig, load_avatar
 from realtime.camera_avatar import CameraAvatar
 from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
-from realtime.engine import Engine, Wav2LipRenderer
+from realtime.engine import Engine
 from realtime.generator import RuntimeConfig, ladder_samples, load_live_generator
-from realtime.playout import Playout, PlayoutConfig
+from realtime.playout import Pacing, Playout, PlayoutConfig
 from realtime.procedural import ProceduralRenderer
+from realtime.renderer import Wav2LipRenderer
 from realtime.sinks.base import NullSink
 from realtime.sinks.encoding import LiveVideoEncoding
 from realtime.sinks.file import FORMATS
@@ -140,9 +141,12 @@ def build_playout(
     clock=None,
     engine: str = "auto",
     reader: bool = True,
+    pacing: Pacing = Pacing.PLAYOUT,
 ):
     """Playout for pushed speech (TTS, voice agents): an output clock, idle frames, interrupts.
-    Sinks should take audio at `pcfg.output_rate_hz` (48 kHz by default)."""
+    Sinks should take audio at `pcfg.output_rate_hz` (48 kHz by default). `pacing`:
+    Pacing.CONSUMER when the reader of `frames()`/`recv()` owns the clock (a voice-agent
+    transport; then no sinks), Pacing.PLAYOUT when the playout paces the sinks."""
     if avatar.startswith("camera:"):
         raise LipsyncError(
             "--avatar",
@@ -151,7 +155,7 @@ def build_playout(
             "a live camera avatar is for capture mode (--audio mic)",
         )
     av, renderer = _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine)
-    return Playout(av, renderer, sinks, cfg, pcfg or PlayoutConfig(), clock, deliver_to_reader=reader)
+    return Playout(av, renderer, sinks, cfg, pcfg or PlayoutConfig(), clock, deliver_to_reader=reader, pacing=pacing)
 
 
 def build_renderer(

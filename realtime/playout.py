@@ -6,22 +6,37 @@ playout plays *everything* pushed at real time:
 
   push_audio --pending (bounded in seconds: blocks or refuses)--> generator thread
   generator: resample (16 kHz for the mel, output rate for the sound), mel window per frame,
-             lips or idle, crossfade; each frame paired with exactly its 1/fps of audio
-  generator --ahead (bounded: lookahead_ms of frames, waits)--> pacer thread
-  pacer: one frame every 1/fps against the clock, always: the next speech frame if it is
-         there, else an idle frame with silence; re-anchors after a stall instead of bursting
-  pacer --> one SinkRunner per sink (own thread and queue) and the `frames()` / `recv()` stream
+             lips or idle, crossfade (realtime.frame_maker); each frame paired with exactly
+             its 1/fps of audio
+  generator --ahead (bounded: lookahead_ms of frames, waits)--> one tick per output frame:
+             the next speech frame if it is there, else an idle frame with silence
+
+Exactly one component owns the clock that makes the ticks (`Pacing`):
+  PLAYOUT   the playout's pacer thread ticks every 1/fps (re-anchoring after a stall, never
+            bursting) for sinks without a clock of their own (virtual camera, RTMP, files): one
+            SinkRunner per sink, and a copy for a `frames()` reader.
+  CONSUMER  the reader owns the clock (LiveKit's AVSynchronizer, pipecat's output transport,
+            an aiortc track's `recv()`): each `frames()` / `recv()` pull makes one tick, so
+            frames are made as they are pulled, up to the lookahead; the audio producer waits
+            (back-pressure), never the consumer.
 
 What every sink and reader gets is the paired frame and audio, so the sound heard is the sound
-the lips were made from. `interrupt()` (alias `clear_buffer()`) drops queued speech; the very
-next tick starts the crossfade back to idle with silence. `end_segment()` ends an utterance.
-Events (`on_event`): ("playback_started", segment) and ("playback_finished", SegmentEnd).
+the lips were made from. `interrupt()` (alias `clear_buffer()`) drops queued speech and every
+frame made ahead; the very next tick starts the crossfade back to idle with silence, so no
+speech reaches a consumer after the call beyond a frame it was already being handed.
+`end_segment()` ends an utterance; so does `segment_idle_end_ms` without audio (a long pause:
+the timer runs from when the generator has taken all pushed audio, not from a push's arrival).
+Events (`on_event`): ("playback_started", segment) and ("playback_finished", SegmentEnd), called
+on the ticking thread; a listener that raises is logged and the playout goes on. A reader gets
+SegmentEnd in order between the frames, on a path that never drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,20 +45,36 @@ import numpy as np
 import soxr
 
 from models.errors import EngineFailure
-from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
+from models.mel import WINDOW_FRAMES, chunk_start
 from realtime.audio_input import to_mono_float32
 from realtime.clock import MediaClock, MonotonicClock
 from realtime.compositor import crossfade
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
-from realtime.engine import Wav2LipRenderer
+from realtime.frame_maker import FrameMaker
 from realtime.frames import AudioChunk, FrameKind, FrameMeta, VideoFrame
 from realtime.mel_stream import MelStream
 from realtime.protocols import FaceDecoder, Renderer, Sink
 from realtime.queues import BoundedQueue, Closed, Policy
+from realtime.renderer import Wav2LipRenderer
 from realtime.sinks.delivery import SinkRunner, close_all
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
+log = logging.getLogger(__name__)
+
+
+class Pacing(enum.Enum):
+    """Who owns the output clock (see the module docstring)."""
+
+    PLAYOUT = "playout"  # the playout's pacer: sinks without a clock; frames() reads a copy
+    CONSUMER = "consumer"  # the reader's pulls: each frames()/recv() item is made as it is asked for
+
+
+class _Next(enum.Enum):
+    """What a tick found instead of a speech frame."""
+
+    LATE = "late"  # an utterance is playing and its next frame did not come in time
+    INTERRUPTED = "interrupted"  # an interrupt came while the tick waited
 
 
 @dataclass(frozen=True)
@@ -53,9 +84,11 @@ class PlayoutConfig:
     max_pending_s: float = 20.0  # pushed audio not yet taken by the generator; pushes wait beyond
     start_buffer_ms: int = 120  # an utterance starts playing once this much of it is made (or all of it)
     late_frame_wait_ms: int = 30  # mid-utterance, how long a tick waits for a late speech frame
-    segment_idle_end_ms: int = 600  # an utterance nobody ended is ended after this long without audio
+    # An utterance nobody ended is ended after this long without audio, counted from when all of
+    # it was taken in (a TTS that stalls mid-reply for a second or two stays one utterance).
+    segment_idle_end_ms: int = 3_000
     restart_after_ms: int = 200  # a tick later than this re-anchors the clock (no catch-up burst)
-    output_queue_ms: int = 1_000  # frames kept for a `frames()` reader; oldest dropped
+    output_queue_ms: int = 1_000  # Pacing.PLAYOUT: frames kept for a `frames()` reader; oldest dropped, events never
 
 
 @dataclass(frozen=True)
@@ -176,7 +209,17 @@ class Playout:
         pcfg: PlayoutConfig = PlayoutConfig(),
         clock: MediaClock | None = None,
         deliver_to_reader=True,
+        pacing: Pacing = Pacing.PLAYOUT,
     ):
+        """`pacing`: who ticks (see Pacing). With Pacing.CONSUMER there are no sinks and the
+        frames()/recv() reader is the consumer; `deliver_to_reader` is for Pacing.PLAYOUT (a copy
+        of what the sinks get, for a reader; False when nobody reads it)."""
+        if pacing is Pacing.CONSUMER and sinks:
+            raise ValueError(
+                f"Playout: expected no sinks with Pacing.CONSUMER (the reader owns the clock), found "
+                f"{len(sinks)}; use Pacing.PLAYOUT to drive sinks"
+            )
+        self.pacing = pacing
         if not isinstance(renderer, Renderer):
             renderer = Wav2LipRenderer(renderer, avatar, cfg.blend)
         self.avatar, self.renderer, self.cfg, self.pcfg = avatar, renderer, cfg, pcfg
@@ -194,9 +237,18 @@ class Playout:
         self._stopped: tuple[dict | None, EngineFailure | None] | None = None  # what stop() gave
         self._reader = (
             BoundedQueue(cfg.frames_in(pcfg.output_queue_ms), Policy.DROP_OLDEST, "playout_out")
-            if deliver_to_reader
+            if deliver_to_reader and pacing is Pacing.PLAYOUT
             else None
         )
+        # Pacing.PLAYOUT: the reader's segment events, beside its lossy frame queue, each with the
+        # pts of the frame it comes before. A few per utterance: the bound is only reached by a
+        # reader that has not read for hours (then the oldest go).
+        self._reader_events: collections.deque[tuple[int, SegmentEnd]] = collections.deque(maxlen=4096)
+        self._reader_held: PlayoutItem | None = None  # a frame taken that waits behind an event
+        # Pacing.CONSUMER: what the current pull made (segment events, then its frame); read by
+        # the same puller, so it never holds more than one tick's output.
+        self._outbox: collections.deque[PlayoutItem | SegmentEnd] = collections.deque()
+        self._pull_lock = threading.Lock()  # one tick at a time, whoever pulls
         self._cv = threading.Condition()
         self._pending: collections.deque[_PushedAudio | _EndSegment] = collections.deque()
         self._pending_s = 0.0
@@ -206,7 +258,7 @@ class Playout:
         self._epoch = 0  # bumped by interrupt(): older work is discarded
         self._speaking_seg: int | None = None  # segment whose frames the pacer is emitting
         self._seg_played: dict[int, int] = {}
-        self._alpha = 0.0
+        self._maker = FrameMaker(avatar, renderer, cfg)
         self._last_speech: np.ndarray | None = None
         self._fade_from: np.ndarray | None = None
         self._fade_alpha = 0.0
@@ -219,7 +271,6 @@ class Playout:
         self._interrupt_pending = False
         self._busy = False  # the generator is working on a command (wait_idle)
         self._alpha_shown = 0.0  # blend weight of the last speech frame shown (where a fade starts)
-        self._mel_buf = np.zeros((80, WINDOW_FRAMES), np.float32)
         self._silence = np.zeros(self._spf_out, np.float32)
         self._av_offset_ms: float | None = None  # media time of the audio sent minus that of the video, at _emit
 
@@ -290,21 +341,42 @@ class Playout:
                 self._seg_in += 1
                 self._seg_open = False
             self._interrupt_pending = True
+            # Made for the consumer but not yet handed over: speech goes, events stay.
+            kept = [
+                x for x in self._outbox if not (isinstance(x, PlayoutItem) and x.video.meta.get("segment") is not None)
+            ]
+            self._outbox.clear()
+            self._outbox.extend(kept)
             self._cv.notify_all()
         self._ahead.clear()
         self._ahead.put(_End(-1, -1))  # wakes a tick that is waiting for a speech frame
 
     clear_buffer = interrupt
 
+    @property
+    def epoch(self) -> int:
+        """How many interrupts so far. An adapter that hands a frame's picture and sound over
+        in two steps compares it across them: if it moved, the sound was cut (drop it)."""
+        return self._epoch
+
     # -- output stream (for transports that take frames themselves) -------------------------------
     def frames(self, timeout_s: float | None = None) -> Iterator[PlayoutItem | SegmentEnd]:
-        """Yields PlayoutItem and SegmentEnd in output order until the playout is stopped."""
+        """Yields PlayoutItem and SegmentEnd in output order until the playout is stopped. With
+        Pacing.CONSUMER each item is made when asked for (`timeout_s` is not used: a pull returns
+        within late_frame_wait_ms); with Pacing.PLAYOUT it is the pacer's copy (None when nothing
+        came within `timeout_s`, then the iteration ends)."""
+        if self.pacing is Pacing.CONSUMER:
+            while True:
+                try:
+                    yield self._pull()
+                except Closed:
+                    return
         reader = self._reader
         if reader is None:
             raise RuntimeError("frames(): this playout was made with deliver_to_reader=False")
         while True:
             try:
-                item = reader.get(timeout_s)
+                item = self._read(reader, timeout_s)
             except Closed:
                 return
             if item is None:
@@ -313,17 +385,52 @@ class Playout:
 
     async def recv(self) -> PlayoutItem | SegmentEnd:
         """The next PlayoutItem or SegmentEnd (aiortc's track shape); raises StopAsyncIteration at the end."""
+        if self.pacing is Pacing.CONSUMER:
+            with self._cv:
+                ready = self._outbox.popleft() if self._outbox else None
+            if ready is not None:
+                return ready
+            try:
+                # A tick may wait up to late_frame_wait_ms for a late speech frame: off the loop.
+                return await asyncio.to_thread(self._pull)
+            except Closed:
+                raise StopAsyncIteration from None
         reader = self._reader
         if reader is None:
             raise RuntimeError("recv(): this playout was made with deliver_to_reader=False")
         while True:
             try:
-                item = reader.get(timeout_s=0)
+                item = self._read(reader, timeout_s=0)
             except Closed:
                 raise StopAsyncIteration from None
             if item is not None:
                 return item
             await asyncio.sleep(self._frame_ns / 4e9)
+
+    def _read(self, reader: BoundedQueue, timeout_s: float | None) -> PlayoutItem | SegmentEnd | None:
+        """Pacing.PLAYOUT's reader: the next frame from the lossy queue, with the events that came
+        before it first (None: nothing within `timeout_s`). Raises Closed at the end."""
+        with self._cv:
+            held, events = self._reader_held, self._reader_events
+            if events and (held is None or events[0][0] <= held.video.pts):
+                return events.popleft()[1]
+            if held is not None:
+                self._reader_held = None
+                return held
+        try:
+            item = reader.get(timeout_s)
+        except Closed:
+            with self._cv:
+                if self._reader_events:
+                    return self._reader_events.popleft()[1]
+            raise
+        if item is None:
+            return None
+        with self._cv:
+            if self._reader_events and self._reader_events[0][0] <= item.video.pts:
+                self._reader_held = item
+                return self._reader_events.popleft()[1]
+        return item
 
     def __aiter__(self):
         return self
@@ -335,7 +442,10 @@ class Playout:
     def start(self) -> Playout:
         for r in self._runners:
             r.start(*self.avatar.size)
-        for fn, name in ((self._generate_loop, "playout-generator"), (self._pace_loop, "playout-pacer")):
+        loops = [(self._generate_loop, "playout-generator")]
+        if self.pacing is Pacing.PLAYOUT:
+            loops.append((self._pace_loop, "playout-pacer"))
+        for fn, name in loops:
             t = threading.Thread(target=self._guard(fn), name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -409,6 +519,7 @@ class Playout:
                 "pending_audio_s": round(pending_s, 2),
                 self._ahead.name: len(self._ahead),
                 **({self._reader.name: len(self._reader)} if self._reader is not None else {}),
+                **({"playout_outbox": len(self._outbox)} if self.pacing is Pacing.CONSUMER else {}),
             },
             "av_offset_ms": self._av_offset_ms,
             "sinks": {r.sink.name: r.counts() for r in self._runners},
@@ -455,7 +566,7 @@ class Playout:
                 self._cv.wait_for(lambda: self._pending or self._stop.is_set() or self._epoch != epoch, 0.05)  # noqa: B023
                 if self._epoch != epoch:
                     epoch, seg = self._epoch, None
-                    self._alpha = 0.0  # an interrupted utterance fades out in the pacer
+                    self._maker.reset()  # an interrupted utterance fades out in the pacer
                     continue
                 if not self._pending:
                     if seg is not None and not seg.ended and self.clock.now_ns() - last_audio_ns > idle_end_ns:
@@ -474,7 +585,6 @@ class Playout:
                 self._cv.notify_all()
             if isinstance(cmd, _PushedAudio):
                 seg_id, pcm, rate = cmd.segment, cmd.pcm, cmd.rate_hz
-                last_audio_ns = self.clock.now_ns()
                 if seg is None or seg.id != seg_id or seg.rate != rate:
                     if seg is not None and not seg.ended:  # a rate change inside an utterance: close it
                         self._finish_segment(seg, epoch)
@@ -487,6 +597,9 @@ class Playout:
                         break
                     seg.mel.push(seg.add(pcm[off : off + step]))
                     self._make_frames(seg, epoch, final=False)
+                # The silence that may end the utterance starts now: making its frames waited on
+                # the lookahead for about the push's own length, and that was no pause.
+                last_audio_ns = self.clock.now_ns()
             else:
                 if seg is not None and seg.id == cmd.segment and not seg.ended:
                     self._finish_segment(seg, epoch)
@@ -528,32 +641,48 @@ class Playout:
         # The avatar frame this output tick will show: the pacer's clock, plus what is queued ahead.
         pts = self._out_pts + len(self._ahead) + 1
         idx = self.avatar.index(pts)
-        idle = self.avatar.frames[idx]
-        last = HOP * (s + WINDOW_FRAMES - 1) + N_FFT // 2 - 1
-        lo = max(0, HOP * s - N_FFT // 2, seg.samples16 - len(seg.hist))
-        hi = max(lo + 1, min(seg.samples16, last + 1))
-        window = seg.hist[np.arange(lo, hi) % len(seg.hist)]
-        dbfs = 10 * np.log10(float(np.mean(window.astype(np.float64) ** 2)) + 1e-12)
-        step = 1.0 / self.cfg.frames_in(self.cfg.crossfade_ms)
-        speaking = dbfs > self.cfg.silence_threshold_dbfs
-        self._alpha = min(1.0, self._alpha + step) if speaking else max(0.0, self._alpha - step)
-        kind: FrameKind
-        if self._alpha == 0.0 or not getattr(self.avatar, "has_face", True):
-            out, kind = idle, FrameKind.IDLE
-        else:
+        self._maker.gate(seg.hist, seg.samples16, s)
+
+        def fill_mel(buf: np.ndarray) -> None:
+            # Past the end of an utterance the last full window stays in `buf` (Wav2Lip's reference).
             if s + WINDOW_FRAMES <= seg.mel.frames_ready:
-                seg.mel.window(s, out=self._mel_buf)
-            out = self.renderer.render(idle, idx, self._mel_buf, self.cfg.mel_offset_frames, self.cfg.fps)
-            if self._alpha < 1.0:
-                out = crossfade(out, idle, self._alpha)
-            kind = FrameKind.GENERATED
+                seg.mel.window(s, out=buf)
+
+        made = self._maker.make(idx, fill_mel)
+        # A faceless frame plays as idle here (playout's picture is the avatar's own frame).
+        kind = FrameKind.IDLE if made.kind is FrameKind.NO_FACE else made.kind
+        out = made.bgr
         audio = seg.take_out(self._spf_out)
         return PlayoutItem(
-            VideoFrame(out, -1, FrameMeta(kind=kind, segment=seg.id, epoch=epoch, alpha=self._alpha)),
+            VideoFrame(out, -1, FrameMeta(kind=kind, segment=seg.id, epoch=epoch, alpha=self._maker.alpha)),
             AudioChunk(audio, self.pcfg.output_rate_hz, -1, 0),
         )
 
-    # -- pacer thread -------------------------------------------------------------------------------
+    # -- ticks: the pacer thread (Pacing.PLAYOUT) or each pull (Pacing.CONSUMER) --------------------
+    def _pull(self) -> PlayoutItem | SegmentEnd:
+        """The consumer's next item: what the last tick left, else one more tick. Raises Closed
+        once the playout is stopped."""
+        with self._pull_lock:
+            while True:
+                with self._cv:
+                    if self._outbox:
+                        return self._outbox.popleft()
+                if self._stop.is_set():
+                    raise Closed("playout")
+                self._tick(self.clock.now_ns())
+
+    def _out(self, item: PlayoutItem | SegmentEnd) -> None:
+        """Hands a tick's output to the reader, in order."""
+        if self.pacing is Pacing.CONSUMER:
+            with self._cv:
+                self._outbox.append(item)
+        elif self._reader is not None:
+            if isinstance(item, SegmentEnd):
+                with self._cv:  # before the frame this tick is about to emit
+                    self._reader_events.append((self._out_pts, item))
+            else:
+                self._reader.put(item)
+
     def _pace_loop(self) -> None:
         t0 = self.clock.now_ns()
         n = 0
@@ -578,7 +707,7 @@ class Playout:
     def _tick(self, now: int) -> None:
         self._take_interrupt()
         item = self._next_item()
-        if item == "interrupted":  # arrived while this tick waited: it already shows the fade
+        if item is _Next.INTERRUPTED:  # arrived while this tick waited: it already shows the fade
             self._take_interrupt()
             item = None
         pts = self._out_pts
@@ -605,7 +734,7 @@ class Playout:
                     kind = FrameKind.CROSSFADE
                 else:
                     self._fade_from = None
-            elif item == "late":
+            elif item is _Next.LATE:
                 bgr, kind = self._last_speech if self._last_speech is not None else idle, FrameKind.HELD
         # "segment": the utterance this frame belongs to (None while idle or fading out), so
         # that adapters can send audio only while speaking.
@@ -622,13 +751,13 @@ class Playout:
         with self._cv:
             self._cv.notify_all()
 
-    def _next_item(self):
-        """This tick's speech frame (ending finished utterances on the way), else None, or "late"
+    def _next_item(self) -> PlayoutItem | _Next | None:
+        """This tick's speech frame (ending finished utterances on the way), else None, or LATE
         when an utterance is playing and its next frame has not come in time."""
         self._drop_stale()
         while True:
             if self._interrupt_pending:
-                return "interrupted"
+                return _Next.INTERRUPTED
             if self._speaking_seg is None and not self._ready_to_start():
                 return None
             wait = self.pcfg.late_frame_wait_ms / 1000 if self._speaking_seg is not None else 0
@@ -644,7 +773,7 @@ class Playout:
                 continue  # made before an interrupt
             if item is None and self._speaking_seg is not None:
                 self.stats.late += 1
-                return "late"
+                return _Next.LATE
             return item
 
     def _drop_stale(self) -> None:
@@ -682,18 +811,19 @@ class Playout:
         # Back to idle through the crossfade, from the last face shown (an utterance may end on
         # open lips, and an interrupt always can).
         self._fade_from, self._fade_alpha = self._last_speech, self._alpha_shown
-        if self._reader is not None:
-            self._reader.put(end)
+        self._out(end)
         self._emit_event("playback_finished", end)
 
     def _emit_event(self, kind: str, payload) -> None:
         for cb in list(self._listeners):
-            cb(kind, payload)
+            try:
+                cb(kind, payload)
+            except Exception:  # a listener's bug must not stop the output clock
+                log.exception("playout: on_event listener %r failed on %s", cb, kind)
 
     def _emit(self, video: VideoFrame, audio: AudioChunk) -> None:
         self._av_offset_ms = round(1000 * (audio.pts / audio.sample_rate_hz - video.pts / self.cfg.fps), 1)
         for r in self._runners:
             r.offer(video, audio)
-        if self._reader is not None:
-            self._reader.put(PlayoutItem(video, audio))
+        self._out(PlayoutItem(video, audio))
         self.stats.record(video.meta["emitted_ns"], None, None, video.meta["kind"])

@@ -67,16 +67,23 @@ class Ticker:
             return item
 
 
-def make_playout(photo, sinks=(), renderer=None, **pcfg):
+def make_playout(photo, sinks=(), renderer=None, pacing=None, **pcfg):
     # Time only moves when the test says so; a tick waits for its speech frame as long as it
     # takes (a real clock would hold the previous frame after late_frame_wait_ms).
     pcfg.setdefault("late_frame_wait_ms", 20_000)
     from realtime.clock import ManualClock
     from realtime.live import build_playout
-    from realtime.playout import Playout, PlayoutConfig
+    from realtime.playout import Pacing, Playout, PlayoutConfig
 
     clock = ManualClock()
-    base = build_playout(str(photo), list(sinks), engine="procedural", clock=clock, pcfg=PlayoutConfig(**pcfg))
+    base = build_playout(
+        str(photo),
+        list(sinks),
+        engine="procedural",
+        clock=clock,
+        pcfg=PlayoutConfig(**pcfg),
+        pacing=pacing or Pacing.PLAYOUT,
+    )
     if renderer is not None:
         base = Playout(base.avatar, renderer, list(sinks), base.cfg, base.pcfg, clock)
     return base.start(), clock
@@ -135,11 +142,19 @@ def test_every_pushed_sample_plays_once_paired_with_its_frame(photo, speech10):
 def test_interrupt_silences_at_the_next_tick_and_fades_to_idle(photo, speech10):
     pl, clock = make_playout(photo)
     t = Ticker(pl, clock)
+    started = threading.Event()
+    pl.on_event(lambda kind, seg: started.set() if kind == "playback_started" else None)
     try:
         push_all(pl, speech10)
-        played = 0
-        while played < 25:
-            played += t.step().video.meta["kind"] == "generated" or bool(t.events)
+        # Step until the utterance's playback_started event, then 24 more of its frames: the cut
+        # comes after exactly 25 frames of it, whatever the machine's load.
+        for _ in range(50):
+            item = t.step()
+            if started.is_set():
+                break
+        assert started.is_set() and item.video.meta["segment"] is not None
+        for _ in range(24):
+            assert t.step().video.meta["segment"] is not None
         pl.interrupt()
         after = [t.step() for _ in range(6)]
         # A new utterance after the interrupt plays from its own beginning.
@@ -148,7 +163,7 @@ def test_interrupt_silences_at_the_next_tick_and_fades_to_idle(photo, speech10):
     finally:
         pl.stop()
     cut = [e for e in t.ends if e.interrupted]
-    assert len(cut) == 1 and 0.9 <= cut[0].position_s <= 1.2
+    assert len(cut) == 1 and cut[0].position_s == 1.0
     assert all(not i.audio.pcm.any() for i in after)  # no speech audio after the interrupt
     assert after[0].video.meta["kind"] == "crossfade"
     assert np.array_equal(after[3].video.bgr, pl.avatar.frames[0])  # back to idle: 120 ms of fade
@@ -159,6 +174,59 @@ def test_interrupt_silences_at_the_next_tick_and_fades_to_idle(photo, speech10):
     want = soxr.resample(speech10[:16_000], 16_000, 48_000, quality="HQ").astype(np.float32)
     got = np.concatenate([i.audio.pcm for i in again])[: len(want) // 2]
     assert np.corrcoef(got, want[: len(got)])[0, 1] > 0.99
+
+
+def test_a_consumer_that_owns_the_clock_gets_frames_made_as_it_pulls_and_nothing_after_an_interrupt(photo, speech10):
+    from realtime.playout import Pacing, PlayoutItem, SegmentEnd
+
+    pl, clock = make_playout(photo, pacing=Pacing.CONSUMER)
+    try:
+        push_all(pl, speech10)
+        # Nobody pulls yet: the generator made the lookahead (400 ms) and waits; the rest of the
+        # 10 s waits as pushed audio (back-pressure on the producer, not frames piling up).
+        assert pl.wait_ready(timeout_s=20)
+        g = pl.gauges()["queues"]
+        assert g["playout_ahead"] <= 10 and g["pending_audio_s"] > 8
+        it = pl.frames()
+        items = [next(it) for _ in range(30)]  # as fast as the consumer likes: no clock here
+        assert all(isinstance(i, PlayoutItem) for i in items)
+        assert [i.video.pts for i in items] == list(range(30))
+        assert sum(i.audio.pcm.any() for i in items) >= 25
+        pl.interrupt()
+        after = [next(it) for _ in range(8)]
+    finally:
+        pl.stop()
+    # First the cut (in order, never dropped), then no speech at all: nothing made before the
+    # interrupt reaches the consumer.
+    assert isinstance(after[0], SegmentEnd) and after[0].interrupted and after[0].position_s == 1.2
+    frames = [i for i in after if isinstance(i, PlayoutItem)]
+    assert len(frames) == 7 and not any(i.audio.pcm.any() for i in frames)
+    assert all(i.video.meta["segment"] is None for i in frames)
+    assert frames[0].video.meta["kind"] == "crossfade" and frames[-1].video.meta["kind"] == "idle"
+
+
+def test_a_long_push_then_a_pause_stays_one_utterance_until_the_idle_end(photo, speech10):
+    """A TTS that pushes 2 s at once, stalls 1.5 s, then goes on: one utterance. Nobody calls
+    end_segment: the utterance ends segment_idle_end_ms (3 s) after its audio was taken in."""
+    # During the stall each tick waits this long (real time) for a frame that cannot come.
+    pl, clock = make_playout(photo, late_frame_wait_ms=20)
+    t = Ticker(pl, clock)
+    try:
+        pl.push_audio(speech10[:32_000], 16_000)  # 2 s in one push
+        assert pl.wait_ready(timeout_s=20)
+        steps = [t.step() for _ in range(50 + 38)]  # its 2 s, then 1.5 s of stall
+        assert not t.ends
+        pl.push_audio(speech10[32_000:40_000], 16_000)  # the rest of the reply: 0.5 s
+        n = 0
+        while not t.ends:
+            steps.append(t.step())
+            n += 1
+            assert n < 400, "the utterance never ended"
+    finally:
+        pl.stop()
+    assert len(t.ends) == 1 and not t.ends[0].interrupted
+    assert n >= 3 * 25  # not before 3 s without audio
+    assert [k for k, _ in t.events] == ["playback_started", "playback_finished"]
 
 
 def test_pushes_past_the_pending_bound_wait_then_are_refused_with_the_reason(photo):
@@ -268,6 +336,29 @@ def test_a_blocked_sink_does_not_hold_up_the_others(photo, speech10):
     assert n == 61 and [f.pts for f in fine.frames] == list(range(n))
     assert len(blocked.pts) < 60 and summary["sink_frames_dropped"]["blocked"] > 0
     assert blocked.pts == sorted(blocked.pts) and blocked.pts[-1] == n - 1  # the newest, in order
+
+
+def test_a_reader_that_falls_behind_loses_old_frames_but_never_a_segment_end(photo, speech10):
+    """Pacing.PLAYOUT: the pacer keeps its clock for the sinks while a frames() reader does not
+    read; the reader's frames are kept for output_queue_ms (oldest dropped), its events all."""
+    from realtime.playout import PlayoutItem, SegmentEnd
+
+    sink = WatchedSink()
+    pl, clock = make_playout(photo, sinks=[sink])
+    try:
+        assert sink.wait_for(1)  # the first tick, at start
+        push_all(pl, speech10[:16_000])  # 1 s
+        for n in range(2, 80):  # 3 s of ticks, nothing read
+            clock.advance_ns(TICK_NS)
+            assert sink.wait_for(n)
+        it = pl.frames(timeout_s=0)
+        first = next(it)
+        rest = list(it)
+    finally:
+        pl.stop()
+    assert isinstance(first, SegmentEnd) and not first.interrupted and first.position_s == 1.0
+    assert all(isinstance(i, PlayoutItem) for i in rest) and len(rest) == 25  # output_queue_ms: 1 s
+    assert [i.video.pts for i in rest] == list(range(54, 79))
 
 
 def test_a_failing_renderer_stops_the_playout_and_the_caller_hears_why(photo, speech10):

@@ -247,3 +247,80 @@ def test_python_peer_without_microphone_gets_25fps_video_and_the_spoken_file(spe
             await pc.close()
 
     asyncio.run(go())
+
+
+def test_studio_returns_to_the_microphone_however_the_speech_ends(speech_wav):
+    """A peer with a microphone (aiortc's silent audio track) connects, so the session runs on
+    the mic; each way speech can end must bring the mic back: an interrupt before playback
+    started, two files sent back to back and played out, and an interrupt with two queued."""
+    from aiohttp import FormData
+    from aiohttp.test_utils import TestClient, TestServer
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import AudioStreamTrack
+
+    from lipsync.web.ice import offer_candidates_for
+    from mediaio.audio import decode_audio
+
+    offer_candidates_for("127.0.0.1")
+    import io
+    import wave
+
+    pcm = decode_audio(speech_wav).mono_16k()[:16_000]  # 1 s: played out quickly
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16_000)
+        w.writeframes((np.clip(pcm, -1, 1) * 32767).astype(np.int16).tobytes())
+    clip = buf.getvalue()
+
+    async def go():
+        studio, app = _studio_app()
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+            async def mode():
+                return (await (await client.get("/api/stats")).json())["session"]["mode"]
+
+            async def until_mode(want, timeout_s=20):
+                # A condition on the session's state, checked until it holds (or the test fails).
+                loop = asyncio.get_running_loop()
+                end = loop.time() + timeout_s
+                while (got := await mode()) != want:
+                    assert loop.time() < end, f"mode stayed {got!r}, expected {want!r}"
+                    await asyncio.sleep(0.05)
+
+            async def speak():
+                form = FormData()
+                form.add_field("file", clip, filename="clip.wav")
+                r = await client.post("/api/speak", data=form)
+                assert r.status == 200, await r.text()
+
+            async def interrupt():
+                r = await client.post("/api/interrupt")
+                assert (await r.json())["interrupted"] is True
+
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.addTrack(AudioStreamTrack())  # the microphone
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            r = await client.post("/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+            assert r.status == 200, await r.text()
+            await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
+            try:
+                await until_mode("mic")
+                # 1. Interrupted before playback started: no utterance ever finished.
+                await speak()
+                await interrupt()
+                await until_mode("mic")
+                # 2. Two files back to back (the second cuts the first's pushing): both play, then the mic.
+                await speak()
+                await speak()
+                assert await mode() == "speech"
+                await until_mode("mic")
+                # 3. Two queued, then an interrupt: one utterance is cut, the other never starts.
+                await speak()
+                await speak()
+                await interrupt()
+                await until_mode("mic")
+            finally:
+                await pc.close()
+
+    asyncio.run(go())

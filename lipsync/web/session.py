@@ -2,7 +2,9 @@
 
 Modes: "mic" runs the capture engine on the browser's microphone (audio is the clock, late frames
 skipped); "speech" runs the playout engine on an uploaded file (output clock, idle frames between
-utterances). When the file ends or is interrupted the session returns to the microphone. One
+utterances). When nothing is left to push or to play (the file ended, or was interrupted, however
+many were queued) the session returns to the microphone: that is read from the playout's own
+state (`wait_idle`), never counted from its events. One
 avatar and renderer (the generator) are shared by whichever engine runs; only one runs at a time,
 on the same output tracks, each engine under a new epoch so the tracks re-anchor on its clock.
 """
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SPEAK_PIECE_S = 1.0
 PUSH_POLL_S = 0.05
+IDLE_POLL_S = 0.5  # how often the return-to-mic watch re-checks that its playout is still the engine
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class Session:
         self._switch_lock = asyncio.Lock()
         self._speak_cancel = threading.Event()
         self._pusher: asyncio.Future | None = None
-        self._speaking = 0  # uploads still being pushed or played
+        self._speech_lock = asyncio.Lock()  # speak/interrupt and the return to the mic, one at a time
+        self._watch: asyncio.Task | None = None  # returns to the mic once the playout is idle
         self.mic_frames = 0
         self.engine_errors: list[str] = []
         self.closed = asyncio.Event()
@@ -119,26 +123,33 @@ class Session:
             PlayoutConfig(output_rate_hz=self.cfg.output_audio_rate_hz),
             deliver_to_reader=False,
         )
-        pl.on_event(self._on_playout_event)
         return pl.start()
 
     def _stop_engine(self, engine) -> None:
         try:
-            if hasattr(engine, "interrupt"):
+            if isinstance(engine, Playout):
                 engine.stop()
             else:
                 engine.stop(flush=False)
         except Exception as e:  # the failure was already reported where it happened, or is now
             log.warning("session: engine stopped with %s: %s", type(e).__name__, e)
 
-    def _on_playout_event(self, kind: str, payload) -> None:  # the playout's pacer thread
-        if kind == "playback_finished":
-            self.loop.call_soon_threadsafe(self._speech_finished)
+    def _watch_for_idle(self) -> None:
+        """Speech mode lasts while a file is being pushed or the playout has anything to play."""
+        if self._mic is not None and (self._watch is None or self._watch.done()):
+            self._watch = asyncio.ensure_future(self._back_to_mic_when_idle())
 
-    def _speech_finished(self) -> None:
-        self._speaking = max(0, self._speaking - 1)
-        if self._speaking == 0 and self._mic is not None and self.mode == "speech":
-            asyncio.ensure_future(self._switch("mic"))
+    async def _back_to_mic_when_idle(self) -> None:
+        while not self.closed.is_set():
+            engine = self.engine
+            if self.mode != "speech" or not isinstance(engine, Playout):
+                return
+            idle = await asyncio.to_thread(engine.wait_idle, IDLE_POLL_S)
+            async with self._speech_lock:  # a speak() in progress is not idle, whatever the playout says
+                pushing = self._pusher is not None and not self._pusher.done()
+                if idle and not pushing and self.engine is engine and engine.wait_idle(0):
+                    await self._switch("mic")
+                    return
 
     async def _engine_failed(self, e: BaseException) -> None:
         msg = str(EngineFailure.wrap("engine", e))
@@ -158,13 +169,15 @@ class Session:
 
     # -- controls -----------------------------------------------------------------------------------
     async def speak(self, pcm: np.ndarray, rate: int) -> float:
-        """Play decoded speech through the avatar; returns its duration in seconds."""
-        await self._cancel_pusher()
-        if self.mode != "speech":
-            await self._switch("speech")
-        self._speak_cancel = cancel = threading.Event()
-        self._speaking += 1
-        self._pusher = asyncio.ensure_future(asyncio.to_thread(self._push_speech, self.engine, pcm, rate, cancel))
+        """Play decoded speech through the avatar; returns its duration in seconds. A file sent
+        while another is still being pushed follows what of that one was pushed."""
+        async with self._speech_lock:
+            await self._cancel_pusher()
+            if self.mode != "speech":
+                await self._switch("speech")
+            self._speak_cancel = cancel = threading.Event()
+            self._pusher = asyncio.ensure_future(asyncio.to_thread(self._push_speech, self.engine, pcm, rate, cancel))
+        self._watch_for_idle()
         return len(pcm) / rate
 
     def _push_speech(self, engine, pcm: np.ndarray, rate: int, cancel: threading.Event) -> None:
@@ -175,6 +188,7 @@ class Session:
                 # an interrupt stop this thread before it can queue another piece.
                 while True:
                     if cancel.is_set():
+                        engine.end_segment()  # what was pushed of it is an utterance of its own
                         return
                     try:
                         if not engine.push_audio(pcm[i : i + step], rate, timeout_s=PUSH_POLL_S):
@@ -194,18 +208,19 @@ class Session:
 
     async def interrupt(self) -> bool:
         """Cut the file that is playing; False when nothing was playing."""
-        engine = self.engine
-        if self.mode != "speech" or engine is None:
-            return False
-        await self._cancel_pusher()  # nothing more of the file may arrive after the cut
-        engine.interrupt()
+        async with self._speech_lock:
+            engine = self.engine
+            if self.mode != "speech" or not isinstance(engine, Playout):
+                return False
+            await self._cancel_pusher()  # nothing more of the file may arrive after the cut
+            engine.interrupt()
+        self._watch_for_idle()
         return True
 
     async def set_avatar(self, loaded: Loaded) -> None:
         mode = self.mode if self.mode in ("mic", "speech") else ("mic" if self._mic is not None else "speech")
         if mode == "speech":
             await self._cancel_pusher()
-            self._speaking = 0
             mode = "mic" if self._mic is not None else "speech"
         await self._switch(mode, loaded)
 
@@ -222,6 +237,8 @@ class Session:
         self.out.close()
         if self._mic_task is not None:
             self._mic_task.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
         self._ticker.cancel()
         await self.pc.close()
         log.info("session: closed")

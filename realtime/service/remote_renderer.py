@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from models.errors import EngineFailure
-from realtime.engine import FrameDropped, Wav2LipRenderer
+from realtime.renderer import FrameDropped, Wav2LipRenderer
 
 
 class RemoteFaceRenderer(Wav2LipRenderer):

@@ -27,7 +27,8 @@ from realtime.avatar import AvatarConfig, load_avatar
 from realtime.clock import MonotonicClock
 from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
-from realtime.engine import Engine, FrameDropped, Wav2LipRenderer
+from realtime.engine import Engine
+from realtime.renderer import FrameDropped, Wav2LipRenderer
 from realtime.service.generator_service import DROPPED, GeneratorService
 
 log = logging.getLogger(__name__)
