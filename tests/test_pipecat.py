@@ -40,7 +40,7 @@ from mediaio.audio import decode_audio  # noqa: E402
 
 RATE = 48_000  # TTS, playout and transport rate: the audio written can be compared sample for sample
 CHUNK = RATE // 25  # one output frame of audio (the transport's default 40 ms chunk, too)
-WAIT_S = 60.0  # how long any one awaited condition may take on a loaded 2-core machine
+WAIT_S = 30.0  # how long any one awaited condition may take on a loaded 2-core machine
 
 
 def tts_pcm(speech_wav, seconds):
@@ -172,8 +172,12 @@ async def run_bot(svc, live: bool, size, script):
         started.set()
 
     async def drive():
-        await asyncio.wait_for(started.wait(), WAIT_S)
-        await script(worker, transport, up, down, progress)
+        try:
+            await asyncio.wait_for(started.wait(), WAIT_S)
+            await script(worker, transport, up, down, progress)
+        except BaseException:
+            await worker.cancel()  # the failure is reported at once, not after the runner's limit
+            raise
         await worker.queue_frame(EndFrame())
 
     runner = WorkerRunner()
