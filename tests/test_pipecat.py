@@ -331,3 +331,34 @@ def test_pipecat_starts_at_once_while_the_avatar_loads(photo, speech_wav, monkey
     assert not playout_threads()
     assert all(img == still for _, img in transport.video[:5])
     assert [a for _, a in transport.speech()] == speech_chunks(pcm)
+
+
+def test_pipecat_each_tts_stop_follows_its_own_audio(photo, speech_wav):
+    """A TTS that ends every sentence (TTSStoppedFrame per sentence, all pushed ahead of playback):
+    each stop reaches the transport right after its own sentence's audio, as without an avatar."""
+    first, second = tts_pcm(speech_wav, 1.0), tts_pcm(speech_wav, 0.7)
+
+    async def main():
+        svc = await LipsyncVideoService(str(photo), engine="procedural").load()
+        params = svc.transport_params()
+
+        async def script(worker, transport, up, down, progress):
+            await progress.until(lambda: transport.video, "the first avatar frame")
+            for f in tts_frames(first) + tts_frames(second):
+                await worker.queue_frame(f)
+            await progress.until(lambda: len(up.times(BotStoppedSpeakingFrame)) == 2, "two bot turns")
+
+        return await run_bot(svc, True, (params["video_out_width"], params["video_out_height"]), script)
+
+    transport, up, down = asyncio.run(main())
+    # What the transport handled, in order: the audio it wrote (in output frames) and the stops.
+    seen = []
+    for _, f in down.frames:
+        if isinstance(f, TTSStoppedFrame):
+            seen.append("stop")
+        elif isinstance(f, TTSAudioRawFrame) and np.frombuffer(f.audio, np.int16).any():
+            seen.append(f.audio)
+    n1 = len(speech_chunks(first))
+    assert seen == speech_chunks(first) + ["stop"] + speech_chunks(second) + ["stop"], (
+        f"stops at {[i for i, x in enumerate(seen) if x == 'stop']}, expected at {n1} and the end"
+    )
