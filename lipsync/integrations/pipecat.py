@@ -324,8 +324,14 @@ class LipsyncVideoService(FrameProcessor):
         return item.video.meta["emitted_ns"] < self._interrupt_ns
 
     async def _forward(self, pl: Playout) -> None:
+        # A live transport writes an image one frame after it gets it (its video task waits out the
+        # frame first) but starts writing audio at once: each frame's audio follows the next
+        # frame's image, so that both are written together. (A non-live transport shows the image
+        # at its next redraw, so there it leads its audio by up to a frame: the tolerable side.)
+        spoken: PlayoutItem | None = None  # the last speech frame, whose audio is not pushed yet
         async for item in pl:
             if isinstance(item, SegmentEnd):
+                spoken = await self._push_audio_of(spoken)
                 # Before the first frame after an interrupt, a SegmentEnd is from before it too.
                 if not item.interrupted and not self._awaiting_fresh:
                     self._ends.segment_played(round(item.position_s * self._cfg.fps))
@@ -339,15 +345,20 @@ class LipsyncVideoService(FrameProcessor):
             else:
                 self._awaiting_fresh = False
             await self.push_frame(_image_frame(item.video.bgr))
-            # Checked again: an interrupt can come while the image is being pushed.
-            if item.video.meta["segment"] is not None and not self._stale(item):
-                await self.push_frame(
-                    TTSAudioRawFrame(
-                        audio=_int16(item.audio.pcm), sample_rate=item.audio.sample_rate_hz, num_channels=1
-                    )
-                )
+            spoken = await self._push_audio_of(spoken)
+            if item.video.meta["segment"] is not None:
+                spoken = item
         if pl.error is not None and not self._closed:
             await self._playout_failed(pl.error)
+
+    async def _push_audio_of(self, item: PlayoutItem | None) -> None:
+        # Checked here, not when the frame came: an interrupt may have come since.
+        if item is not None and not self._stale(item):
+            pcm = item.audio.pcm
+            await self.push_frame(
+                TTSAudioRawFrame(audio=_int16(pcm), sample_rate=item.audio.sample_rate_hz, num_channels=1)
+            )
+        return None
 
     async def _drain(self) -> None:
         """At EndFrame: end the reply in progress and let everything pushed play out first."""
