@@ -368,3 +368,30 @@ def test_pipecat_each_tts_stop_follows_its_own_audio(photo, speech_wav):
     assert seen == speech_chunks(first) + ["stop"] + speech_chunks(second) + ["stop"], (
         f"stops at {[i for i, x in enumerate(seen) if x == 'stop']}, expected at {n1} and the end"
     )
+
+
+def test_pipecat_avatar_that_cannot_load(tmp_path, speech_wav):
+    """load() raises the one-line reason; in a pipeline started without it, the reason goes
+    upstream as an ErrorFrame and the bot is still heard."""
+    from pipecat.frames.frames import ErrorFrame
+
+    from models.errors import LipsyncError
+
+    missing = str(tmp_path / "no-such-face.jpg")
+    with pytest.raises(LipsyncError, match="no such file"):
+        asyncio.run(LipsyncVideoService(missing, engine="procedural").load())
+
+    pcm = tts_pcm(speech_wav, 0.5)
+
+    async def script(worker, transport, up, down, progress):
+        await progress.until(lambda: up.times(ErrorFrame), "the ErrorFrame upstream")
+        for f in tts_frames(pcm):
+            await worker.queue_frame(f)
+        await progress.until(lambda: up.times(BotStoppedSpeakingFrame), "BotStoppedSpeakingFrame upstream")
+
+    svc = LipsyncVideoService(missing, engine="procedural")
+    transport, up, _, _ = asyncio.run(run_bot(svc, True, (64, 64), script))
+    (error,) = [f for _, f in up.frames if isinstance(f, ErrorFrame)]
+    assert "no such file" in error.error and "\n" not in error.error
+    assert [a for _, a in transport.speech()] == speech_chunks(pcm)
+    assert not transport.video

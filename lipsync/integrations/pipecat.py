@@ -234,8 +234,8 @@ class LipsyncVideoService(FrameProcessor):
         self.start_loading()  # never waited for here: set-up has a 20 s limit
 
     async def cleanup(self):
+        await self._shutdown()  # first: its tasks are cancelled through the task manager
         await super().cleanup()
-        await self._shutdown()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
