@@ -386,6 +386,9 @@ class LipsyncVideoService(FrameProcessor):
     async def _playout_failed(self, e: BaseException) -> None:
         pl, self._playout = self._playout, None
         await self.push_error(f"lipsync playout failed: {e}", exception=e, force_treat_as_permanent=True)
+        for f in self._ends.take_all():  # from here on TTS frames pass through: these go first
+            await self.push_frame(f)
+        self._ends.clear()
         if pl is not None:
             await asyncio.to_thread(_stop, pl, "after its failure")
 
