@@ -1,9 +1,8 @@
-"""The avatar as the face of a voice agent: LiveKit Agents and Pipecat, with their real objects.
+"""The avatar as the face of a LiveKit agent, with LiveKit's real objects (Pipecat: test_pipecat.py).
 
 LiveKit: the real AvatarRunner (with its AVSynchronizer, AudioSource and VideoSource), the real
 QueueAudioOutput an AgentSession speaks into, and our VideoGenerator; only the Room is a small
-in-memory stand-in (there is no LiveKit server here). Pipecat: our processor in a real pipeline
-through pipecat's own `run_test`. Lips are procedural (no weights needed, fast); the Wav2Lip path
+in-memory stand-in (there is no LiveKit server here). Lips are procedural (no weights needed, fast); the Wav2Lip path
 behind the same Playout is covered by tests/test_playout.py.
 """
 
@@ -291,68 +290,6 @@ def test_livekit_reply_with_a_tts_stall_is_one_segment(photo, speech_wav, caplog
     assert len(ends) == 1 and not ends[0].interrupted  # one utterance, stall and all
     assert len(finished) == 1 and finished[0].playback_position >= 4.0
     assert not [r for r in caplog.records if "more times" in r.getMessage()]
-
-
-# -- Pipecat ----------------------------------------------------------------------------------------
-def test_pipecat_processor_turns_tts_audio_into_paired_frames(photo, speech_wav):
-    pytest.importorskip("pipecat")
-    from pipecat.frames.frames import (
-        OutputAudioRawFrame,
-        OutputImageRawFrame,
-        TTSAudioRawFrame,
-        TTSStartedFrame,
-        TTSStoppedFrame,
-    )
-    from pipecat.tests.utils import SleepFrame, run_test
-
-    from lipsync.integrations.pipecat import LipsyncVideoService
-
-    pcm = tts_pcm(speech_wav, 1.0)
-    frames = (
-        [TTSStartedFrame()]
-        + [TTSAudioRawFrame(pcm[i : i + 2400].tobytes(), 24_000, 1) for i in range(0, len(pcm), 2400)]
-        + [TTSStoppedFrame(), SleepFrame(sleep=1.5)]
-    )
-    svc = LipsyncVideoService(str(photo), engine="procedural")
-    down, _ = asyncio.run(run_test(svc, frames_to_send=frames, expected_down_frames=None))
-
-    assert not any(isinstance(f, TTSAudioRawFrame) for f in down)  # replaced by the paired audio
-    assert any(isinstance(f, TTSStoppedFrame) for f in down)
-    audio = [f for f in down if isinstance(f, OutputAudioRawFrame)]
-    assert sum(len(f.audio) // 2 for f in audio) == 25 * 1920  # exactly the 1 s utterance, at 48 kHz
-    for i, f in enumerate(down):
-        if isinstance(f, OutputAudioRawFrame):
-            img = down[i - 1]
-            assert isinstance(img, OutputImageRawFrame) and img.sync_with_audio and len(f.audio) == 2 * 1920
-    images = [f for f in down if isinstance(f, OutputImageRawFrame)]
-    import cv2
-
-    h, w = cv2.imread(str(photo)).shape[:2]
-    assert len(images) > 25 and images[0].size == (w, h) and len(images[0].image) == w * h * 3
-    heard = np.concatenate([np.frombuffer(f.audio, np.int16) for f in audio]).astype(np.float32)
-    import soxr
-
-    want = soxr.resample(pcm.astype(np.float32), 24_000, 48_000)
-    assert np.corrcoef(heard, want[: len(heard)])[0, 1] > 0.99
-
-
-def test_pipecat_interruption_stops_the_speech_at_once(photo, speech_wav):
-    pytest.importorskip("pipecat")
-    from pipecat.frames.frames import InterruptionFrame, OutputAudioRawFrame, TTSAudioRawFrame, TTSStartedFrame
-    from pipecat.tests.utils import SleepFrame, run_test
-
-    from lipsync.integrations.pipecat import LipsyncVideoService
-
-    pcm = tts_pcm(speech_wav, 4.0)
-    frames = [TTSStartedFrame()] + [
-        TTSAudioRawFrame(pcm[i : i + 2400].tobytes(), 24_000, 1) for i in range(0, len(pcm), 2400)
-    ]
-    frames += [SleepFrame(sleep=1.0), InterruptionFrame(), SleepFrame(sleep=1.0)]
-    svc = LipsyncVideoService(str(photo), engine="procedural")
-    down, _ = asyncio.run(run_test(svc, frames_to_send=frames, expected_down_frames=None))
-    assert any(isinstance(f, InterruptionFrame) for f in down)
-    spoken_s = sum(len(f.audio) // 2 for f in down if isinstance(f, OutputAudioRawFrame)) / 48_000
-    assert 0.3 <= spoken_s <= 1.6  # about the second before the interruption, not the 4 s reply
 
 
 class _Remote:
