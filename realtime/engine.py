@@ -30,13 +30,14 @@ from models.mel import HOP, N_FFT, WINDOW_FRAMES, chunk_start
 from realtime.audio_input import to_mono_float32
 from realtime.avatar import Avatar
 from realtime.clock import FreeRunClock, MediaClock, MonotonicClock
-from realtime.compositor import crossfade, full_face, paste_feathered, paste_hard, to_uint8_faces
+from realtime.compositor import FeatheredPaste, crossfade, full_face, mouth_mask, paste_hard, to_uint8_faces
 from realtime.config import MODEL_SAMPLE_RATE_HZ, EngineConfig
 from realtime.frames import AudioChunk, FrameKind, FrameMeta, VideoFrame
 from realtime.mel_stream import MelStream
 from realtime.protocols import AudioSource, DeadlineRenderer, FaceDecoder, PreparableSink, Renderer, Sink
 from realtime.queues import BoundedQueue, Closed, Policy
 from realtime.sinks.delivery import SinkRunner, close_all
+from realtime.stage_timer import Stage, bind, span
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
@@ -49,6 +50,7 @@ class Wav2LipRenderer:
     def __init__(self, generator: FaceDecoder, avatar: Avatar, blend: str = "hard"):
         self.gen, self.avatar, self.blend = generator, avatar, blend
         self.name = getattr(generator, "name", "wav2lip")
+        self._paste = FeatheredPaste()  # per avatar frame: what the paste needs, made once
         if blend == "feather":
             avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
 
@@ -56,9 +58,14 @@ class Wav2LipRenderer:
         face = self.face_u8(idx, mel_window)
         if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
             face = full_face(face, self.avatar.crops[idx])
+        box = self.avatar.boxes[idx]
         if self.blend == "feather":
-            return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.keypoints()[idx])
-        return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
+            return self._paste(frame, idx, face, box, lambda: self.mask(frame, idx))
+        return paste_hard(frame.copy(), face, box)
+
+    def mask(self, frame: np.ndarray, idx: int) -> np.ndarray:
+        """The feathered paste's weights over avatar frame `idx`'s box (made once per frame)."""
+        return mouth_mask(frame.shape[:2], self.avatar.boxes[idx], self.avatar.keypoints()[idx])
 
     def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
         """The face for avatar frame `idx` as (rows, 96, 3) uint8; a renderer whose faces come
@@ -274,12 +281,14 @@ class Engine:
         return self._resamplers[key].resample_chunk(pcm)
 
     def _work(self) -> None:
+        bind(self.stats.stages)
         while True:
             try:
                 item = self.audio_q.get()
             except Closed:
                 break
-            self.process_audio(*item)
+            with span(Stage.SCHEDULE):
+                self.process_audio(*item)
         if self._flush:
             self.mel.flush()
             self._emit_ready()
@@ -402,6 +411,7 @@ class Engine:
             self._to_sinks(None, chunk)
 
     def _deliver(self) -> None:
+        bind(self.stats.stages)
         while True:
             try:
                 # A short wait, so that audio keeps flowing to the sinks (and the worker never
