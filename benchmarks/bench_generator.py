@@ -14,7 +14,11 @@ Per checkpoint, in a process of its own (earlier thread pools would compete for 
     paste), the decoder call alone, and the ONNX Runtime fp32 full generator at batch 1, timed
     interleaved so that machine drift cannot pick the winner; wall ms and CPU ms (both cores)
     per frame for each (the streaming mel and the sinks are in bench_live's whole-process CPU);
-  * the decoder computing all rows vs only the rows shown, same runtime and precision.
+  * the decoder computing all rows vs only the rows shown, same runtime and precision;
+  * the chosen decoder on one inference thread vs the live budget's (wall and CPU per call: a
+    pool's threads waiting on each other cost CPU, one thread costs latency).
+The live-path row also gives its stages (realtime.stage_timer): CPU and wall ms per frame of
+the decoder, the uint8 conversion and the paste.
 Without --checkpoint, two stand-ins of different styles are made (official format, random weights,
 styles and seeds that the tests never use): quality figures from random weights are not those of
 trained ones, speed does not depend on the weights.
@@ -105,6 +109,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     from realtime.compositor import first_shown_row
     from realtime.engine import Wav2LipRenderer
     from realtime.generator import OnnxGenerator, RuntimeConfig, load_live_generator
+    from realtime.stage_timer import StageTimes, bind
 
     budget = threads.apply(threads.plan("live"))
     av = load_avatar(AvatarConfig(str(AVATAR)))
@@ -147,10 +152,14 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     face1 = h.faces[:1]
     i = [0]
 
+    live_stages = StageTimes()
+
     def live_frame():
         k = i[0] % len(h)
         i[0] += 1
+        bind(live_stages)
         renderer.render(av.frames[0], 0, h.mels[k, 0], -1, 25.0)
+        bind(None)
 
     def decoder_only():
         k = i[0] % len(h)
@@ -160,6 +169,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
         full(h.mels[:1], face1)
 
     (wl, cl), (wd, cd), (wf, cf) = timed_interleaved([live_frame, decoder_only, ort_full], reps)
+    stages = live_stages.report(frames=i[0])["stages"]  # i[0]: live_frame calls, warm-up included
     live_ms, full_ms = float(np.median(wl) * 1000), float(np.median(wf) * 1000)
     rows.append(
         entry(
@@ -189,10 +199,39 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
             speedup_vs_ort_fp32_full=round(full_ms / live_ms, 2),
             generator_only_ms_per_frame=round(float(np.median(wd) * 1000), 2),
             generator_only_cpu_ms_per_frame=round(float(np.mean(cd) * 1000), 2),
+            stages={k: {m: v[m] for m in ("cpu_ms_per_frame", "wall_ms_per_frame")} for k, v in stages.items()},
         )
     )
+    rows.append(one_thread_row(ckpt, label, cfg, first, samples, av, gen, reps, t))
     rows += row_crop_rows(ckpt, label, first, budget.inference_threads, reps)
     return rows
+
+
+def one_thread_row(ckpt: str, label: str, cfg, first: int, samples, av, gen, reps: int, trial) -> dict:
+    """The chosen decoder on one inference thread against the same on the live budget's threads,
+    timed interleaved: wall and CPU (all threads) per call."""
+    import dataclasses
+
+    from export.samples import heldout_set
+    from realtime.generator import load_live_generator
+
+    one = load_live_generator(ckpt, dataclasses.replace(cfg, intra_op_threads=1), first_row=first, avatar=samples)
+    h = heldout_set(4)
+    feats = av.features_at(0)
+    (wa, ca), (wb, cb) = timed_interleaved(
+        [lambda: gen.decode(h.mels[:1], feats), lambda: one.decode(h.mels[:1], feats)], max(reps // 3, 20)
+    )
+    return entry(
+        runtime=trial.runtime,
+        precision=trial.precision,
+        layout=f"decoder (split rows {first}-95) on 1 inference thread vs {cfg.intra_op_threads}",
+        ms_per_frame_median=round(float(np.median(wb) * 1000), 2),
+        cpu_ms_per_frame=round(float(np.mean(cb) * 1000), 2),
+        budget_threads_ms_per_frame=round(float(np.median(wa) * 1000), 2),
+        budget_threads_cpu_ms_per_frame=round(float(np.mean(ca) * 1000), 2),
+        checkpoint=label,
+        reason="thread-count comparison, timed interleaved",
+    )
 
 
 def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) -> list[dict]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+import weakref
 
 _NS_PER_MS = 1_000_000
 
@@ -51,11 +52,11 @@ _PROCESS_CPU = frozenset({_INDEX[Stage.DECODE]})  # work done on the runtime's t
 class _Slot:
     """One thread's counters: calls, CPU ns and wall ns per stage, and queue waits."""
 
-    __slots__ = ("name", "cpu_at_bind", "cpu_last", "calls", "cpu_ns", "wall_ns", "waits", "stack")
+    __slots__ = ("thread", "name", "cpu_at_bind", "cpu_last", "calls", "cpu_ns", "wall_ns", "waits", "stack")
 
-    def __init__(self, name: str):
+    def __init__(self, thread: threading.Thread):
         n = len(_STAGES)
-        self.name = name
+        self.thread, self.name = weakref.ref(thread), thread.name
         self.cpu_at_bind = self.cpu_last = time.thread_time_ns()
         self.calls, self.cpu_ns, self.wall_ns = [0] * n, [0] * n, [0] * n
         self.waits: dict[str, list[int]] = {}  # queue name -> [gets, wall ns]
@@ -67,13 +68,18 @@ class StageTimes:
 
     def __init__(self):
         self._slots: list[_Slot] = []
+        self._by_thread: dict[int, _Slot] = {}  # thread ident -> its slot
         self._lock = threading.Lock()  # only to add a slot
 
-    def _new_slot(self) -> _Slot:
-        """Called on the thread that binds: its CPU clock starts counting here."""
-        slot = _Slot(threading.current_thread().name)
-        with self._lock:
-            self._slots.append(slot)
+    def _slot_of_this_thread(self) -> _Slot:
+        """Called on the thread that binds: its slot, made (and its CPU clock read) the first time."""
+        me = threading.current_thread()
+        slot = self._by_thread.get(threading.get_ident())
+        if slot is None or slot.thread() is not me:  # idents are reused once a thread has ended
+            slot = _Slot(me)
+            with self._lock:
+                self._slots.append(slot)
+                self._by_thread[threading.get_ident()] = slot
         return slot
 
     def snapshot(self) -> dict:
@@ -141,11 +147,12 @@ _local = _Local()
 
 def bind(times: StageTimes | None) -> None:
     """From now on this thread's spans and queue waits are recorded into `times` (None: nowhere).
-    Binding the same StageTimes again is free, so a loop may call it every iteration."""
+    Binding the same StageTimes again is free, so a loop may call it every iteration; binding it
+    again after another one (or None) continues this thread's counters."""
     if _local.times is times:
         return
     _local.times = times
-    _local.slot = None if times is None else times._new_slot()
+    _local.slot = None if times is None else times._slot_of_this_thread()
 
 
 class _Span:
