@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,20 +192,23 @@ class FeatheredPaste:
         self._plans: collections.OrderedDict[int, tuple[weakref.ref, PastePlan]] = collections.OrderedDict()
         self._capacity = plans
         self.pool = pool or FramePool()
+        self._lock = threading.Lock()
 
     def plan(self, idx: int, frame: np.ndarray, box, mask: Callable[[], np.ndarray]) -> PastePlan:
         """The plan of avatar frame `idx`, valid while it is this very `frame` array in this box
         (a live camera hands a new array every frame); `mask()` is called only to make one."""
-        kept = self._plans.get(idx)
-        if kept is not None and kept[0]() is frame and kept[1].box == tuple(box):
-            self._plans.move_to_end(idx)
-            return kept[1]
+        with self._lock:
+            kept = self._plans.get(idx)
+            if kept is not None and kept[0]() is frame and kept[1].box == tuple(box):
+                self._plans.move_to_end(idx)
+                return kept[1]
         with span(Stage.PASTE):
             plan = plan_paste(frame, tuple(box), mask())
-        self._plans[idx] = (weakref.ref(frame), plan)
-        self._plans.move_to_end(idx)
-        while len(self._plans) > self._capacity:
-            self._plans.popitem(last=False)
+        with self._lock:
+            self._plans[idx] = (weakref.ref(frame), plan)
+            self._plans.move_to_end(idx)
+            while len(self._plans) > self._capacity:
+                self._plans.popitem(last=False)
         return plan
 
     def __call__(self, frame: np.ndarray, idx: int, face96: np.ndarray, box, mask: Callable[[], np.ndarray]):

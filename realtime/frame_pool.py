@@ -18,6 +18,7 @@ is made and the oldest busy one is forgotten (its holder keeps it alive as long 
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 
 import numpy as np
@@ -49,10 +50,15 @@ class FramePool:
         self.max_buffers = max_buffers
         self._buffers: list[_Buffer] = []
         self.full_copies = 0  # frames that had to be copied whole (counted for the stats and tests)
+        self._lock = threading.Lock()  # a renderer shared by two engines (one stopping, one starting)
 
     def take(self, base: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
         """A frame of its own that equals `base` everywhere except possibly inside `region`,
         which the caller is about to overwrite completely."""
+        with self._lock:
+            return self._take(base, region)
+
+    def _take(self, base: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
         for buf in self._buffers:
             if sys.getrefcount(buf.array) > _POOL_ONLY:
                 continue  # still in use downstream
