@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from realtime.frame_pool import FramePool
+from realtime.frame_pool import FramePool, origin
 from realtime.stage_timer import Stage, span
 
 
@@ -23,9 +23,20 @@ def to_uint8_faces(pred: np.ndarray) -> np.ndarray:
 
 def crossfade(face: np.ndarray, idle: np.ndarray, alpha: float) -> np.ndarray:
     """`alpha` of the speaking frame over the idle one (uint8 in, uint8 out), for the fades in
-    and out of speech: one fused, rounding OpenCV pass, no float copies of the frame."""
+    and out of speech: one fused, rounding OpenCV pass, no float copies of the frame. A face
+    pasted into this very idle frame (a FramePool's) differs from it in the paste's region only:
+    then only that region is blended, into another frame of the pool (the same pixels as the
+    whole-frame blend: outside the region both inputs are equal, and so is their blend)."""
+    a = float(alpha)
     with span(Stage.CROSSFADE):
-        return cv2.addWeighted(face, float(alpha), idle, 1.0 - float(alpha), 0.0)
+        made = origin(face)
+        if made is None or made.source is not idle:
+            return cv2.addWeighted(face, a, idle, 1.0 - a, 0.0)
+        out = made.pool.take(idle, made.region)
+        r = made.region
+        if out[r].size:
+            cv2.addWeighted(face[r], a, idle[r], 1.0 - a, 0.0, dst=out[r])
+        return out
 
 
 def paste_hard(frame: np.ndarray, face96: np.ndarray, box) -> np.ndarray:

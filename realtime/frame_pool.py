@@ -13,6 +13,9 @@ Reference counts are exact for Python objects: a buffer someone still holds, dir
 through a view, is never reused; a buffer kept alive only by a not-yet-collected cycle just
 looks busy, and a fresh one is made. The pool is bounded: when every buffer is busy, a new one
 is made and the oldest busy one is forgotten (its holder keeps it alive as long as it needs it).
+
+`origin(frame)` tells whether a frame is one of these (and of which avatar frame, differing in
+which region), so that a crossfade between it and that avatar frame blends the region only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +47,25 @@ def _pool_only() -> int:
 
 
 _POOL_ONLY = _pool_only()
+
+
+class Origin(NamedTuple):
+    source: np.ndarray  # the avatar frame it equals outside `region`
+    region: tuple[slice, slice]
+    pool: FramePool  # where a frame made from the same source can be taken
+
+
+# id(array) -> (the array, weakly; its _Buffer; its pool) for every buffer a pool holds.
+_ORIGINS: dict[int, tuple[weakref.ref, _Buffer, FramePool]] = {}
+
+
+def origin(frame: np.ndarray) -> Origin | None:
+    """Where `frame` came from, if a FramePool made it and still holds it; else None."""
+    kept = _ORIGINS.get(id(frame))
+    if kept is None or kept[0]() is not frame:
+        return None
+    source = kept[1].source()
+    return None if source is None else Origin(source, kept[1].region, kept[2])
 
 
 class FramePool:
@@ -74,7 +97,14 @@ class FramePool:
                 return buf.array
         self.full_copies += 1
         array = base.copy()
-        self._buffers.append(_Buffer(array, base, region))
+        buf = _Buffer(array, base, region)
+        self._buffers.append(buf)
+        _ORIGINS[id(array)] = (weakref.ref(array), buf, self)
         if len(self._buffers) > self.max_buffers:
-            del self._buffers[0]  # all busy: the one held longest is left to its holder
+            gone = self._buffers.pop(0)  # all busy: the one held longest is left to its holder
+            _ORIGINS.pop(id(gone.array), None)
         return array
+
+    def __del__(self) -> None:
+        for buf in self._buffers:
+            _ORIGINS.pop(id(buf.array), None)

@@ -14,7 +14,7 @@ from realtime.compositor import (
     paste_planned,
     plan_paste,
 )
-from realtime.frame_pool import FramePool
+from realtime.frame_pool import FramePool, origin
 
 
 # -- the reference: the feathered paste as it was (float over the whole box, per-frame mask) --------
@@ -141,3 +141,21 @@ def test_a_new_frame_array_is_a_new_plan(scenes):
     darker = (frame // 2).astype(np.uint8)
     out = paste(darker, 0, face, box, lambda: mask)
     assert np.array_equal(out, paste_feathered(darker.copy(), face, box, mask))
+
+
+def test_crossfade_of_a_pasted_frame_blends_its_region_only_with_the_same_pixels(scenes):
+    frame, box, mask, crop = scenes[1]
+    paste = FeatheredPaste()
+    face = paste(frame, 0, _faces(crop)[2], box, lambda: mask)
+    before = face.copy()
+    other = np.ascontiguousarray(frame[::-1])  # another avatar frame: the whole-frame blend
+    for idle in (frame, other):
+        for alpha in (1 / 3, 2 / 3):
+            got = crossfade(face, idle, alpha)
+            assert got is not face and got is not idle
+            assert np.array_equal(got, cv2.addWeighted(face, alpha, idle, 1 - alpha, 0.0))
+    assert np.array_equal(face, before)  # its inputs are never written
+    # A fade of a fade (the playout fades from the last frame shown) takes the same short way.
+    half = crossfade(face, frame, 0.5)
+    assert origin(half).source is frame and origin(crossfade(face, other, 0.5)) is None  # the short way was taken
+    assert np.array_equal(crossfade(half, frame, 0.5), cv2.addWeighted(half, 0.5, frame, 0.5, 0.0))
