@@ -11,10 +11,16 @@ Per checkpoint, in a process of its own (earlier thread pools would compete for 
     faster one passed are measured too, for the record;
   * the live path's per-frame work for a still photo given its mel window (the chosen
     row-cropped decoder on cached face features, uint8 conversion, feathered colour-matched
-    paste), the decoder call alone, and the ONNX Runtime fp32 full generator at batch 1, timed
-    interleaved so that machine drift cannot pick the winner; wall ms and CPU ms (both cores)
-    per frame for each (the streaming mel and the sinks are in bench_live's whole-process CPU);
-  * the decoder computing all rows vs only the rows shown, same runtime and precision.
+    paste) timed interleaved with the decoder call alone, then with the ONNX Runtime fp32 full
+    generator at batch 1 (for the speed-up: that reference evicts the decoder from the caches,
+    so the live path is slower beside it), interleaved so that machine drift cannot pick the
+    winner; wall ms and CPU ms (both cores) per frame for each (the streaming mel and the sinks
+    are in bench_live's whole-process CPU);
+  * the decoder computing all rows vs only the rows shown, same runtime and precision;
+  * the chosen decoder on one inference thread vs the live budget's (wall and CPU per call: a
+    pool's threads waiting on each other cost CPU, one thread costs latency).
+The live-path row also gives its stages (realtime.stage_timer): CPU and wall ms per frame of
+the decoder, the uint8 conversion and the paste.
 Without --checkpoint, two stand-ins of different styles are made (official format, random weights,
 styles and seeds that the tests never use): quality figures from random weights are not those of
 trained ones, speed does not depend on the weights.
@@ -95,7 +101,7 @@ def timed_interleaved(fns, reps: int):
     return [(np.array(w), np.array(c)) for w, c in zip(wall, cpu)]
 
 
-def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
+def measure_checkpoint(ckpt: str, label: str, reps: int, reuse_ladder: bool = False) -> list[dict]:
     """One checkpoint, in this process: the ladder, then the live path vs ORT fp32."""
     from export import precision
     from export.cache import ensure_exported
@@ -105,6 +111,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     from realtime.compositor import first_shown_row
     from realtime.generator import OnnxGenerator, RuntimeConfig, load_live_generator
     from realtime.renderer import Wav2LipRenderer
+    from realtime.stage_timer import StageTimes, bind
 
     budget = threads.apply(threads.plan("live"))
     av = load_avatar(AvatarConfig(str(AVATAR)))
@@ -114,7 +121,9 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     from common import logged_lines
 
     with logged_lines("export") as lines:
-        choice = precision.choose(ckpt, cfg, first_row=first, avatar=samples, remeasure=True, exhaustive=True)
+        choice = precision.choose(
+            ckpt, cfg, first_row=first, avatar=samples, remeasure=not reuse_ladder, exhaustive=not reuse_ladder
+        )
     for ln in lines:
         print(f"  {ln}", file=sys.stderr)
     rows = []
@@ -147,10 +156,14 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     face1 = h.faces[:1]
     i = [0]
 
+    live_stages = StageTimes()
+
     def live_frame():
         k = i[0] % len(h)
         i[0] += 1
+        bind(live_stages)
         renderer.render(av.frames[0], 0, h.mels[k, 0], -1, 25.0)
+        bind(None)
 
     def decoder_only():
         k = i[0] % len(h)
@@ -159,8 +172,14 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     def ort_full():
         full(h.mels[:1], face1)
 
-    (wl, cl), (wd, cd), (wf, cf) = timed_interleaved([live_frame, decoder_only, ort_full], reps)
+    # The live path beside its decoder alone, nothing else in between (as in a live process);
+    # then the live path beside the reference, for the speed-up: the 145 MB fp32 reference
+    # evicts the decoder's weights from the caches between calls, which slows both sides.
+    (wl, cl), (wd, cd) = timed_interleaved([live_frame, decoder_only], reps)
+    stages = live_stages.report(frames=i[0])["stages"]  # i[0]: live_frame calls, warm-up included
+    (wl_ref, _), (wf, cf) = timed_interleaved([live_frame, ort_full], max(reps // 3, 20))
     live_ms, full_ms = float(np.median(wl) * 1000), float(np.median(wf) * 1000)
+    live_beside_ref_ms = float(np.median(wl_ref) * 1000)
     rows.append(
         entry(
             runtime="onnxruntime",
@@ -186,13 +205,43 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
             psnr_db_shown_mean=t.psnr_db_shown_mean,
             psnr_db_shown_worst=t.psnr_db_shown_worst,
             checkpoint=label,
-            speedup_vs_ort_fp32_full=round(full_ms / live_ms, 2),
+            speedup_vs_ort_fp32_full=round(full_ms / live_beside_ref_ms, 2),
+            ms_per_frame_beside_reference=round(live_beside_ref_ms, 2),
             generator_only_ms_per_frame=round(float(np.median(wd) * 1000), 2),
             generator_only_cpu_ms_per_frame=round(float(np.mean(cd) * 1000), 2),
+            stages={k: {m: v[m] for m in ("cpu_ms_per_frame", "wall_ms_per_frame")} for k, v in stages.items()},
         )
     )
+    rows.append(one_thread_row(ckpt, label, cfg, first, samples, av, gen, reps, t))
     rows += row_crop_rows(ckpt, label, first, budget.inference_threads, reps)
     return rows
+
+
+def one_thread_row(ckpt: str, label: str, cfg, first: int, samples, av, gen, reps: int, trial) -> dict:
+    """The chosen decoder on one inference thread against the same on the live budget's threads,
+    timed interleaved: wall and CPU (all threads) per call."""
+    import dataclasses
+
+    from export.samples import heldout_set
+    from realtime.generator import load_live_generator
+
+    one = load_live_generator(ckpt, dataclasses.replace(cfg, intra_op_threads=1), first_row=first, avatar=samples)
+    h = heldout_set(4)
+    feats = av.features_at(0)
+    (wa, ca), (wb, cb) = timed_interleaved(
+        [lambda: gen.decode(h.mels[:1], feats), lambda: one.decode(h.mels[:1], feats)], max(reps // 3, 20)
+    )
+    return entry(
+        runtime=trial.runtime,
+        precision=trial.precision,
+        layout=f"decoder (split rows {first}-95) on 1 inference thread vs {cfg.intra_op_threads}",
+        ms_per_frame_median=round(float(np.median(wb) * 1000), 2),
+        cpu_ms_per_frame=round(float(np.mean(cb) * 1000), 2),
+        budget_threads_ms_per_frame=round(float(np.median(wa) * 1000), 2),
+        budget_threads_cpu_ms_per_frame=round(float(np.mean(ca) * 1000), 2),
+        checkpoint=label,
+        reason="thread-count comparison, timed interleaved",
+    )
 
 
 def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) -> list[dict]:
@@ -238,12 +287,17 @@ def main() -> int:
     ap.add_argument("--checkpoint", action="append", default=None, help="repeatable; default: two stand-ins")
     ap.add_argument("--json", default="bench-out/generator.json")
     ap.add_argument("--reps", type=int, default=150, help="interleaved timing pairs per checkpoint")
+    ap.add_argument(
+        "--reuse-ladder",
+        action="store_true",
+        help="take the ladder's recorded choice instead of measuring every candidate again (a smoke run)",
+    )
     ap.add_argument("--one", nargs=2, metavar=("CHECKPOINT", "LABEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.one:
         try:
-            rows = measure_checkpoint(args.one[0], args.one[1], args.reps)
+            rows = measure_checkpoint(args.one[0], args.one[1], args.reps, args.reuse_ladder)
         except Exception as e:  # recorded, never a crash: the other checkpoints still run
             rows = [entry(checkpoint=args.one[1], status="refused", reason=f"run failed: {type(e).__name__}: {e}")]
         print(json.dumps(rows))
@@ -263,7 +317,10 @@ def main() -> int:
     for ckpt, label in todo:
         print(f"[{label}]", file=sys.stderr)
         proc = subprocess.run(
-            [sys.executable, __file__, "--reps", str(args.reps), "--one", ckpt, label], capture_output=True, text=True
+            [sys.executable, __file__, "--reps", str(args.reps), "--one", ckpt, label]
+            + (["--reuse-ladder"] if args.reuse_ladder else []),
+            capture_output=True,
+            text=True,
         )
         sys.stderr.write(proc.stderr)
         try:

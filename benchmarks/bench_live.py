@@ -6,7 +6,9 @@ microphone would deliver it, to the null sink and to RTMP (nginx-rtmp on loopbac
 
 Reports, per sink: fps sustained, frames, dropped, processing latency and audio-to-frame
 latency percentiles, CPU (% of all cores) and RSS, exactly as `lipsync live --stats-json`, plus
-the CPU time the whole live path spends per output frame.
+the CPU time the whole live path spends per output frame and where it goes: "stages" (CPU and
+wall ms per output frame of schedule, mel, decode, convert, paste, crossfade; the mean wait in
+each queue; each engine thread's CPU), each sink's send cost under "sinks", printed as a table.
 
 Set up like `lipsync live` with defaults: the same thread budget, the precision ladder's choice.
 Without --checkpoint, a stand-in in a style the tests never use is made (bench_generator's
@@ -122,6 +124,25 @@ def one_run(
     return summary
 
 
+def breakdown(summary: dict) -> str:
+    """The per-frame costs of one run as a few readable lines."""
+    st = summary["stages"]
+    cpu = summary["cpu_ms_per_frame"]
+    lines = [f"  process          cpu {cpu:7.3f} ms/frame ({summary['cpu_percent']}% of all cores)"]
+    for name, v in st["stages"].items():
+        lines.append(f"  {name:16s} cpu {v['cpu_ms_per_frame']:7.3f}  wall {v['wall_ms_per_frame']:7.3f} ms/frame")
+    for name, ms in st["thread_cpu_ms_per_frame"].items():
+        lines.append(f"  thread {name:9s} cpu {ms:7.3f} ms/frame (all its work)")
+    for name, v in summary.get("sinks", {}).items():
+        lines.append(
+            f"  sink {name:11s} cpu {v.get('video_cpu_ms_per_frame') or 0:7.3f}  "
+            f"wall {v.get('video_wall_ms_per_frame') or 0:7.3f} ms/frame (send_video)"
+        )
+    waits = "  ".join(f"{k} {v:.1f}" for k, v in st["queue_wait_ms_mean"].items())
+    lines.append(f"  queue waits (mean ms): {waits}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
@@ -170,6 +191,7 @@ def main() -> int:
         doc["runs"][name] = one_run(ckpt, name, args.seconds, runtime, Path(tmp.name), args.engine, avatar)
         doc["runs"][name]["torch_imported"] = "torch" in sys.modules
         print(json.dumps(doc["runs"][name]), file=sys.stderr)
+        print(breakdown(doc["runs"][name]), file=sys.stderr)
     write_json(doc, args.json)
     return 0
 

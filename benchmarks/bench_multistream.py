@@ -127,12 +127,35 @@ class CpuMeter:
 
     def percent(self) -> float:
         wall = max(1e-9, time.monotonic() - self.wall0)
-        return 100 * (time.process_time() - self.cpu0) / wall / (os.cpu_count() or 1)
+        return 100 * self.cpu_s() / wall / (os.cpu_count() or 1)
+
+    def cpu_s(self) -> float:
+        return time.process_time() - self.cpu0
 
 
 def per_stream(summary: dict) -> dict:
     keep = ("fps_sustained", "dropped", "processing_latency_ms", "frames", "generated")
     return {k: summary.get(k) for k in keep}
+
+
+def session_stages(summaries: list[dict]) -> dict:
+    """CPU and wall ms per output frame of each stage, averaged over the sessions (each session's
+    own threads: mel, scheduling, conversion, paste; its wait for the service), and each engine
+    thread's CPU ms per frame, averaged likewise."""
+    out: dict = {"stages": {}, "thread_cpu_ms_per_frame": {}}
+    n = max(1, len(summaries))
+    for s in summaries:
+        st = s.get("stages") or {}
+        for name, v in st.get("stages", {}).items():
+            acc = out["stages"].setdefault(name, {"cpu_ms_per_frame": 0.0, "wall_ms_per_frame": 0.0})
+            acc["cpu_ms_per_frame"] += v["cpu_ms_per_frame"] / n
+            acc["wall_ms_per_frame"] += v["wall_ms_per_frame"] / n
+        for name, ms in st.get("thread_cpu_ms_per_frame", {}).items():
+            out["thread_cpu_ms_per_frame"][name] = out["thread_cpu_ms_per_frame"].get(name, 0.0) + ms / n
+    return {
+        "stages": {k: {m: round(x, 3) for m, x in v.items()} for k, v in out["stages"].items()},
+        "thread_cpu_ms_per_frame": {k: round(v, 3) for k, v in out["thread_cpu_ms_per_frame"].items()},
+    }
 
 
 # -- backend: one process, one service ---------------------------------------------------------------
@@ -152,17 +175,22 @@ def run_inprocess(spec: dict, avatars: list[str], audio: str, seconds: float, st
     host.start_all()
     for s in host.sessions.values():
         s.wait(seconds + 60)
-    cpu = meter.percent()
+    cpu, cpu_s = meter.percent(), meter.cpu_s()
     failed = {sid: str(s.error) for sid, s in host.sessions.items() if s.error is not None}
     summaries = host.close()
     svc = host.service.summary()
+    frames = sum(s["frames"] for s in summaries.values() if s)
     return {
         "streams": n,
         "backend": "inprocess",
         "stagger": stagger,
         "per_stream": [per_stream(summaries[f"s{k}"]) for k in range(n)],
         "cpu_percent": round(cpu, 1),
+        # all cores' CPU per output frame, every stream together
+        "cpu_ms_per_frame": round(cpu_s * 1000 / max(frames, 1), 2),
         "batch_size_mean": svc["batch_size_mean"],
+        "session_stages": session_stages([s for s in summaries.values() if s]),
+        "service_stages": svc["stages"],  # the decoder thread's, per frame decoded
         "service": {
             k: svc[k]
             for k in (

@@ -154,7 +154,7 @@ def seam_ratios(img, det):
 
     g0 = grad(img)
     hard = grad(paste_hard(img.copy(), fake, box))
-    feather = grad(paste_feathered(img.copy(), fake, box, det.keypoints))
+    feather = grad(paste_feathered(img.copy(), fake, box, mouth_mask((h, w), box, det.keypoints)))
     # The two pixel rows/columns straddling the box edge: where a hard paste leaves its seam.
     ring = np.zeros((h, w), bool)
     ring[y1 - 1 : y2 + 1, x1 - 1 : x2 + 1] = True

@@ -38,6 +38,7 @@ from realtime.protocols import AudioSource, DeadlineRenderer, FaceDecoder, Prepa
 from realtime.queues import BoundedQueue, Closed, Policy
 from realtime.renderer import Wav2LipRenderer
 from realtime.sinks.delivery import SinkRunner, close_all
+from realtime.stage_timer import Stage, bind, span
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
@@ -240,12 +241,14 @@ class Engine:
         return self._resamplers[key].resample_chunk(pcm)
 
     def _work(self) -> None:
+        bind(self.stats.stages)
         while True:
             try:
                 item = self.audio_q.get()
             except Closed:
                 break
-            self.process_audio(*item)
+            with span(Stage.SCHEDULE):
+                self.process_audio(*item)
         if self._flush:
             self.mel.flush()
             self._emit_ready()
@@ -346,6 +349,7 @@ class Engine:
             self._to_sinks(None, chunk)
 
     def _deliver(self) -> None:
+        bind(self.stats.stages)
         while True:
             try:
                 # A short wait, so that audio keeps flowing to the sinks (and the worker never

@@ -21,6 +21,7 @@ from export.cache import ensure_exported
 from export.precision import AvatarSamples, choose
 from export.runtime import OrtRunner, RuntimeConfig, graph_precision, make_runner
 from models.hashing import sha256_file
+from realtime.stage_timer import Stage, span
 
 SKIP_NAMES = [f"skip{i}" for i in range(7)]
 
@@ -80,7 +81,8 @@ class SplitGenerator:
         return self._enc({"face": faces})
 
     def decode(self, mels: np.ndarray, features: list) -> np.ndarray:
-        return self._dec({"mel": mels, **dict(zip(SKIP_NAMES, features))})[0]
+        with span(Stage.DECODE):
+            return self._dec({"mel": mels, **dict(zip(SKIP_NAMES, features))})[0]
 
     def __call__(self, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
         return self.decode(mels, self.encode(faces))

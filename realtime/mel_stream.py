@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from models import mel as M
+from realtime.stage_timer import Stage, span
 
 
 class MelStream:
@@ -44,12 +45,13 @@ class MelStream:
     def push(self, pcm16k: np.ndarray) -> int:
         """Append mono 16 kHz samples; returns how many mel frames are ready in total."""
         x = np.asarray(pcm16k)
-        for start in range(0, len(x), self._max_push):
-            self._append(x[start : start + self._max_push])
-            # Frame t is complete once sample 200t+399 exists; the reflected start needs y[400].
-            if self._n > M.N_FFT // 2:
-                last = (self._n - M.N_FFT // 2) // M.HOP
-                self._compute(self.frames_ready, last + 1)
+        with span(Stage.MEL):
+            for start in range(0, len(x), self._max_push):
+                self._append(x[start : start + self._max_push])
+                # Frame t is complete once sample 200t+399 exists; the reflected start needs y[400].
+                if self._n > M.N_FFT // 2:
+                    last = (self._n - M.N_FFT // 2) // M.HOP
+                    self._compute(self.frames_ready, last + 1)
         return self.frames_ready
 
     def flush(self) -> int:
@@ -68,12 +70,13 @@ class MelStream:
                 f"(have {max(0, self.frames_ready - self._hist)}..{self.frames_ready})"
             )
         out = np.empty((M.N_MELS, frames), np.float32) if out is None else out
-        cols = np.arange(start, start + frames) % self._hist if start % self._hist + frames > self._hist else None
-        if cols is None:
-            s = start % self._hist
-            out[:] = self._mel[:, s : s + frames]
-        else:
-            np.take(self._mel, cols, axis=1, out=out)
+        with span(Stage.MEL):
+            cols = np.arange(start, start + frames) % self._hist if start % self._hist + frames > self._hist else None
+            if cols is None:
+                s = start % self._hist
+                out[:] = self._mel[:, s : s + frames]
+            else:
+                np.take(self._mel, cols, axis=1, out=out)
         return out
 
     def _append(self, x: np.ndarray) -> None:

@@ -57,6 +57,7 @@ from realtime.protocols import FaceDecoder, Renderer, Sink
 from realtime.queues import BoundedQueue, Closed, Policy
 from realtime.renderer import Wav2LipRenderer
 from realtime.sinks.delivery import SinkRunner, close_all
+from realtime.stage_timer import Stage, bind, span
 from realtime.stats import Stats
 
 SR = MODEL_SAMPLE_RATE_HZ
@@ -554,6 +555,7 @@ class Playout:
 
     # -- generator thread ---------------------------------------------------------------------------
     def _generate_loop(self) -> None:
+        bind(self.stats.stages)
         seg: _Segment | None = None
         epoch = self._epoch
         last_audio_ns = self.clock.now_ns()
@@ -630,7 +632,8 @@ class Playout:
                 break
             # Past the end, Wav2Lip's reference takes the last full window.
             s = min(s, max(0, seg.mel.frames_ready - WINDOW_FRAMES))
-            item = self._frame(seg, k, s, epoch)
+            with span(Stage.SCHEDULE):
+                item = self._frame(seg, k, s, epoch)
             seg.frames += 1
             if not self._ahead.put_wait(item):
                 return
@@ -684,6 +687,7 @@ class Playout:
                 self._reader.put(item)
 
     def _pace_loop(self) -> None:
+        bind(self.stats.stages)
         t0 = self.clock.now_ns()
         n = 0
         while not self._stop.is_set():

@@ -5,6 +5,8 @@ can never make memory or latency grow without bound:
   NEVER_DROP   audio in: it is the clock; a full queue is an overrun, counted and reported
   DROP_OLDEST  frames waiting for a stage: the stalest is least worth showing
   KEEP_LATEST  a sink that only ever wants the newest frame (size 1)
+Each item is stamped when queued; the thread that takes it records how long it waited under
+the queue's name (realtime.stage_timer), so the stats show every hop's wait.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import collections
 import enum
 import threading
+import time
+
+from realtime.stage_timer import waited
 
 
 class Policy(enum.Enum):
@@ -50,7 +55,7 @@ class BoundedQueue:
                     return False
                 self._items.popleft()
                 self.dropped += 1
-            self._items.append(item)
+            self._items.append((time.perf_counter_ns(), item))
             self._cv.notify()
             return ok
 
@@ -60,7 +65,7 @@ class BoundedQueue:
             self._cv.wait_for(lambda: len(self._items) < self.capacity or self._closed)
             if self._closed:
                 return False
-            self._items.append(item)
+            self._items.append((time.perf_counter_ns(), item))
             self._cv.notify_all()
             return True
 
@@ -70,8 +75,9 @@ class BoundedQueue:
             if not self._cv.wait_for(lambda: self._items or self._closed, timeout_s):
                 return None
             if self._items:
-                item = self._items.popleft()
+                put_ns, item = self._items.popleft()
                 self._cv.notify_all()  # a put_wait may be waiting for room
+                waited(self.name, time.perf_counter_ns() - put_ns)
                 return item
             raise Closed(self.name)
 
@@ -86,7 +92,7 @@ class BoundedQueue:
     def snapshot(self) -> list:
         """A copy of what is queued, oldest first, for a consumer deciding whether to start."""
         with self._cv:
-            return list(self._items)
+            return [item for _, item in self._items]
 
     def close(self) -> None:
         with self._cv:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from realtime.avatar import Avatar
-from realtime.compositor import full_face, paste_feathered, paste_hard, to_uint8_faces
+from realtime.compositor import FeatheredPaste, full_face, mouth_mask, paste_hard, to_uint8_faces
 from realtime.protocols import FaceDecoder
 
 
@@ -22,6 +22,7 @@ class Wav2LipRenderer:
     def __init__(self, generator: FaceDecoder, avatar: Avatar, blend: str = "hard"):
         self.gen, self.avatar, self.blend = generator, avatar, blend
         self.name = getattr(generator, "name", "wav2lip")
+        self._paste = FeatheredPaste()  # per avatar frame: what the paste needs, made once
         if blend == "feather":
             avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
 
@@ -29,9 +30,14 @@ class Wav2LipRenderer:
         face = self.face_u8(idx, mel_window)
         if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
             face = full_face(face, self.avatar.crops[idx])
+        box = self.avatar.boxes[idx]
         if self.blend == "feather":
-            return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.keypoints()[idx])
-        return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
+            return self._paste(frame, idx, face, box, lambda: self.mask(frame, idx))
+        return paste_hard(frame.copy(), face, box)
+
+    def mask(self, frame: np.ndarray, idx: int) -> np.ndarray:
+        """The feathered paste's weights over avatar frame `idx`'s box (made once per frame)."""
+        return mouth_mask(frame.shape[:2], self.avatar.boxes[idx], self.avatar.keypoints()[idx])
 
     def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
         """The face for avatar frame `idx` as (rows, 96, 3) uint8; a renderer whose faces come

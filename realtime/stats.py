@@ -17,6 +17,7 @@ from pathlib import Path
 
 from realtime.frames import FrameKind
 from realtime.histogram import LogHistogram
+from realtime.stage_timer import StageTimes, between
 
 _METRICS = ("processing", "audio_to_frame", "gap")
 # Always reported per interval (0 when absent); further kinds only when seen.
@@ -90,6 +91,9 @@ class Stats:
         self._win_cpu0, self._win_wall0 = self._cpu0, self._wall0
         self._win_overruns0 = self._win_late0 = 0
         self._sections: dict = {}  # name -> callable returning a dict (e.g. per-sink counts)
+        # What each stage of the path costs per frame: the session's threads bind this.
+        self.stages = StageTimes()
+        self._win_stages0: dict | None = None
 
     def add_section(self, name: str, fn) -> None:
         """Report `fn()` under `name` in every summary; `fn` takes its own locks, not this one's."""
@@ -162,12 +166,14 @@ class Stats:
             **other,
             "cpu_percent": round(100 * (time.process_time() - self._cpu0) / wall / (os.cpu_count() or 1), 1),
             "rss_mb": round(rss_mb(), 1),
+            "stages": self.stages.report(frames),
         }
 
     def take_interval(self) -> dict:
         """Figures for the time since the previous call (or since start), then a fresh interval:
         fps, frames by kind, processing / audio-to-frame latency and inter-frame gap
-        percentiles, CPU (% of all cores) and RSS. Counts are those of the interval only."""
+        percentiles, CPU (% of all cores), RSS and the per-stage costs. Counts are those of the
+        interval only."""
         with self._lock:
             w, self._win = self._win, _Window()
             now, cpu = time.monotonic(), time.process_time()
@@ -175,6 +181,8 @@ class Stats:
             self._win_overruns0, self._win_late0 = self.audio_overruns, self.late
             wall0, cpu0 = self._win_wall0, self._win_cpu0
             self._win_wall0, self._win_cpu0 = now, cpu
+            stages0, stages1 = self._win_stages0, self.stages.snapshot()
+            self._win_stages0 = stages1
         span = max(1e-9, now - wall0)
         return {
             "t_s": round(now - self._wall0, 3),
@@ -191,6 +199,7 @@ class Stats:
             "cpu_percent": round(100 * (cpu - cpu0) / span / (os.cpu_count() or 1), 1),
             "rss_mb": round(rss_mb(), 1),
             "threads": threading.active_count(),  # a leak shows as a count that keeps rising
+            "stages": between(stages0, stages1, w.frames),
         }
 
     @property

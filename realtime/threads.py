@@ -17,6 +17,11 @@ import cv2
 from threadpoolctl import threadpool_limits
 
 from export.machine import cores
+from models.errors import LipsyncError
+
+# Inference threads instead of one per core: on two cores a pool of two waits on itself (and
+# burns CPU doing it); one thread costs the decoder's latency instead. For measuring that trade.
+INFERENCE_THREADS_ENV = "LIPSYNC_INFERENCE_THREADS"
 
 
 @dataclass(frozen=True)
@@ -34,12 +39,27 @@ _limiter = None  # threadpoolctl keeps its limits while this object lives
 def plan(mode: str = "live") -> ThreadBudget:
     """`live`: everything but inference on one thread. `offline`: batches are large and nothing
     is real time, so encoders may use their own threads too."""
-    n = cores()
+    n = _inference_threads(cores())
     if mode == "live":
         return ThreadBudget(inference_threads=n)
     if mode == "offline":
         return ThreadBudget(inference_threads=n, encoder_threads=0)
     raise ValueError(f"mode must be live or offline, not {mode!r}")
+
+
+def _inference_threads(n_cores: int) -> int:
+    """The cores, unless LIPSYNC_INFERENCE_THREADS names a number from 1 to the cores."""
+    raw = os.environ.get(INFERENCE_THREADS_ENV, "").strip()
+    if not raw:
+        return n_cores
+    if not raw.isdigit() or not 1 <= int(raw) <= n_cores:
+        raise LipsyncError(
+            INFERENCE_THREADS_ENV,
+            f"a whole number from 1 to {n_cores} (this machine's cores)",
+            repr(raw),
+            "unset it or fix it",
+        )
+    return int(raw)
 
 
 def apply(budget: ThreadBudget) -> ThreadBudget:

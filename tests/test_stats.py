@@ -230,12 +230,19 @@ def test_live_run_writes_interval_lines_with_plausible_values(live_jsonl):
     for r in full:
         assert r["interval_s"] == pytest.approx(1.0, abs=0.2)
         assert 15 <= r["fps"] <= 35, r
+        # Per-stage costs: the worker's stages are parts of the worker thread's CPU.
+        st = r["stages"]
+        assert st["frames"] == r["frames"] and {"schedule", "mel"} <= set(st["stages"])
+        worker = st["thread_cpu_ms_per_frame"]["lipsync-worker"]
+        assert 0 < sum(s["cpu_ms_per_frame"] for s in st["stages"].values()) <= worker + 0.01
+        assert st["queue_wait_ms_mean"]["frames_out"] >= 0
         assert r["processing_ms"]["p50"] is not None and 0 < r["processing_ms"]["p50"] <= r["processing_ms"]["max"]
         # Sound runs ahead of the pictures at the sinks: a frame waits for its mel window to end.
         assert 40 <= r["av_offset_ms"] <= 1000, r
         assert r["sinks"]["null"]["delivered"] > 0
     assert [r["t_s"] for r in rows] == sorted(r["t_s"] for r in rows)
     assert sum(r["frames"] for r in rows) == summary["frames"]
+    assert summary["stages"]["stages"]["mel"]["calls"] == sum(r["stages"]["stages"]["mel"]["calls"] for r in rows)
     assert sum(r["dropped"] for r in rows) == summary["dropped"]
 
 

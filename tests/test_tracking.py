@@ -77,7 +77,7 @@ def test_one_euro_smooths_still_and_follows_motion():
 
 def test_feathered_paste_leaves_no_seam_and_keeps_the_rest(detector, img):
     from models.face_boxes import pad_and_clip
-    from realtime.compositor import paste_feathered, paste_hard
+    from realtime.compositor import mouth_mask, paste_feathered, paste_hard
 
     det = detector.detect(img)
     x1, y1, x2, y2 = pad_and_clip(det.box, (0, 10, 0, 0), *img.shape[:2])
@@ -92,7 +92,7 @@ def test_feathered_paste_leaves_no_seam_and_keeps_the_rest(detector, img):
         return sum(g(out)[rows, c].mean() for c in cols) / sum(g(img)[rows, c].mean() for c in cols)
 
     hard = paste_hard(img.copy(), fake, box)
-    soft = paste_feathered(img.copy(), fake, box, det.keypoints)
+    soft = paste_feathered(img.copy(), fake, box, mouth_mask(img.shape[:2], box, det.keypoints))
     # The measure can fail: the hard paste of this tinted face leaves an edge it sees. The
     # feathered one leaves none: no stronger than the photo's own gradients there (+20%).
     assert seam(hard) > 1.5, seam(hard)

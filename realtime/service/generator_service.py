@@ -31,6 +31,7 @@ import numpy as np
 from models.errors import EngineFailure
 from realtime.clock import MediaClock, MonotonicClock
 from realtime.protocols import FaceDecoder, FeatureSource
+from realtime.stage_timer import StageTimes, bind
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class GeneratorService:
         self._holding = False  # submit_many is queueing: the decoder thread waits for all of it
         self._decoding = threading.Lock()  # runtimes' requests are not safe to run from two threads
         self.stats = ServiceStats(cfg.stats_window)
+        self.stages = StageTimes()  # the decoder thread's per-stage costs (per frame decoded)
 
     # -- registry ---------------------------------------------------------------------------------
     def register_avatar(self, avatar_id: str, avatar: FeatureSource) -> None:
@@ -289,10 +291,14 @@ class GeneratorService:
 
     def summary(self) -> dict:
         with self._cv:
-            return self.stats.summary()
+            out = self.stats.summary()
+            frames = self.stats.frames
+        out["stages"] = self.stages.report(frames)
+        return out
 
     # -- the decoder thread -----------------------------------------------------------------------
     def _serve(self) -> None:
+        bind(self.stages)
         try:
             self._loop()
         except BaseException as e:  # a bug in the thread itself: fail everyone now, not never

@@ -30,6 +30,7 @@ from realtime.config import EngineConfig
 from realtime.engine import Engine
 from realtime.renderer import FrameDropped, Wav2LipRenderer
 from realtime.service.generator_service import DROPPED, GeneratorService
+from realtime.stage_timer import Stage, span
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ class ServiceRenderer(Wav2LipRenderer):
         else:
             timeout_s = max(0, self.deadline_ns - self.service.clock.now_ns()) / 1e9 + self.wait.grace_ms / 1000
         try:
-            out = fut.result(timeout_s)
+            with span(Stage.SERVICE_WAIT):
+                out = fut.result(timeout_s)
         except FutureTimeout:
             self.service.withdraw(fut)  # still queued: nobody will want it now
             if self.deadline_ns is None:

@@ -10,8 +10,9 @@ A sink too slow for the frame rate thus loses video frames, counted here, never 
 never another sink's frames. Sinks stamp what they write by the media's own timestamps, so a
 dropped frame or chunk leaves a gap where it was instead of moving everything after it earlier.
 
-Each runner also keeps its thread's CPU time (time.thread_time around every send), so the stats
-show what each sink costs: encoders run on the sink's own thread (see realtime.threads).
+Each runner also keeps its thread's CPU and wall time around every video send and how long
+frames waited in its queue, so the stats show what each sink costs per frame: encoders run on
+the sink's own thread (see realtime.threads).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class SinkRunner:
         self.audio_dropped = 0
         self.delivered = 0
         self.cpu_s = 0.0  # this sink's thread CPU time spent in send_video / send_audio
+        self.video_cpu_ns = self.video_wall_ns = 0  # in send_video alone
+        self.video_wait_ns = 0  # frames' time in this runner's queue, summed
         self._started_s: float | None = None
         self._ended_s: float | None = None
         self._close_called = False
@@ -64,19 +67,19 @@ class SinkRunner:
             if self._closed or self.error is not None:
                 return
             if audio is not None:
-                self._items.append(audio)
+                self._items.append((0, audio))
                 self._audio_ms += 1000 * audio.samples / audio.sample_rate_hz
                 while self._audio_ms > self._audio_ms_cap:
                     self._drop_oldest(AudioChunk)
             if video is not None:
-                self._items.append(video)
+                self._items.append((time.perf_counter_ns(), video))
                 self._videos += 1
                 while self._videos > self._video_cap:
                     self._drop_oldest(VideoFrame)
             self._cv.notify()
 
     def _drop_oldest(self, kind) -> None:
-        for i, item in enumerate(self._items):
+        for i, (_, item) in enumerate(self._items):
             if isinstance(item, kind):
                 del self._items[i]
                 if kind is VideoFrame:
@@ -99,7 +102,7 @@ class SinkRunner:
                 self._cv.wait_for(lambda: self._items or self._closed)
                 if not self._items:
                     return
-                item = self._items.popleft()
+                queued_ns, item = self._items.popleft()
                 if isinstance(item, VideoFrame):
                     self._videos -= 1
                 else:
@@ -107,7 +110,11 @@ class SinkRunner:
             cpu0 = time.thread_time()
             try:
                 if isinstance(item, VideoFrame):
+                    wall0, tcpu0 = time.perf_counter_ns(), time.thread_time_ns()
+                    self.video_wait_ns += wall0 - queued_ns
                     self.sink.send_video(item)
+                    self.video_cpu_ns += time.thread_time_ns() - tcpu0
+                    self.video_wall_ns += time.perf_counter_ns() - wall0
                     self.delivered += 1
                 else:
                     self.sink.send_audio(item)
@@ -135,10 +142,15 @@ class SinkRunner:
             }
         end_s = self._ended_s if self._ended_s is not None else time.monotonic()
         wall_s = end_s - self._started_s if self._started_s is not None else 0.0
+        n = self.delivered
         out.update(
             cpu_s=round(self.cpu_s, 3),
-            cpu_ms_per_frame=round(1000 * self.cpu_s / self.delivered, 2) if self.delivered else None,
+            cpu_ms_per_frame=round(1000 * self.cpu_s / n, 2) if n else None,
             cpu_percent=round(100 * self.cpu_s / wall_s, 1) if wall_s > 0 else None,
+            # send_video alone (the encoder, for a sink that encodes) and the wait before it
+            video_cpu_ms_per_frame=round(self.video_cpu_ns / n / 1e6, 3) if n else None,
+            video_wall_ms_per_frame=round(self.video_wall_ns / n / 1e6, 3) if n else None,
+            queue_wait_ms_mean=round(self.video_wait_ns / n / 1e6, 3) if n else None,
         )
         for key in ("status", "frames_lost", "reconnects"):
             if hasattr(self.sink, key):
