@@ -50,14 +50,14 @@ class Wav2LipRenderer:
         self.gen, self.avatar, self.blend = generator, avatar, blend
         self.name = getattr(generator, "name", "wav2lip")
         if blend == "feather":
-            avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
+            avatar.paste_points()  # computed (and kept by the avatar) now, not on the first frame
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float) -> np.ndarray:
         face = self.face_u8(idx, mel_window)
         if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
             face = full_face(face, self.avatar.crops[idx])
         if self.blend == "feather":
-            return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.keypoints()[idx])
+            return paste_feathered(frame.copy(), face, self.avatar.boxes[idx], self.avatar.paste_points()[idx])
         return paste_hard(frame.copy(), face, self.avatar.boxes[idx])
 
     def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:

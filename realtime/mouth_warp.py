@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from models import face_mesh as fmesh
+from realtime.mouth_region import face_frame, face_region
 
 
 @dataclass(frozen=True)
@@ -83,31 +84,11 @@ class MouthRig:
         return self.jaw_px
 
 
-def chin_travel_px(points: np.ndarray, cfg: WarpConfig = WarpConfig()) -> float:
-    """How far the chin can move down at full openness (the skirt below the face's outline)."""
-    return cfg.max_gap_face_heights * cfg.jaw_share * fmesh.face_height(points)
-
-
-def face_region(points: np.ndarray, shape: tuple[int, int], travel_px: float) -> np.ndarray:
-    """bool mask of the face: its outline's hull, with the chin's travel below it (the outline
-    moved down the face by `travel_px`). What may change when the mouth moves."""
-    oval = points[list(fmesh.FACE_OVAL), :2]
-    eye = points[fmesh.LEFT_EYE_OUTER, :2] - points[fmesh.RIGHT_EYE_OUTER, :2]
-    across = eye / max(1e-6, float(np.linalg.norm(eye)))
-    down = np.array([-across[1], across[0]])
-    hull = cv2.convexHull(np.vstack([oval, oval + down * travel_px]).astype(np.float32))
-    mask = np.zeros(shape, np.uint8)
-    cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1)
-    return mask.astype(bool)
-
-
 def build_rig(frame: np.ndarray, points: np.ndarray, cfg: WarpConfig = WarpConfig()) -> MouthRig:
     """Precompute one avatar frame's warp from its mesh `points` (468, 2 or 3) in image pixels."""
     p = points[:, :2].astype(np.float64)
     h_img, w_img = frame.shape[:2]
-    eye = p[fmesh.LEFT_EYE_OUTER] - p[fmesh.RIGHT_EYE_OUTER]
-    across = eye / max(1e-6, float(np.linalg.norm(eye)))
-    down = np.array([-across[1], across[0]])
+    across, down = face_frame(p)
     upper, lower = p[list(fmesh.UPPER_INNER_LIP)], p[list(fmesh.LOWER_INNER_LIP)]
     mid = (upper + lower) / 2
     origin = mid[len(mid) // 2]
