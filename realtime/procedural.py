@@ -115,7 +115,7 @@ class ProceduralRenderer:
             return frame
         mesh = self.meshes[idx] if self.meshes is not None else None
         if mesh is not None:
-            return apply_rig(frame, self._rig(idx, frame, mesh), openness, width, self.cfg.warp.detail)
+            return apply_rig(frame, self._rig(idx, frame, mesh), openness, width)
         x0, x1, y0, y1, xs, ys, dx, dy, mw, cx, cy = self._geometry(idx, frame.shape[:2])
         drop = openness * self.cfg.max_open_mouth_widths * mw
         # Falloff: 1 at the mouth, 0 well before the region's edge (no seam).
