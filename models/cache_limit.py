@@ -2,7 +2,7 @@
 
 Entries, each removed as a whole:
   exports/<checkpoint>/      one checkpoint's ONNX graphs and precision-ladder records
-  avatars/<key>.*            one avatar's face-encoder features
+  avatars/<key>.*            one avatar's face-encoder features, or its face meshes
   detections/<key>.npy       one video's face boxes
 `models/` (the face detector) is never evicted: it is what every run needs and cheap to keep.
 
