@@ -1,13 +1,9 @@
 """Where the mouth may change, from the face mesh: the face's region (its outline and the chin's
 travel below it) for the procedural warp, and Wav2Lip's feathered paste region (mouth, chin and
-the chin's travel; never the nose or the eyes). Computed per avatar frame, not per pixel of
-motion: the live path only reads them."""
+the chin's travel; never the nose or the eyes). The paste mask costs ~0.1 ms (a polygon and a
+distance transform over the box), so it is built per frame like the keypoint oval it replaces."""
 
 from __future__ import annotations
-
-import collections
-import hashlib
-import threading
 
 import cv2
 import numpy as np
@@ -17,12 +13,6 @@ from models import face_mesh as fmesh
 # How far Wav2Lip's generated chin may move below the avatar's, in face heights: the paste
 # region reaches this far below the outline so an opening jaw is not cut at its edge.
 PASTE_CHIN_TRAVEL_FACE_HEIGHTS = 0.08
-# Masks kept, newest last: the paste asks for the same avatar frame's mask every time it is
-# shown, and building one (~0.7 ms) is more than the live path may add per frame. 64 masks of
-# a 200x200 box are 10 MB.
-MASK_CACHE_ENTRIES = 64
-_masks: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
-_masks_lock = threading.Lock()
 
 
 def face_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,38 +42,23 @@ def face_region(
 
 
 def mesh_mouth_mask(box, points: np.ndarray) -> np.ndarray:
-    """`paste_mask` for this box and mesh, built once and then read from a small cache (read-only)."""
-    key = hashlib.blake2b(np.ascontiguousarray(points).tobytes() + repr(tuple(box)).encode(), digest_size=16).digest()
-    with _masks_lock:
-        hit = _masks.get(key)
-        if hit is not None:
-            _masks.move_to_end(key)
-            return hit
-    mask = paste_mask(box, points)
-    mask.flags.writeable = False
-    with _masks_lock:
-        _masks[key] = mask
-        while len(_masks) > MASK_CACHE_ENTRIES:
-            _masks.popitem(last=False)
-    return mask
-
-
-def paste_mask(box, points: np.ndarray) -> np.ndarray:
     """Soft (0..1) float32 mask inside `box` (y1, y2, x1, x2): the face below the line halfway
-    between the base of the nose and the upper lip's top, with the chin's travel; shrunk by the
-    feather's reach before feathering, so every weight it has lies inside the face region."""
+    between the base of the nose and the upper lip's top, with the chin's travel, rising from 0
+    at that region's edge (or the box's) to 1 over half the feather width of the keypoint oval
+    (12% of the box): every weight it has lies inside the face region."""
     y1, y2, x1, x2 = box
     h, w = y2 - y1, x2 - x1
     p = points[:, :2].astype(np.float64)
     travel = chin_travel_px(p, PASTE_CHIN_TRAVEL_FACE_HEIGHTS)
-    region = face_region(p, (h, w), travel, offset=(x1, y1)).astype(np.uint8)
-    _, down = face_frame(p)
-    top = (p[fmesh.SUBNASALE] + p[fmesh.UPPER_OUTER_LIP[5]]) / 2 - (x1, y1)
-    gy, gx = np.mgrid[0:h, 0:w]
-    region[(gx - top[0]) * down[0] + (gy - top[1]) * down[1] < 0] = 0
-    k = max(3, int(0.12 * max(h, w)) | 1)
-    reach = k // 2 + 1
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
-    # Outside the box counts as outside the region: the mask fades before the box's edge.
-    region = cv2.erode(region, disc, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    return cv2.GaussianBlur(region.astype(np.float32), (k, k), 0)
+    # One pixel of margin all round: outside the box counts as outside the region.
+    region = face_region(p, (h + 2, w + 2), travel, offset=(x1 - 1, y1 - 1)).astype(np.uint8)
+    region[[0, -1]] = 0
+    region[:, [0, -1]] = 0
+    across, down = face_frame(p)
+    top = (p[fmesh.SUBNASALE] + p[fmesh.UPPER_OUTER_LIP[5]]) / 2 - (x1 - 1, y1 - 1)
+    far = 4.0 * (h + w)  # everything above the line: a quad well past the box's corners
+    above = [top - across * far, top + across * far, top + across * far - down * far, top - across * far - down * far]
+    cv2.fillConvexPoly(region, np.round(above).astype(np.int32), 0)
+    reach = max(2.0, 0.06 * max(h, w))
+    ramp = np.clip(cv2.distanceTransform(region, cv2.DIST_L2, 3)[1:-1, 1:-1] / np.float32(reach), 0.0, 1.0)
+    return ramp * ramp * (3 - 2 * ramp)  # smoothstep: no crease where the ramp meets the plateau

@@ -162,3 +162,21 @@ def test_avatar_meshes_are_cached_and_reused_on_a_second_start(photo, monkeypatc
     again = load_avatar(AvatarConfig(str(photo))).meshes()
     assert not calls  # read back, not computed
     assert np.array_equal(again[0], meshes[0])
+
+
+def test_a_camera_mesh_runs_on_keyframes_and_follows_the_tracked_points_between(astronaut):
+    from realtime.avatar_mesh import MeshFollower
+
+    img, kp = astronaut
+    follow = MeshFollower()
+    first = follow.update(img, kp, keyframe=True)
+    calls = follow.mesh.calls
+    shift = np.array([7.0, -4.0])
+    moved_img = np.roll(img, (-4, 7), axis=(0, 1))
+    between = follow.update(moved_img, kp + shift, keyframe=False)
+    assert follow.mesh.calls == calls  # no model run between keyframes
+    assert np.allclose(between[:, :2], first[:, :2] + shift, atol=0.05)
+    again = follow.update(moved_img, kp + shift, keyframe=True)
+    assert follow.mesh.calls > calls
+    # The model on the moved picture agrees with the carried mesh.
+    assert np.median(np.linalg.norm(again[:, :2] - between[:, :2], axis=1)) < 0.02 * fmesh.face_height(first)
