@@ -182,3 +182,16 @@ def added(path: str | os.PathLike) -> None:
         enforce_limit()
     except OSError as e:  # a cache that cannot be trimmed must not stop a run
         log.warning("cache limit not enforced: %s", e)
+
+
+def save_array(path: Path, array) -> None:
+    """Write a new entry holding one numpy array: to a temp file first, so that a reader never
+    sees half of it, then in place, marked used, room made for it."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+    added(path)

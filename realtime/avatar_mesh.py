@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import cv2
@@ -64,12 +63,7 @@ def avatar_meshes(
     missing = int(np.isnan(stored[:, 0, 0]).sum())
     if missing:
         log.info("face mesh: no face in %d of %d avatar frames (BlazeFace's points used there)", missing, len(stored))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, stored)
-    os.replace(tmp, path)
-    cache_limit.added(path)
+    cache_limit.save_array(path, stored)
     return [None if np.isnan(m).any() else m for m in stored]
 
 
