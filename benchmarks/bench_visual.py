@@ -26,8 +26,8 @@ Measures per engine and avatar, all taken with the face mesh on the output frame
     too: sharpness_ratio_with_gap;
   * outside_face_changed_pct: pixels outside the face region (the mesh outline's hull and the
     chin's travel below it) that differ from the avatar, mean and max over frames;
-  * ms_per_frame: the renderer's own time per generated frame (mean, p95, min), this machine
-    (wav2lip: the decoder on cached features and the paste; procedural: all of it).
+  * ms_per_frame: the renderer's own time per frame where it drew a mouth (mean, p95, min), on
+    this machine (wav2lip: the decoder on cached features and the paste; procedural: all of it).
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ def render(engine, wav: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
     times: list[float] = []
     inner = engine.renderer.render
 
-    def timed(*a, **k):
+    def timed(frame, *a, **k):
         t = time.perf_counter()
-        out = inner(*a, **k)
-        times.append((time.perf_counter() - t) * 1e3)
+        out = inner(frame, *a, **k)
+        if out is not frame:  # a mouth was drawn (a resting procedural frame is the photo itself)
+            times.append((time.perf_counter() - t) * 1e3)
         return out
 
     engine.renderer.render = timed
@@ -177,7 +178,7 @@ def measure(frames, times, avatar_img, rest, wav, mesh, keypoints, travel) -> tu
         "outside_face_changed_pct_max": round(float(np.max(changed)), 4),
         "ms_per_frame_mean": round(float(t.mean()), 3),
         "ms_per_frame_p95": round(float(np.percentile(t, 95)), 3),
-        "ms_per_frame_min": round(float(t.min()), 3),  # the least disturbed call: a shared machine
+        "ms_per_frame_min": round(float(t.min()), 3),  # the least disturbed call, on a shared machine
     }, gaps
 
 

@@ -180,3 +180,25 @@ def test_a_camera_mesh_runs_on_keyframes_and_follows_the_tracked_points_between(
     assert follow.mesh.calls > calls
     # The model on the moved picture agrees with the carried mesh.
     assert np.median(np.linalg.norm(again[:, :2] - between[:, :2], axis=1)) < 0.02 * fmesh.face_height(first)
+
+
+def test_procedural_mesh_warps_are_bounded_and_output_unchanged(photo):
+    """A video avatar's warps are built per avatar frame and kept in a bounded LRU: evicting and
+    rebuilding one gives the same pixels."""
+    from realtime.avatar import AvatarConfig, load_avatar
+    from realtime.procedural import ProceduralConfig, ProceduralRenderer
+
+    avatar = load_avatar(AvatarConfig(str(photo)))
+    kp, mesh = avatar.keypoints()[0], avatar.meshes()[0]
+    shifts = [np.array([k % 7, k % 5, 0], np.float32) for k in range(20)]
+    kps, meshes = [kp + s[:2] for s in shifts], [mesh + s for s in shifts]
+    frame = avatar.frames[0]
+    loud = np.zeros((80, 16), np.float32)
+    bounded = ProceduralRenderer(kps, ProceduralConfig(geometry_cache_frames=4), meshes=meshes)
+    unbounded = ProceduralRenderer(kps, ProceduralConfig(geometry_cache_frames=10_000), meshes=meshes)
+    for k in list(range(20)) * 2 + list(range(19, -1, -1)):
+        bounded._open = unbounded._open = 0.0
+        a = bounded.render(frame, k, loud)
+        b = unbounded.render(frame, k, loud)
+        assert np.array_equal(a, b) and not np.array_equal(a, frame) and len(bounded._rigs) <= 4
+    assert len(unbounded._rigs) == 20
