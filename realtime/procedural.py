@@ -33,7 +33,7 @@ class ProceduralConfig:
     ceiling_mel: float = 0.4  # at or over which it is fully open
     max_open_mouth_widths: float = 0.3  # jaw drop at full openness, in mouth widths
     smoothing: float = 0.5  # one-pole smoothing of openness between frames (0 = none)
-    geometry_cache_frames: int = 64  # avatar frames whose sampling grids stay in memory (~0.5-1 MB each)
+    geometry_cache_frames: int = 64  # avatar frames whose warps stay in memory (~0.3-1.2 MB each)
     warp: WarpConfig = WarpConfig()
 
 
