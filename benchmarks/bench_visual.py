@@ -301,7 +301,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     width = max(r.shape[1] for r in rows)
     sheet = np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
-    cv2.imwrite(str(out.with_suffix(".png")), sheet)
+    cv2.imwrite(str(out.with_suffix(".png")), sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out.with_suffix('.png')} and {out.with_suffix('.json')}")
     return 0
