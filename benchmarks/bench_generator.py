@@ -115,7 +115,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int, reuse_ladder: bool = Fa
 
     budget = threads.apply(threads.plan("live"))
     av = load_avatar(AvatarConfig(str(AVATAR)))
-    first = first_shown_row(av.boxes, av.keypoints())
+    first = first_shown_row(av.boxes, av.paste_points())
     samples = precision.AvatarSamples("bench-" + label, av.crops)
     cfg = RuntimeConfig(runtime="auto", precision="auto", device="auto", intra_op_threads=budget.inference_threads)
     from common import logged_lines

@@ -74,7 +74,7 @@ def prepare(ckpt: str, avatars: list[str]) -> dict:
     from realtime.live import default_runtime
 
     loaded = [load_avatar(AvatarConfig(p, fps=FPS)) for p in avatars]
-    first_row = min(first_shown_row(a.boxes, a.keypoints()) for a in loaded)
+    first_row = min(first_shown_row(a.boxes, a.paste_points()) for a in loaded)
     a0 = loaded[0]
     with logged_lines("export") as lines:
         c = choose(ckpt, default_runtime(), first_row=first_row, avatar=ladder_samples(avatars[0], a0))

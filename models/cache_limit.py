@@ -2,7 +2,7 @@
 
 Entries, each removed as a whole:
   exports/<checkpoint>/      one checkpoint's ONNX graphs and precision-ladder records
-  avatars/<key>.*            one avatar's face-encoder features
+  avatars/<key>.*            one avatar's face-encoder features, or its face meshes
   detections/<key>.npy       one video's face boxes
 `models/` (the face detector) is never evicted: it is what every run needs and cheap to keep.
 
@@ -182,3 +182,16 @@ def added(path: str | os.PathLike) -> None:
         enforce_limit()
     except OSError as e:  # a cache that cannot be trimmed must not stop a run
         log.warning("cache limit not enforced: %s", e)
+
+
+def save_array(path: Path, array) -> None:
+    """Write a new entry holding one numpy array: to a temp file first, so that a reader never
+    sees half of it, then in place, marked used, room made for it."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+    added(path)

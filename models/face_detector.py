@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,10 +137,5 @@ def detect_all(
             if found is not None:
                 boxes[i] = found.box
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, boxes)
-        os.replace(tmp, cache_file)
-        cache_limit.added(cache_file)
+        cache_limit.save_array(cache_file, boxes)
     return boxes

@@ -61,16 +61,20 @@ def _user_path(path: str, origin: str) -> Path:
     return p
 
 
-def _packaged() -> Path:
-    model = PACKAGED_MODEL
+def check_packaged(model: Path, known_sha256: frozenset[str], what: str, fix: str) -> Path:
+    """`model` if it exists and matches one of the pinned digests; else a one-line LipsyncError."""
     if not model.is_file():
-        raise LipsyncError("face model", f"{MODEL_NAME} shipped with the package", f"no file at {model}", _FIX)
+        raise LipsyncError(what, f"{model.name} shipped with the package", f"no file at {model}", fix)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    if digest not in KNOWN_SHA256:
+    if digest not in known_sha256:
         raise LipsyncError(
-            "face model", f"SHA-256 {min(KNOWN_SHA256)}", f"{digest} ({model.stat().st_size} bytes) at {model}", _FIX
+            what, f"SHA-256 {min(known_sha256)}", f"{digest} ({model.stat().st_size} bytes) at {model}", fix
         )
     return model
+
+
+def _packaged() -> Path:
+    return check_packaged(PACKAGED_MODEL, KNOWN_SHA256, "face model", _FIX)
 
 
 def resolve_face_model(path: str | None = None) -> Path:

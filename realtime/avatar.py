@@ -29,6 +29,7 @@ from models.face_model import cache_dir
 from models.hashing import sha256_file
 from realtime.avatar_features import FORMAT_VERSION, FeatureStore
 from realtime.avatar_frames import VideoFrames
+from realtime.avatar_mesh import avatar_meshes
 from realtime.framing import RenderOptions, face_boxes
 from realtime.tracking import FaceTracker
 
@@ -59,6 +60,8 @@ class Avatar:
         """`frames`: a list (a photo) or a VideoFrames (a video, decoded when shown)."""
         self.cfg, self.frames, self.boxes, self.crops = cfg, frames, boxes, crops
         self._keypoints = keypoints
+        self._meshes: list[np.ndarray | None] | None = None
+        self._paste_points: list[np.ndarray] | None = None
         self.features: FeatureStore | None = None
         order = list(range(len(frames)))
         if cfg.loop == "pingpong" and len(frames) > 2:
@@ -105,6 +108,20 @@ class Avatar:
                 )
         self._keypoints = out
         return out
+
+    def meshes(self) -> list[np.ndarray | None]:
+        """The face mesh (468, 3) per frame, None where the model saw no face; computed once per
+        avatar (cached on disk beside its features) around the keypoints above."""
+        if self._meshes is None:
+            self._meshes = avatar_meshes(self.cfg.path, self.frames, self.keypoints())
+        return self._meshes
+
+    def paste_points(self) -> list[np.ndarray]:
+        """Per frame, what the feathered paste shapes its region from: the mesh where known,
+        else BlazeFace's six keypoints (realtime.compositor.mouth_mask takes either)."""
+        if self._paste_points is None:
+            self._paste_points = [kp if m is None else m for kp, m in zip(self.keypoints(), self.meshes())]
+        return self._paste_points
 
     def features_at(self, i: int) -> list[np.ndarray]:
         """The seven (1, C, H, W) fp32 face-encoder features of avatar frame `i`."""

@@ -8,6 +8,7 @@ import numpy as np
 from models.face_boxes import pad_and_clip
 from models.face_detector import FaceDetector
 from models.face_input import crop_face, model_faces
+from realtime.avatar_mesh import MeshFollower
 from realtime.tracking import FaceTracker
 
 
@@ -19,6 +20,8 @@ class CameraAvatar:
         self.frames = [capture.first]
         self.boxes = [(0, 1, 0, 1)]
         self._kps = [np.zeros((6, 2))]
+        self._meshes: list[np.ndarray | None] = [None]
+        self._follower: MeshFollower | None = None
         self.has_face = False
         self.no_face_frames = 0
         self._encoder = None
@@ -34,6 +37,15 @@ class CameraAvatar:
 
     def keypoints(self) -> list[np.ndarray]:
         return self._kps
+
+    def meshes(self) -> list[np.ndarray | None]:
+        """This frame's face mesh: the model runs from the first call on, on the tracker's keyframes."""
+        if self._follower is None:
+            self._follower = MeshFollower()
+        return self._meshes
+
+    def paste_points(self) -> list[np.ndarray]:
+        return [self._kps[0] if self._meshes[0] is None else self._meshes[0]]
 
     def attach_features(self, encoder, encoder_id: str = "") -> None:
         self._encoder = encoder
@@ -61,6 +73,8 @@ class CameraAvatar:
             return
         self.boxes[0] = (y1, y2, x1, x2)
         self._kps[0] = track.keypoints
+        if self._follower is not None:
+            self._meshes[0] = self._follower.update(frame, track.keypoints, track.detected)
         if self._encoder is not None:
             self.features = self._encoder.encode(model_faces(crop_face(frame, self.boxes[0])[None]))
 

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from realtime.frame_pool import FramePool, origin
+from realtime.mouth_region import mesh_mouth_mask
 from realtime.stage_timer import Stage, span
 
 
@@ -50,9 +51,12 @@ def paste_hard(frame: np.ndarray, face96: np.ndarray, box) -> np.ndarray:
 
 
 def mouth_mask(shape: tuple[int, int], box, keypoints: np.ndarray) -> np.ndarray:
-    """Soft (0..1) float32 mask over the mouth and jaw, inside `box` (y1, y2, x1, x2), from
-    BlazeFace's keypoints: an ellipse from just under the nose to the chin, cheek to cheek,
-    feathered over ~12% of the box so the generated face fades into the original."""
+    """Soft (0..1) float32 mask over the mouth and jaw, inside `box` (y1, y2, x1, x2), feathered
+    over ~12% of the box so the generated face fades into the original. From a face mesh (468
+    points): the face below the nose with the chin's travel (realtime.mouth_region); from
+    BlazeFace's six keypoints: an ellipse from just under the nose to the chin, cheek to cheek."""
+    if len(keypoints) > 6:
+        return mesh_mouth_mask(box, keypoints)
     y1, y2, x1, x2 = box
     h, w = y2 - y1, x2 - x1
     nose, mouth = keypoints[2], keypoints[3]

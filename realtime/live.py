@@ -188,14 +188,14 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
             log.info(
                 "engine: procedural (no Wav2Lip checkpoint given or in %s)", " or ".join(map(str, checkpoint_folders()))
             )
-        renderer = ProceduralRenderer(av.keypoints())
+        renderer = ProceduralRenderer(av.keypoints(), meshes=av.meshes())
         heap.release_freed()
         return av, renderer
     runtime = runtime or default_runtime()
     first_row, samples = 0, None
     if not avatar.startswith("camera:"):
         if cfg.blend == "feather":
-            first_row = first_shown_row(av.boxes, av.keypoints())
+            first_row = first_shown_row(av.boxes, av.paste_points())
         samples = ladder_samples(avatar, av)
     gen = load_live_generator(checkpoint, runtime, first_row=first_row, avatar=samples)
     if engine == "auto":

@@ -6,9 +6,12 @@ so it plugs into the same scheduler, sinks, stats and API. Per frame:
     of the window after the 40 ms lead-in), between a floor and a ceiling in normalised mel units;
   * width from spectral shape: energy high in the band (e.g. "ee", "s") spreads the lips, energy
     low in the band (e.g. "oo", "o") rounds them;
-  * a smooth displacement field around the mouth keypoint (jaw and lower lip down, upper lip a
-    little up, corners in or out) applied with cv2.remap, fading to zero at the region's edge so
-    there is no seam; a soft dark ellipse for the open mouth's cavity.
+  * where the avatar frame's face mesh is known (realtime.avatar_mesh), the avatar's own mouth
+    is warped from it (realtime.mouth_warp): jaw and lower lip (and lower teeth) down, upper lip
+    (and upper teeth) a little up, corners out or in, a shaded cavity where the lips part, and
+    no pixel outside the face changed;
+  * without a mesh (no face found by the mesh model), a smooth displacement field around
+    BlazeFace's mouth keypoint and a soft dark ellipse for the cavity.
 Closed and still in silence: openness 0 leaves the frame untouched.
 """
 
@@ -21,6 +24,7 @@ import cv2
 import numpy as np
 
 from models import mel as M
+from realtime.mouth_warp import MouthRig, WarpConfig, apply_rig, build_rig
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,8 @@ class ProceduralConfig:
     ceiling_mel: float = 0.4  # at or over which it is fully open
     max_open_mouth_widths: float = 0.3  # jaw drop at full openness, in mouth widths
     smoothing: float = 0.5  # one-pole smoothing of openness between frames (0 = none)
-    geometry_cache_frames: int = 64  # avatar frames whose sampling grids stay in memory (~0.5 MB each)
+    geometry_cache_frames: int = 64  # avatar frames whose warps stay in memory (~0.3-1.2 MB each)
+    warp: WarpConfig = WarpConfig()
 
 
 def _band(lo_hz: float, hi_hz: float) -> slice:
@@ -45,9 +50,16 @@ LOW_BAND, HIGH_BAND = _band(250, 1000), _band(1800, 4000)
 class ProceduralRenderer:
     name = "procedural"
 
-    def __init__(self, keypoints: list[np.ndarray], cfg: ProceduralConfig = ProceduralConfig()):
-        """`keypoints[i]`: BlazeFace's 6 points (eyes, nose, mouth, ears) in avatar frame i."""
-        self.kps, self.cfg = keypoints, cfg
+    def __init__(
+        self,
+        keypoints: list[np.ndarray],
+        cfg: ProceduralConfig = ProceduralConfig(),
+        meshes: list[np.ndarray | None] | None = None,
+    ):
+        """`keypoints[i]`: BlazeFace's 6 points (eyes, nose, mouth, ears) in avatar frame i;
+        `meshes[i]`: its face mesh (468, 3) or None (a live camera's list changes in place)."""
+        self.kps, self.cfg, self.meshes = keypoints, cfg, meshes
+        self._rigs: collections.OrderedDict[int, tuple[MouthRig, np.ndarray]] = collections.OrderedDict()
         self._open = 0.0
         # Grids per avatar frame, least recently used first: a video avatar reuses a frame's grid
         # once per loop, so keeping all of them only grows memory with the video's length.
@@ -86,12 +98,24 @@ class ProceduralRenderer:
         self._maps.move_to_end(idx)
         return self._maps[idx][:-1]
 
+    def _rig(self, idx: int, frame: np.ndarray, mesh: np.ndarray) -> MouthRig:
+        cached = self._rigs.get(idx)
+        if cached is None or not np.array_equal(cached[1], mesh):
+            self._rigs[idx] = (build_rig(frame, mesh, self.cfg.warp), mesh.copy())
+            while len(self._rigs) > max(1, self.cfg.geometry_cache_frames):
+                self._rigs.popitem(last=False)
+        self._rigs.move_to_end(idx)
+        return self._rigs[idx][0]
+
     def render(
         self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int = -1, fps: float = 25.0
     ) -> np.ndarray:
         openness, width = self.mouth_shape(mel_window, offset_frames, fps)
         if openness == 0.0:
             return frame
+        mesh = self.meshes[idx] if self.meshes is not None else None
+        if mesh is not None:
+            return apply_rig(frame, self._rig(idx, frame, mesh), openness, width)
         x0, x1, y0, y1, xs, ys, dx, dy, mw, cx, cy = self._geometry(idx, frame.shape[:2])
         drop = openness * self.cfg.max_open_mouth_widths * mw
         # Falloff: 1 at the mouth, 0 well before the region's edge (no seam).

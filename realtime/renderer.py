@@ -24,7 +24,7 @@ class Wav2LipRenderer:
         self.name = getattr(generator, "name", "wav2lip")
         self._paste = FeatheredPaste()  # per avatar frame: what the paste needs, made once
         if blend == "feather":
-            avatar.keypoints()  # computed (and kept by the avatar) now, not on the first frame
+            avatar.paste_points()  # computed (and kept by the avatar) now, not on the first frame
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float) -> np.ndarray:
         face = self.face_u8(idx, mel_window)
@@ -37,7 +37,7 @@ class Wav2LipRenderer:
 
     def mask(self, frame: np.ndarray, idx: int) -> np.ndarray:
         """The feathered paste's weights over avatar frame `idx`'s box (made once per frame)."""
-        return mouth_mask(frame.shape[:2], self.avatar.boxes[idx], self.avatar.keypoints()[idx])
+        return mouth_mask(frame.shape[:2], self.avatar.boxes[idx], self.avatar.paste_points()[idx])
 
     def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
         """The face for avatar frame `idx` as (rows, 96, 3) uint8; a renderer whose faces come

@@ -96,9 +96,8 @@ def test_camera_ending_stops_the_session_in_one_line_with_the_recording_finalise
     cam = media.video_only(tmp_path / "cam.mp4", [np.roll(img, k % 40, axis=1) for k in range(0, 200, 2)])
     avatar = CameraAvatar(CameraCapture(str(cam), loop=False), fps=25)
     out = tmp_path / "rec.mkv"
-    engine = Engine(
-        avatar, ProceduralRenderer(avatar.keypoints()), [FileSink(str(out), 25)], EngineConfig(), MonotonicClock()
-    )
+    renderer = ProceduralRenderer(avatar.keypoints(), meshes=avatar.meshes())  # as `lipsync live` builds it
+    engine = Engine(avatar, renderer, [FileSink(str(out), 25)], EngineConfig(), MonotonicClock())
     with pytest.raises(EngineFailure) as ended:
         engine.run(FileSource(str(speech_wav), loop=True), duration_s=30)
     msg = str(ended.value)

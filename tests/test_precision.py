@@ -235,7 +235,7 @@ def test_first_shown_row_is_below_the_nose_and_cropping_does_not_change_the_pict
     from realtime.generator import SplitGenerator
 
     av = load_avatar(AvatarConfig(str(photo)))
-    first = first_shown_row(av.boxes, av.keypoints())
+    first = first_shown_row(av.boxes, av.paste_points())
     y1, y2 = av.boxes[0][:2]
     nose_row96 = (av.keypoints()[0][2][1] - y1) * 96 / (y2 - y1)
     assert first % 8 == 0 and 16 <= first <= nose_row96 + 8
@@ -249,7 +249,7 @@ def test_first_shown_row_is_below_the_nose_and_cropping_does_not_change_the_pict
 
     mels = heldout_set(6).mels
     frame = av.frames[0]
-    mask = mouth_mask(frame.shape[:2], av.boxes[0], av.keypoints()[0])
+    mask = mouth_mask(frame.shape[:2], av.boxes[0], av.paste_points()[0])
     for i in range(len(mels)):
         a = to_uint8_faces(g_full.decode(mels[i : i + 1], feats))[0]
         b = full_face(to_uint8_faces(g_crop.decode(mels[i : i + 1], feats))[0], av.crops[0])

@@ -27,7 +27,7 @@ def run_with_pause(photo, speech_wav):
     avatar = load_avatar(AvatarConfig(str(photo)))
     kps = avatar.keypoints()
     sink = media.CollectSink()
-    engine = Engine(avatar, ProceduralRenderer(kps), [sink], EngineConfig(), FreeRunClock())
+    engine = Engine(avatar, ProceduralRenderer(kps, meshes=avatar.meshes()), [sink], EngineConfig(), FreeRunClock())
     engine.start()
     for i in range(0, len(wav), 320):
         engine.push_audio(wav[i : i + 320], 16000)

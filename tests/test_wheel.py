@@ -30,6 +30,7 @@ FPS = 25
 # Shipped data a run cannot do without; each is checked for in the wheel by name.
 PACKAGE_DATA = (
     "models/data/face_detection_short_range.tflite",
+    "models/data/face_landmark.tflite",
     "export/data/face_a.jpg",
     "export/data/face_b.png",
     "export/data/voice_a.mp3",

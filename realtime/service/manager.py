@@ -167,7 +167,7 @@ class SessionManager:
         av = load_avatar(AvatarConfig(avatar_path, fps=self.cfg.fps))
         first_row = self.mcfg.first_row
         if first_row is None:
-            first_row = first_shown_row(av.boxes, av.keypoints()) if self.cfg.blend == "feather" else 0
+            first_row = first_shown_row(av.boxes, av.paste_points()) if self.cfg.blend == "feather" else 0
         assert self.checkpoint is not None  # procedural sessions never reach the shared generator
         runtime = self.runtime or default_runtime()
         make = live_generator_maker(self.checkpoint, runtime, first_row, ladder_samples(avatar_path, av))

@@ -95,7 +95,7 @@ def prepare_avatar(path: str, generator, checkpoint_id: str, cfg: EngineConfig =
     decoder is `generator`. The decoder may be cropped to rows first_row..95: an avatar whose
     blend shows rows above that cannot use it."""
     av = load_avatar(AvatarConfig(path, loop=loop, fps=cfg.fps))
-    needed = first_shown_row(av.boxes, av.keypoints()) if cfg.blend == "feather" else 0
+    needed = first_shown_row(av.boxes, av.paste_points()) if cfg.blend == "feather" else 0
     first = getattr(generator, "first_row", 0)
     if needed < first:
         raise LipsyncError(
