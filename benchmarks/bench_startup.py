@@ -32,19 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_avatar_memory import rss_mb  # noqa: E402
 from common import standin_checkpoint, write_json  # noqa: E402
 
 SPEECH = ROOT / "media" / "speech.mp3"
-
-
-def _memory_mb() -> dict:
-    got = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                got[key] = round(int(value.split()[0]) / 1024, 1)
-    return {"rss_mb": got["VmRSS"], "peak_rss_mb": got["VmHWM"]}
 
 
 def child(argv: list[str]) -> int:
@@ -66,7 +57,7 @@ def child(argv: list[str]) -> int:
     report = {
         "exit_code": code,
         "first_frame_monotonic": first[0] if first else None,
-        **_memory_mb(),
+        **rss_mb(),
         "torch_imported": "torch" in sys.modules,
         "nncf_imported": "nncf" in sys.modules,
     }
