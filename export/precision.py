@@ -283,7 +283,11 @@ def _avatar_check(fp32: dict, choice: Choice, avatar: AvatarSamples, shown: int,
     variant = decoder_variant(choice.first_row)
     ref_cfg = RuntimeConfig(runtime="onnxruntime", precision="fp32", device="cpu", intra_op_threads=threads)
     samples = avatar_check_set(avatar.crops, AVATAR_CHECK_SAMPLES)
-    skips = make_runner(fp32["face_encoder"], ref_cfg)({"face": samples.faces})
+    # A photo avatar has one crop: encode each distinct face once.
+    first: dict[bytes, int] = {}
+    which = [first.setdefault(f.tobytes(), len(first)) for f in samples.faces]
+    faces = samples.faces[[which.index(k) for k in range(len(first))]]
+    skips = [s[which] for s in make_runner(fp32["face_encoder"], ref_cfg)({"face": faces})]
     feeds = [
         {"mel": samples.mels[i : i + 1], **{k: s[i : i + 1] for k, s in zip(SKIPS, skips)}} for i in range(len(samples))
     ]
