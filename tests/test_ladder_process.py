@@ -43,6 +43,7 @@ def _samples(path):
     return ladder_samples(path, av), first_shown_row(av.boxes, av.keypoints())
 
 
+@pytest.mark.slow  # a ladder run of its own
 def test_a_candidate_that_fails_in_its_build_is_refused_and_the_ladder_chooses_another(
     generator_ckpt, tmp_path, monkeypatch, caplog
 ):
@@ -70,6 +71,7 @@ def test_a_candidate_that_fails_in_its_build_is_refused_and_the_ladder_chooses_a
     assert refused and all("\n" not in m for m in refused)
 
 
+@pytest.mark.slow  # a ladder run (shared with the CLI tests' starts on this photo when they ran first)
 def test_a_new_avatar_reuses_the_earlier_choice_when_the_gate_passes_on_its_crops(
     generator_ckpt, photo, tmp_path, monkeypatch, caplog
 ):
@@ -98,6 +100,7 @@ def test_a_new_avatar_reuses_the_earlier_choice_when_the_gate_passes_on_its_crop
     assert len(mine) == 1 and len(mine[0]["psnr_db_on_avatar"]) == 2 and mine[0]["reused_from"]
 
 
+@pytest.mark.slow  # a ladder run (shared with the CLI tests' starts on this photo when they ran first)
 def test_a_new_avatar_on_which_the_earlier_choice_fails_the_gate_is_laddered_again(
     generator_ckpt, photo, tmp_path, monkeypatch, caplog
 ):
