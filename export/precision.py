@@ -132,30 +132,35 @@ def _record_path(sha: str, key: str) -> Path:
     return entry_dir(sha) / f"ladder-{key}.json"
 
 
-def _record_key(cfg, first_row: int, shown_from_row: int, avatar: AvatarSamples | None) -> str:
-    what = {
+def _conditions(cfg, first_row: int, shown_from_row: int) -> dict:
+    """What a recorded choice depends on besides the avatar and the gate."""
+    return {
         "v": LADDER_VERSION,
         "machine": machine.fingerprint(),
         "first_row": first_row,
         "shown": shown_from_row,
         "pins": [cfg.runtime, cfg.precision, cfg.device],
-        "avatar": avatar.key if avatar else None,
-        "gate": [GATE_MEAN_DB, GATE_WORST_DB],
     }
+
+
+def _key(what: dict) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _record_key(cfg, first_row: int, shown_from_row: int, avatar: AvatarSamples | None) -> str:
+    return _key(
+        {
+            **_conditions(cfg, first_row, shown_from_row),
+            "avatar": avatar.key if avatar else None,
+            "gate": [GATE_MEAN_DB, GATE_WORST_DB],
+        }
+    )
 
 
 def _family_key(cfg, first_row: int, shown_from_row: int) -> str:
     """What a record for another avatar must share to be worth a check on this one: everything in
     `_record_key` but the avatar and the gate (the check itself applies today's gate)."""
-    what = {
-        "v": LADDER_VERSION,
-        "machine": machine.fingerprint(),
-        "first_row": first_row,
-        "shown": shown_from_row,
-        "pins": [cfg.runtime, cfg.precision, cfg.device],
-    }
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+    return _key(_conditions(cfg, first_row, shown_from_row))
 
 
 def _read_record(path: Path, sha: str, first_row: int, fp32: dict) -> Choice | None:
@@ -239,7 +244,11 @@ def _recorded(sha, cfg, first_row, shown_from_row, avatar, fp32, reuse) -> Choic
         return None
     t = prev.chosen_trial
     threads = cfg.intra_op_threads or machine.cores()
-    mean, worst = _avatar_check(fp32, prev, avatar, shown_from_row - first_row, threads)
+    try:
+        mean, worst = _avatar_check(fp32, prev, avatar, shown_from_row - first_row, threads)
+    except Exception as e:  # like a failing candidate: never fatal, the ladder decides instead
+        log.info(f"precision: checking {t.runtime} {t.precision} on this avatar failed: {_one_line(e)}; choosing again")
+        return None
     if not (mean >= GATE_MEAN_DB and worst >= GATE_WORST_DB):
         log.info(
             f"precision: {t.runtime} {t.precision}, chosen earlier on this machine, keeps {mean:.1f} dB mean / "
