@@ -81,6 +81,7 @@ def _run_child(request: dict, cancel: threading.Event | None) -> Choice:
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     assert proc.stdin is not None and proc.stdout is not None
     log.debug("exporting and laddering in process %d", proc.pid)
+    result: Choice | None = None
     try:
         proc.stdin.write(pickle.dumps(request))
         proc.stdin.close()
@@ -97,12 +98,14 @@ def _run_child(request: dict, cancel: threading.Event | None) -> Choice:
             if kind == "log":
                 logging.getLogger(body["name"]).handle(logging.makeLogRecord(body))
             elif kind == "done":
-                return body
+                result = body  # the child exits right after: read on to its end
             elif kind == "error":
                 raise LipsyncError(*body)
             else:
                 raise LadderCrashed(f"the precision ladder's process failed:\n{body}")
-        code_ = proc.wait()
+        if result is not None:  # everything it made was in place before it answered
+            return result
+        code_ = proc.wait(timeout=30)  # its output has ended: it is exiting
         how = f"was killed by signal {-code_}" if code_ < 0 else f"exited with code {code_}"
         raise LipsyncError(
             "exporting and choosing the precision",
