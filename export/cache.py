@@ -91,6 +91,16 @@ def checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
     return sha256_file(checkpoint)
 
 
+def exported(sha: str, layout: str, precision: str = "fp32", first_row: int = 0) -> dict[str, Path] | None:
+    """Paths of the verified graphs when every one is already in the cache, else None; never
+    exports (no torch): for a caller that builds elsewhere when something is missing."""
+    paths = entry_paths(sha, layout, precision, first_row)
+    if not all(_valid(p, sha, precision) for p in paths.values()):
+        return None
+    cache_limit.touch(entry_dir(sha))
+    return paths
+
+
 def ensure_exported(
     checkpoint: str | os.PathLike,
     layout: str = "full",

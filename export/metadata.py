@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-
-import onnx
 
 from models import mel as mel_params
 
@@ -45,6 +44,54 @@ def metadata(source_sha256: str, variant: str, precision: str = "fp32") -> dict[
     }
 
 
+_METADATA_PROPS = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {key = 1, value = 2}
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    """A graph's metadata, read from the protobuf's top-level fields, seeking past the graph
+    itself: every start checks its exports with this, and parsing a 100 MB model (and importing
+    onnx, a second on a busy machine) only to read a few strings would be most of a warm start."""
+    out: dict[str, str] = {}
+    with open(path, "rb") as f:
+        while (tag := _varint(f, eof_ok=True)) is not None:
+            field, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _varint(f)
+            elif wire == 1:
+                f.seek(8, os.SEEK_CUR)
+            elif wire == 5:
+                f.seek(4, os.SEEK_CUR)
+            elif wire == 2:
+                size = _varint(f) or 0
+                if field == _METADATA_PROPS:
+                    out.update([_entry(f.read(size))])
+                else:
+                    f.seek(size, os.SEEK_CUR)
+            else:
+                raise ValueError(f"{path}: not an ONNX model (wire type {wire})")
+    return out
+
+
+def _varint(f, eof_ok: bool = False) -> int | None:
+    value, shift = 0, 0
+    while True:
+        b = f.read(1)
+        if not b:
+            if eof_ok and shift == 0:
+                return None
+            raise ValueError("truncated ONNX model")
+        value |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return value
+        shift += 7
+
+
+def _entry(data: bytes) -> tuple[str, str]:
+    """One StringStringEntryProto: (key, value)."""
+    f, got = io.BytesIO(data), {1: "", 2: ""}
+    while (tag := _varint(f, eof_ok=True)) is not None:
+        if tag & 7 != 2:
+            raise ValueError("unexpected field in an ONNX metadata entry")
+        size = _varint(f) or 0
+        got[tag >> 3] = f.read(size).decode()
+    return got[1], got[2]

@@ -12,6 +12,13 @@ on the rows the compositor shows, over inputs kept apart from calibration (anoth
 voices: `export.samples.heldout_set`). The decision is recorded beside the exports, keyed by the
 machine's fingerprint, the rows computed, the pins and the calibration avatar, so the next start
 neither rebuilds nor re-measures.
+
+A new avatar on a checkpoint already laddered here (same machine, rows, pins) first tries the
+decoder chosen before: the gate is checked on the new avatar's own crops (with the held-out
+voices) against the fp32 decoder, a second or so; when it passes, that choice is recorded for
+the new avatar too, and only when it fails does the ladder run again, calibrated on the new
+face. `lookup` is all of this that needs no torch and builds nothing; the live path runs the rest
+(`choose`) in a child process (export.ladder_process).
 """
 
 from __future__ import annotations
@@ -28,11 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from export import machine
-from export.cache import checkpoint_sha256, ensure_exported, entry_dir
+from export.cache import checkpoint_sha256, ensure_exported, entry_dir, exported
 from export.metadata import SKIPS, decoder_variant
 from export.quantize import quantize_openvino
 from export.runtime import RuntimeConfig, graph_precision, make_runner
-from export.samples import calibration_set, heldout_set
+from export.samples import avatar_check_set, calibration_set, heldout_set
 from models.errors import LipsyncError
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,7 @@ HELDOUT_SAMPLES = 32
 CALIBRATION_SAMPLES = 48
 VALIDATION_SAMPLES = 24
 TIMED_RUNS = 30
+AVATAR_CHECK_SAMPLES = 16  # the reuse check on a new avatar's crops: a second, not a ladder
 LADDER_VERSION = 1  # bump when the gate or the recipes change: recorded choices are redone
 
 
@@ -124,17 +132,35 @@ def _record_path(sha: str, key: str) -> Path:
     return entry_dir(sha) / f"ladder-{key}.json"
 
 
-def _record_key(cfg, first_row: int, shown_from_row: int, avatar: AvatarSamples | None) -> str:
-    what = {
+def _conditions(cfg, first_row: int, shown_from_row: int) -> dict:
+    """What a recorded choice depends on besides the avatar and the gate."""
+    return {
         "v": LADDER_VERSION,
         "machine": machine.fingerprint(),
         "first_row": first_row,
         "shown": shown_from_row,
         "pins": [cfg.runtime, cfg.precision, cfg.device],
-        "avatar": avatar.key if avatar else None,
-        "gate": [GATE_MEAN_DB, GATE_WORST_DB],
     }
+
+
+def _key(what: dict) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _record_key(cfg, first_row: int, shown_from_row: int, avatar: AvatarSamples | None) -> str:
+    return _key(
+        {
+            **_conditions(cfg, first_row, shown_from_row),
+            "avatar": avatar.key if avatar else None,
+            "gate": [GATE_MEAN_DB, GATE_WORST_DB],
+        }
+    )
+
+
+def _family_key(cfg, first_row: int, shown_from_row: int) -> str:
+    """What a record for another avatar must share to be worth a check on this one: everything in
+    `_record_key` but the avatar and the gate (the check itself applies today's gate)."""
+    return _key(_conditions(cfg, first_row, shown_from_row))
 
 
 def _read_record(path: Path, sha: str, first_row: int, fp32: dict) -> Choice | None:
@@ -152,6 +178,136 @@ def _read_record(path: Path, sha: str, first_row: int, fp32: dict) -> Choice | N
     )
 
 
+def _write_record(record: Path, sha: str, first_row: int, shown_from_row: int, family: str, avatar, trials, **extra):
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "checkpoint_sha256": sha,
+                "first_row": first_row,
+                "shown_from_row": shown_from_row,
+                "family": family,
+                "avatar": avatar.key if avatar else None,
+                "machine": machine.summary(),
+                "trials": [asdict(t) for t in trials],
+                **extra,
+            },
+            indent=1,
+        )
+    )
+    os.replace(tmp, record)
+
+
+def _shown_from(first_row: int, shown_from_row: int | None) -> int:
+    if shown_from_row is not None:
+        return shown_from_row
+    return max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row)
+
+
+def lookup(
+    checkpoint,
+    cfg,
+    first_row: int = 0,
+    avatar: AvatarSamples | None = None,
+    shown_from_row: int | None = None,
+    reuse: bool = True,
+) -> Choice | None:
+    """The choice for `checkpoint` without exporting, building or laddering anything (no torch,
+    no NNCF): this avatar's record, or (`reuse`) the decoder chosen earlier for another avatar
+    once the gate passes on this one's crops. None: the ladder must run (`choose`)."""
+    shown_from_row = _shown_from(first_row, shown_from_row)
+    sha = checkpoint_sha256(checkpoint)
+    fp32 = exported(sha, "split", "fp32", first_row)
+    if fp32 is None:
+        return None
+    return _recorded(sha, cfg, first_row, shown_from_row, avatar, fp32, reuse)
+
+
+def _recorded(sha, cfg, first_row, shown_from_row, avatar, fp32, reuse) -> Choice | None:
+    record = _record_path(sha, _record_key(cfg, first_row, shown_from_row, avatar))
+    got = _read_record(record, sha, first_row, fp32) if record.is_file() else None
+    if got is not None:
+        t = got.chosen_trial
+        log.info(
+            f"precision: {t.runtime} {t.precision} ({t.ms_per_frame:.1f} ms/frame, "
+            f"{t.psnr_db_shown_mean:.1f} dB; chosen earlier on this machine)"
+        )
+        return got
+    if not reuse or avatar is None:
+        return None
+    family = _family_key(cfg, first_row, shown_from_row)
+    earlier = _family_records(sha, family)
+    if not earlier:
+        return None
+    prev = _read_record(earlier[0], sha, first_row, fp32)
+    if prev is None:
+        return None
+    t = prev.chosen_trial
+    threads = cfg.intra_op_threads or machine.cores()
+    try:
+        mean, worst = _avatar_check(fp32, prev, avatar, shown_from_row - first_row, threads)
+    except Exception as e:  # like a failing candidate: never fatal, the ladder decides instead
+        log.info(f"precision: checking {t.runtime} {t.precision} on this avatar failed: {_one_line(e)}; choosing again")
+        return None
+    if not (mean >= GATE_MEAN_DB and worst >= GATE_WORST_DB):
+        log.info(
+            f"precision: {t.runtime} {t.precision}, chosen earlier on this machine, keeps {mean:.1f} dB mean / "
+            f"{worst:.1f} dB worst frame on this avatar, under {GATE_MEAN_DB:g} / {GATE_WORST_DB:g}: "
+            "choosing again for it"
+        )
+        return None
+    log.info(
+        f"precision: {t.runtime} {t.precision} ({t.ms_per_frame:.1f} ms/frame; chosen earlier on this machine, "
+        f"{mean:.1f} dB mean / {worst:.1f} dB worst frame on this avatar)"
+    )
+    _write_record(
+        record,
+        sha,
+        first_row,
+        shown_from_row,
+        family,
+        avatar,
+        prev.trials,
+        reused_from=earlier[0].name,
+        psnr_db_on_avatar=[round(mean, 2), round(worst, 2)],
+    )
+    return prev
+
+
+def _family_records(sha: str, family: str) -> list[Path]:
+    """Records of this checkpoint made for other avatars under the same conditions, newest first."""
+    found = []
+    for path in entry_dir(sha).glob("ladder-*.json"):
+        try:
+            if json.loads(path.read_text()).get("family") == family:
+                found.append((path.stat().st_mtime_ns, path))
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable, or being replaced: not one to reuse
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _avatar_check(fp32: dict, choice: Choice, avatar: AvatarSamples, shown: int, threads: int) -> tuple[float, float]:
+    """The gate's PSNR (mean, worst frame) of `choice`'s decoder against the fp32 one, on the
+    avatar's own crops with the held-out voices, on the rows shown."""
+    variant = decoder_variant(choice.first_row)
+    ref_cfg = RuntimeConfig(runtime="onnxruntime", precision="fp32", device="cpu", intra_op_threads=threads)
+    samples = avatar_check_set(avatar.crops, AVATAR_CHECK_SAMPLES)
+    # A photo avatar has one crop: encode each distinct face once.
+    first: dict[bytes, int] = {}
+    which = [first.setdefault(f.tobytes(), len(first)) for f in samples.faces]
+    faces = samples.faces[[which.index(k) for k in range(len(first))]]
+    skips = [s[which] for s in make_runner(fp32["face_encoder"], ref_cfg)({"face": faces})]
+    feeds = [
+        {"mel": samples.mels[i : i + 1], **{k: s[i : i + 1] for k, s in zip(SKIPS, skips)}} for i in range(len(samples))
+    ]
+    ref = make_runner(fp32[variant], ref_cfg)({"mel": samples.mels, **dict(zip(SKIPS, skips))})[0]
+    cfg = RuntimeConfig(choice.runtime, choice.precision, choice.device, intra_op_threads=threads)
+    run = make_runner(choice.decoder_path, cfg)
+    out = np.concatenate([run(f)[0] for f in feeds])  # batch 1, as live (an int8 IR is static batch 1)
+    per = psnr_per_frame(out[:, :, shown:], ref[:, :, shown:])
+    return float(per.mean()), float(per.min())
+
+
 def choose(
     checkpoint,
     cfg,
@@ -160,44 +316,26 @@ def choose(
     shown_from_row: int | None = None,
     remeasure: bool = False,
     exhaustive: bool = False,
+    reuse: bool = True,
 ) -> Choice:
     """Run (or read back) the ladder for `checkpoint` and return the chosen decoder.
 
     `exhaustive` (benchmarks) also builds and measures the candidates the ladder would skip once a
-    faster one passed; the choice stays the one the plain ladder makes.
+    faster one passed; the choice stays the one the plain ladder makes. `reuse`: try the decoder
+    chosen for another avatar first (see `lookup`); off where that was just tried.
     """
-    shown_from_row = (
-        max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row)
-        if shown_from_row is None
-        else shown_from_row
-    )
+    shown_from_row = _shown_from(first_row, shown_from_row)
     sha = checkpoint_sha256(checkpoint)
     fp32 = ensure_exported(checkpoint, "split", "fp32", first_row=first_row, sha=sha)
-    record = _record_path(sha, _record_key(cfg, first_row, shown_from_row, avatar))
-    if not remeasure and record.is_file():
-        got = _read_record(record, sha, first_row, {"face_encoder": fp32["face_encoder"]})
+    if not remeasure:
+        got = _recorded(sha, cfg, first_row, shown_from_row, avatar, fp32, reuse)
         if got is not None:
-            t = got.chosen_trial
-            log.info(
-                f"precision: {t.runtime} {t.precision} ({t.ms_per_frame:.1f} ms/frame, "
-                f"{t.psnr_db_shown_mean:.1f} dB; chosen earlier on this machine)"
-            )
             return got
     choice = _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, exhaustive)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "checkpoint_sha256": sha,
-                "first_row": first_row,
-                "shown_from_row": shown_from_row,
-                "machine": machine.summary(),
-                "trials": [asdict(t) for t in choice.trials],
-            },
-            indent=1,
-        )
+    record = _record_path(sha, _record_key(cfg, first_row, shown_from_row, avatar))
+    _write_record(
+        record, sha, first_row, shown_from_row, _family_key(cfg, first_row, shown_from_row), avatar, choice.trials
     )
-    os.replace(tmp, record)
     return choice
 
 
@@ -283,6 +421,14 @@ def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int
     return float(np.median(times) * 1000), float(per.mean()), float(per.min())
 
 
+def _one_line(e: Exception, limit: int = 200) -> str:
+    if isinstance(e, LipsyncError):
+        return str(e)
+    text = " ".join(str(e).split())
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, exhaustive=False) -> Choice:
     has_ov = "openvino" in machine.runtime_versions() and "nncf" in machine.runtime_versions()
     if cfg.runtime == "openvino" and not has_ov:
@@ -336,9 +482,13 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
         try:
             path = _build(c, checkpoint, sha, first_row, fp32, inputs, avatar)
             ms, mean, worst = _measure(path, c, inputs, shown, threads)
-        except LipsyncError as e:  # a reduced build's own check refused it
-            trial.status, trial.reason = "refused", str(e)
-            log.info(f"  {c.label:<22} refused: {e}")
+        except Exception as e:
+            # A reduced build's own check refused it (LipsyncError), or NNCF, OpenVINO or ONNX
+            # Runtime failed on it: either way this candidate is out and the ladder goes on.
+            trial.status, trial.reason = "refused", _one_line(e)
+            log.info(f"  {c.label:<22} refused: {trial.reason}")
+            if not isinstance(e, LipsyncError):
+                log.debug("%s failed", c.label, exc_info=True)
             continue
         trial.ms_per_frame, trial.psnr_db_shown_mean, trial.psnr_db_shown_worst = (
             round(ms, 2),

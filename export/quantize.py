@@ -30,7 +30,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from export.metadata import metadata
 from export.samples import calibration_set, heldout_set
@@ -142,6 +141,8 @@ def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = 
 
 def convert_fp16(src: Path, dst: Path) -> None:
     """fp16 weights and math with fp32 inputs/outputs, for CUDA/TensorRT."""
+    import onnx  # only where a graph is built: a live start that finds its graphs never needs it
+
     # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -175,6 +176,8 @@ def build_reduced(
               (plain int8 leaves ConvTranspose+BatchNorm in float there: ~1.3x instead of ~2.2x).
     fp16      for CUDA / TensorRT.
     """
+    import onnx  # only where a graph is built: a live start that finds its graphs never needs it
+
     if precision not in REDUCED:
         raise LipsyncError("--precision", "fp32, " + ", ".join(REDUCED), repr(precision), "pick one of those")
     for graph, final in paths.items():

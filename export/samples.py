@@ -78,6 +78,16 @@ def calibration_set(n: int = 48, avatar_crops: np.ndarray | None = None, seed: i
     return Samples(mels, model_faces(crops))
 
 
+def avatar_check_set(avatar_crops: np.ndarray, n: int = 16, seed: int = 3) -> Samples:
+    """A new avatar's own crops with the held-out voices B and C: what a decoder chosen on another
+    avatar is judged on before it is reused for this one (voices no calibration used)."""
+    rng = np.random.default_rng(seed)
+    chunks = voice("b") + voice("c")
+    crops = np.asarray(avatar_crops)[rng.integers(0, len(avatar_crops), n)]
+    mels = model_mels([chunks[i] for i in rng.integers(0, len(chunks), n)])
+    return Samples(mels, model_faces(crops))
+
+
 def heldout_set(n: int = 32, seed: int = 2) -> Samples:
     """The quality gate's inputs: face B (framed several ways, plain and tinted) with voices B
     and C. Shares no face and no voice with `calibration_set`."""

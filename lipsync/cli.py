@@ -642,6 +642,9 @@ def main(argv=None) -> int:
         # A run-time failure ends a status line that has no newline yet.
         print(f"{chr(10) if isinstance(e, EngineFailure) else ''}error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before a session ran (a running one stops cleanly by itself)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ class Engine:
         self.maker = FrameMaker(avatar, renderer, cfg)
         self._threads: list[threading.Thread] = []
         self._flush = True
+        self._ended = False  # the input has ended: windows past it are clamped (_emit_tail)
         self._error: BaseException | None = None
         self._source: AudioSource | None = None
         self._stopped: tuple[dict | None, BaseException | None] | None = None  # what stop() gave
@@ -181,7 +182,8 @@ class Engine:
         if self._error is not None:
             if closing is not None:  # the run's own failure is the one to report
                 log.warning("%s", closing)
-            return None, self._error
+            # One line for the CLI, as playout gives: a worker's crash is an EngineFailure too.
+            return None, EngineFailure.wrap("engine", self._error)
         if closing is not None:
             return None, closing
         return self.stats.summary(), None
@@ -196,8 +198,12 @@ class Engine:
         except KeyboardInterrupt:
             source.stop()
         except EngineFailure as e:
-            if self._error is None:  # the source's own failure (e.g. a microphone gone for good)
-                self._fail(e)
+            if self._error is None:
+                # The source's own failure (a microphone gone for good): what it had already
+                # queued is still made into frames and recorded, then its error ends the run.
+                self.stop()
+                self._stopped = (None, e)
+                raise
             # else the engine failed while the source pushed: stop() reports it
         except BaseException:
             # The source could not start (e.g. no such device): still close the sinks, so files
@@ -252,6 +258,7 @@ class Engine:
         if self._flush:
             self.mel.flush()
             self._emit_ready()
+            self._emit_tail()
         self.frames_q.close()
         self.sink_audio_q.close()
 
@@ -283,7 +290,19 @@ class Engine:
             self._emit_ready()
 
     def _window_start(self, pts: int) -> int:
-        return max(0, chunk_start(pts, self.cfg.fps, self.cfg.mel_offset_frames))
+        s = max(0, chunk_start(pts, self.cfg.fps, self.cfg.mel_offset_frames))
+        if self._ended:  # past the end, Wav2Lip's reference takes the last full window
+            s = min(s, max(0, self.mel.frames_ready - WINDOW_FRAMES))
+        return s
+
+    def _emit_tail(self) -> None:
+        """End of input: the frames whose window runs past the audio's end, so that the video
+        lasts as long as the audio (the last ~0.1 s would otherwise have no frames)."""
+        self._ended = True
+        total = int(np.ceil(self._samples * self.cfg.fps / SR - 1e-9))
+        while self._next_pts < total and self.mel.frames_ready >= WINDOW_FRAMES:
+            self._decide(self._next_pts)
+            self._next_pts += 1
 
     def _emit_ready(self) -> None:
         while self._window_start(self._next_pts) + WINDOW_FRAMES <= self.mel.frames_ready:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from export import ladder_process
 from export.cache import ensure_exported
-from export.precision import AvatarSamples, choose
+from export.precision import AvatarSamples
 from export.runtime import OrtRunner, RuntimeConfig, graph_precision, make_runner
 from models.hashing import sha256_file
 from realtime.stage_timer import Stage, span
@@ -102,11 +103,14 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
 
 
 def live_generator_maker(
-    checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None
+    checkpoint: str | Path, cfg: RuntimeConfig, first_row: int = 0, avatar=None, cancel=None
 ) -> functools.partial[SplitGenerator]:
     """The ladder's choice for the live path, as `make()` -> SplitGenerator: picklable, so a Ray
-    actor or Serve replica can make the generator where it runs (from the export cache)."""
-    choice = choose(checkpoint, cfg, first_row=first_row, avatar=avatar)
+    actor or Serve replica can make the generator where it runs (from the export cache).
+
+    Export and ladder, when needed, run in a child process (export.ladder_process): this process
+    never imports torch or NNCF. `cancel` (a threading.Event) ends that child early."""
+    choice = ladder_process.choose(checkpoint, cfg, first_row=first_row, avatar=avatar, cancel=cancel)
     run_cfg = dataclasses.replace(cfg, runtime=choice.runtime, precision=choice.precision, device=choice.device)
     return functools.partial(SplitGenerator, choice.encoder_path, choice.decoder_path, run_cfg, first_row=first_row)
 

@@ -245,3 +245,18 @@ def test_fp16_export_for_gpus_is_near_lossless(generator_ckpt, full_path, parity
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input)
     mels, faces = parity_inputs
     assert psnr_db(OnnxGenerator(path)(mels, faces), OnnxGenerator(full_path)(mels, faces)) >= 40.0
+
+
+def test_metadata_is_read_from_the_top_level_fields_as_onnx_reads_it(full_path, tmp_path):
+    """Every start checks its graphs' metadata without onnx: the same pairs as onnx's parser, and
+    a cut-off file is refused (it is then rebuilt), never read as valid."""
+    import onnx
+
+    from export.cache import _valid
+    from export.metadata import read_metadata
+
+    want = {p.key: p.value for p in onnx.load(str(full_path), load_external_data=False).metadata_props}
+    assert read_metadata(full_path) == want and "lipsync.source_sha256" in want
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(full_path.read_bytes()[: full_path.stat().st_size // 2])
+    assert not _valid(cut, want["lipsync.source_sha256"], "fp32")

@@ -97,7 +97,9 @@ def test_video_avatar_pingpong_to_udp_mpegts(tmp_path, generator_ckpt, photo, sp
     # no handshake: a late listener waits for the next keyframe, 2 s on). Its wait for data is
     # ended by the data, not by a guess at how long `live` takes to start (a first use runs the
     # precision ladder: tens of seconds on a busy machine); 120 s only bounds a broken run, and a
-    # run that fails ends the viewer at once.
+    # run that fails ends the viewer at once. `live` loops until the viewer has its 40 frames
+    # (then it is stopped like a user stops it): a fixed --duration raced the viewer on a busy
+    # machine, where a lost first keyframe left it fewer than 40 frames before the stream ended.
     viewer = subprocess.Popen(
         [sys.executable, str(READER), url + "?timeout=120000000", "40", "120"],
         stdout=subprocess.PIPE,
@@ -107,23 +109,25 @@ def test_video_avatar_pingpong_to_udp_mpegts(tmp_path, generator_ckpt, photo, sp
     try:
         wait_for(lambda: udp_bound(port) or viewer.poll() is not None, 60, "the viewer listening")
         assert viewer.poll() is None, "the viewer exited before listening"
-        proc = live(
-            "--avatar",
-            avatar,
-            "--avatar-loop",
-            "pingpong",
-            "--audio",
-            speech_wav,
-            "--to",
-            url,
-            "--checkpoint",
-            generator_ckpt,
-            "--duration",
-            4,
-        )
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
-        got = json.loads(viewer.communicate(timeout=60)[0])
+        log = tmp_path / "live.log"  # a file, not a pipe: nobody reads it until the end
+        with open(log, "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lipsync.cli", "live", "--avatar", str(avatar), "--avatar-loop", "pingpong"]
+                + ["--audio", str(speech_wav), "--loop", "--to", url, "--checkpoint", str(generator_ckpt)],
+                cwd=ROOT,
+                stderr=err,
+            )
+        try:
+            # The viewer ends at 40 frames (or on an error); a `live` that fails ends the wait too.
+            wait_for(lambda: viewer.poll() is not None or proc.poll() is not None, 300, "the viewer's 40 frames")
+            assert proc.poll() is None, log.read_text()  # still streaming: it did not fail
+            got = json.loads(viewer.communicate(timeout=60)[0])
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     finally:
         if viewer.poll() is None:
             viewer.kill()

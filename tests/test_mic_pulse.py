@@ -271,8 +271,15 @@ def test_audio_server_gone_for_good_stops_the_session_in_one_line(tmp_path, phot
         "error: mic:default: no audio input for 2 s (the device or the audio "
         "server went away and did not come back); the session stops"
     )
+    import av
+
     from mediaio.audio import decode_audio
 
-    # The recording is finalised: what was captured, then the 2 s of idle frames and silence
-    # while it waited (a little of which may still have been queued when the session stopped).
-    assert decode_audio(out).duration_s > 2
+    # The recording is finalised and holds all the audio that arrived: what was captured, then
+    # the 2 s of silence while it waited (what was still queued at the give-up included), with
+    # video to its end.
+    audio_s = decode_audio(out).duration_s
+    assert audio_s > 2
+    with av.open(str(out)) as c:
+        video_end_s = max(float(f.pts * f.time_base) for f in c.decode(video=0)) + 1 / 25
+    assert abs(video_end_s - audio_s) <= 2 / 25, (video_end_s, audio_s)
