@@ -1,10 +1,10 @@
 """Export the Wav2Lip generator to ONNX and prove the export right before anyone uses it.
 
-Graphs per checkpoint:
+Graphs per checkpoint (S: the layout's face size, 96 for the original; n: its skip count, 7 to 9):
   full          (mel, face) -> out                       dynamic batch
-  face_encoder  face -> skip0..skip6                    run once per avatar frame, then cached
-  decoder       (mel, skip0..skip6) -> out               the per-frame work on the live path
-  decoder_rN    (mel, skip0..skip6) -> out rows N..95    only what the feathered paste shows
+  face_encoder  face -> skip0..skip{n-1}                 run once per avatar frame, then cached
+  decoder       (mel, skip0..) -> out                    the per-frame work on the live path
+  decoder_rN    (mel, skip0..) -> out rows N..S-1        only what the feathered paste shows
 Each is checked against torch on real inputs (face crops of a real photo, mels of real speech);
 a mismatch beyond tolerance deletes the file and raises.
 
@@ -69,20 +69,21 @@ class ExportSpec:
 
 def skip_shapes(net, batch: int = 1) -> list[tuple[int, ...]]:
     with torch.no_grad():
-        return [tuple(t.shape) for t in net.encode_face(torch.zeros(batch, 6, 96, 96))]
+        return [tuple(t.shape) for t in net.encode_face(torch.zeros(batch, 6, net.face_size, net.face_size))]
 
 
 def spec_for(net, variant: str, batch: int = 2) -> ExportSpec:
     mel = torch.zeros(batch, 1, 80, 16)
-    face = torch.zeros(batch, 6, 96, 96)
+    face = torch.zeros(batch, 6, net.face_size, net.face_size)
     if variant == "full":
         return ExportSpec(net, (mel, face), ["mel", "face"], ["out"])
+    with torch.no_grad():
+        skips = tuple(net.encode_face(face))
+    names = SKIPS[: len(skips)]
     if variant == "face_encoder":
-        return ExportSpec(_FaceEncoder(net), (face,), ["face"], SKIPS)
+        return ExportSpec(_FaceEncoder(net), (face,), ["face"], names)
     if variant == "decoder" or variant.startswith("decoder_r"):
-        with torch.no_grad():
-            skips = tuple(net.encode_face(face))
-        return ExportSpec(_Decoder(net, variant_first_row(variant)), (mel, *skips), ["mel", *SKIPS], ["out"])
+        return ExportSpec(_Decoder(net, variant_first_row(variant)), (mel, *skips), ["mel", *names], ["out"])
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
@@ -110,7 +111,7 @@ def export_variant(net, variant: str, path: str | os.PathLike, source_sha256: st
                 dynamo=False,
             )
         model = onnx.load(str(path))
-        for k, v in metadata(source_sha256, variant).items():
+        for k, v in metadata(source_sha256, variant, face_size=net.face_size).items():
             model.metadata_props.add(key=k, value=v)
         onnx.save(model, str(path))
     except Exception:
@@ -121,9 +122,9 @@ def export_variant(net, variant: str, path: str | os.PathLike, source_sha256: st
     return path
 
 
-def verification_inputs(batch: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def verification_inputs(batch: int = 4, seed: int = 0, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     """Real inputs: jittered face crops of the shipped photo, mels of the shipped speech."""
-    got = samples.verification_inputs(batch, seed)
+    got = samples.verification_inputs(batch, seed, size)
     return got.mels, got.faces
 
 
@@ -158,7 +159,7 @@ def verify(net, variant: str, path: str | os.PathLike) -> float:
     graph's outputs; raises (naming the output) past the scaled tolerance."""
     import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
-    mels, faces = verification_inputs()
+    mels, faces = verification_inputs(size=net.face_size)
     with torch.no_grad():
         skips = net.encode_face(torch.from_numpy(faces))
         if variant == "face_encoder":

@@ -29,7 +29,7 @@ import numpy as np
 
 from export import machine
 from export.cache import checkpoint_sha256, ensure_exported, entry_dir
-from export.metadata import SKIPS, decoder_variant
+from export.metadata import SKIPS, decoder_variant, graph_face_size
 from export.quantize import quantize_openvino
 from export.runtime import RuntimeConfig, graph_precision, make_runner
 from export.samples import calibration_set, heldout_set
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 GATE_MEAN_DB = 30.0
 GATE_WORST_DB = 27.0
-HARD_SHOWN_FROM_ROW = 48  # the reference's hard paste: judged on the lower half, the mouth
+# The reference's hard paste is judged on the lower half of the face (rows S/2.., the mouth).
 HELDOUT_SAMPLES = 32
 CALIBRATION_SAMPLES = 48
 VALIDATION_SAMPLES = 24
@@ -74,7 +74,7 @@ class Trial:
 
 @dataclass(frozen=True)
 class AvatarSamples:
-    """The user's avatar as calibration input: its 96x96 crops and a key naming them."""
+    """The user's avatar as calibration input: its crops (the model's face size) and a key naming them."""
 
     key: str
     crops: np.ndarray
@@ -166,13 +166,10 @@ def choose(
     `exhaustive` (benchmarks) also builds and measures the candidates the ladder would skip once a
     faster one passed; the choice stays the one the plain ladder makes.
     """
-    shown_from_row = (
-        max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row)
-        if shown_from_row is None
-        else shown_from_row
-    )
-    sha = checkpoint_sha256(checkpoint)
-    fp32 = ensure_exported(checkpoint, "split", "fp32", first_row=first_row, sha=sha)
+    sha = checkpoint_sha256(checkpoint, cfg.face_size_px)
+    fp32 = ensure_exported(checkpoint, "split", "fp32", first_row=first_row, sha=sha, face_size_px=cfg.face_size_px)
+    if shown_from_row is None:
+        shown_from_row = first_row or graph_face_size(fp32["face_encoder"]) // 2
     record = _record_path(sha, _record_key(cfg, first_row, shown_from_row, avatar))
     if not remeasure and record.is_file():
         got = _read_record(record, sha, first_row, {"face_encoder": fp32["face_encoder"]})
@@ -211,7 +208,8 @@ class _Inputs:
         self._enc = ort.InferenceSession(str(fp32["face_encoder"]), providers=["CPUExecutionProvider"])
         self._dec = ort.InferenceSession(str(fp32[decoder_variant(first_row)]), providers=["CPUExecutionProvider"])
         self._crops = avatar.crops if avatar is not None else None
-        self.heldout = self._feeds(heldout_set(HELDOUT_SAMPLES))
+        self.face_size = graph_face_size(fp32["face_encoder"])
+        self.heldout = self._feeds(heldout_set(HELDOUT_SAMPLES, size=self.face_size))
         self.heldout_ref = [self._dec.run(None, f)[0] for f in self.heldout]
 
     def _feeds(self, samples) -> list[dict]:
@@ -223,11 +221,11 @@ class _Inputs:
 
     @cached_property
     def calibration(self) -> list[dict]:
-        return self._feeds(calibration_set(CALIBRATION_SAMPLES, self._crops, seed=1))
+        return self._feeds(calibration_set(CALIBRATION_SAMPLES, self._crops, seed=1, size=self.face_size))
 
     @cached_property
     def validation(self) -> list[dict]:
-        return self._feeds(calibration_set(VALIDATION_SAMPLES, self._crops, seed=9))
+        return self._feeds(calibration_set(VALIDATION_SAMPLES, self._crops, seed=9, size=self.face_size))
 
     @cached_property
     def validation_ref(self) -> list[np.ndarray]:
@@ -235,7 +233,14 @@ class _Inputs:
 
 
 def _build(
-    c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, inputs: _Inputs, avatar: AvatarSamples | None
+    c: Candidate,
+    checkpoint,
+    sha: str,
+    first_row: int,
+    fp32: dict,
+    inputs: _Inputs,
+    avatar: AvatarSamples | None,
+    face_size_px: int = 0,
 ) -> Path:
     """The decoder file candidate `c` runs (built now if it is not in the cache)."""
     variant = decoder_variant(first_row)
@@ -262,7 +267,9 @@ def _build(
     # ONNX Runtime int8 (the ConvTranspose-free rewrite) and fp16 for GPUs: export.quantize's builds,
     # whose own checks refuse a broken result; the gate below then judges it like the rest.
     precision = graph_precision(RuntimeConfig(runtime=c.runtime, precision=c.precision))
-    return ensure_exported(checkpoint, "split", precision, first_row=first_row, sha=sha)[variant]
+    return ensure_exported(checkpoint, "split", precision, first_row=first_row, sha=sha, face_size_px=face_size_px)[
+        variant
+    ]
 
 
 def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int):
@@ -304,7 +311,8 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
     log.info(
         f"choosing the generator's precision for this machine ({info['cpu']}, {info['cores']} cores, "
         f"{' '.join(info['features']) or 'no AVX-512'}): gate >= {GATE_MEAN_DB:g} dB mean, "
-        f">= {GATE_WORST_DB:g} dB worst frame, rows {shown_from_row}-95, held-out face and voices"
+        f">= {GATE_WORST_DB:g} dB worst frame, rows {shown_from_row}-{graph_face_size(fp32['face_encoder']) - 1}, "
+        "held-out face and voices"
     )
     inputs = _Inputs(fp32, first_row, avatar)
     shown = shown_from_row - first_row
@@ -333,7 +341,7 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
             log.info(f"  {c.label:<22} skipped: {trial.reason}")
             continue
         try:
-            path = _build(c, checkpoint, sha, first_row, fp32, inputs, avatar)
+            path = _build(c, checkpoint, sha, first_row, fp32, inputs, avatar, cfg.face_size_px)
             ms, mean, worst = _measure(path, c, inputs, shown, threads)
         except LipsyncError as e:  # a reduced build's own check refused it
             trial.status, trial.reason = "refused", str(e)

@@ -35,6 +35,8 @@ class RuntimeConfig:
     inter_op_threads: int = 1
     graph_optimization: str = "all"  # basic | extended | all
     warmup_runs: int = 1
+    # The SAM layout's face size (its weights do not fix it: models.layouts); 0 for the others.
+    face_size_px: int = 0
 
 
 def choose_providers(device: str, available: list[str]) -> list[str]:
