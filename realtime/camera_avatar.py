@@ -62,7 +62,8 @@ class CameraAvatar:
         self.boxes[0] = (y1, y2, x1, x2)
         self._kps[0] = track.keypoints
         if self._encoder is not None:
-            self.features = self._encoder.encode(model_faces(crop_face(frame, self.boxes[0])[None]))
+            crop = crop_face(frame, self.boxes[0], self._encoder.face_size)
+            self.features = self._encoder.encode(model_faces(crop[None]))
 
     def close(self) -> None:
         self.capture.close()
