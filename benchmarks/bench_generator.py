@@ -3,6 +3,7 @@
 precision the ladder tried on the way.
 
     python benchmarks/bench_generator.py --json bench-out/generator.json [--checkpoint A.pth ...]
+    python benchmarks/bench_generator.py --hd hd-256 --reps 20     # an HD layout's random-weight stand-in
 
 Per checkpoint, in a process of its own (earlier thread pools would compete for the cores):
   * the precision ladder (export.precision) run afresh for the embedded photo avatar: every
@@ -14,10 +15,15 @@ Per checkpoint, in a process of its own (earlier thread pools would compete for 
     paste), the decoder call alone, and the ONNX Runtime fp32 full generator at batch 1, timed
     interleaved so that machine drift cannot pick the winner; wall ms and CPU ms (both cores)
     per frame for each (the streaming mel and the sinks are in bench_live's whole-process CPU);
-  * the decoder computing all rows vs only the rows shown, same runtime and precision.
+  * the decoder computing all rows vs only the rows shown, same runtime and precision;
+  * the reference implementation users run today, torch eager fp32 (the whole generator, batch 1),
+    timed interleaved with the above.
 Without --checkpoint, two stand-ins of different styles are made (official format, random weights,
 styles and seeds that the tests never use): quality figures from random weights are not those of
-trained ones, speed does not depend on the weights.
+trained ones, speed does not depend on the weights. `--hd LAYOUT` (hd-256, hd-288, sam) makes a
+stand-in of that HD layout instead (SAM at --face-size, default 384); an HD checkpoint of your own
+goes in --checkpoint (with --face-size for SAM). `--plain-ladder` measures only what the ladder
+itself measures (the int8 accuracy-aware search on an HD decoder takes many minutes).
 
 JSON contract: `results` is a list of entries with runtime, precision, layout, batch,
 ms_per_frame_median, status, reason, psnr_db_shown_mean, psnr_db_shown_worst, checkpoint; the
@@ -95,8 +101,8 @@ def timed_interleaved(fns, reps: int):
     return [(np.array(w), np.array(c)) for w, c in zip(wall, cpu)]
 
 
-def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
-    """One checkpoint, in this process: the ladder, then the live path vs ORT fp32."""
+def measure_checkpoint(ckpt: str, label: str, reps: int, face_size_px: int = 0, exhaustive: bool = True) -> list[dict]:
+    """One checkpoint, in this process: the ladder, then the live path vs ORT fp32 and torch eager."""
     from export import precision
     from export.cache import ensure_exported
     from export.samples import heldout_set
@@ -104,17 +110,24 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     from realtime.avatar import AvatarConfig, load_avatar
     from realtime.compositor import first_shown_row
     from realtime.engine import Wav2LipRenderer
-    from realtime.generator import OnnxGenerator, RuntimeConfig, load_live_generator
+    from realtime.generator import OnnxGenerator, RuntimeConfig, load_live_generator, model_face_size
 
     budget = threads.apply(threads.plan("live"))
-    av = load_avatar(AvatarConfig(str(AVATAR)))
-    first = first_shown_row(av.boxes, av.keypoints())
+    cfg = RuntimeConfig(
+        runtime="auto",
+        precision="auto",
+        device="auto",
+        intra_op_threads=budget.inference_threads,
+        face_size_px=face_size_px,
+    )
+    size = model_face_size(ckpt, cfg)
+    av = load_avatar(AvatarConfig(str(AVATAR), face_size=size))
+    first = first_shown_row(av.boxes, av.keypoints(), size)
     samples = precision.AvatarSamples("bench-" + label, av.crops)
-    cfg = RuntimeConfig(runtime="auto", precision="auto", device="auto", intra_op_threads=budget.inference_threads)
     from common import logged_lines
 
     with logged_lines("export") as lines:
-        choice = precision.choose(ckpt, cfg, first_row=first, avatar=samples, remeasure=True, exhaustive=True)
+        choice = precision.choose(ckpt, cfg, first_row=first, avatar=samples, remeasure=True, exhaustive=exhaustive)
     for ln in lines:
         print(f"  {ln}", file=sys.stderr)
     rows = []
@@ -126,7 +139,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
             entry(
                 runtime=t.runtime,
                 precision=t.precision,
-                layout=f"split, rows {first}-95",
+                layout=f"split, rows {first}-{size - 1}",
                 ms_per_frame_median=t.ms_per_frame,
                 status=status,
                 reason=reason,
@@ -141,9 +154,11 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     av.attach_features(gen, f"bench:{gen.name}:{ckpt}")
     renderer = Wav2LipRenderer(gen, av, "feather")
     full = OnnxGenerator(
-        ensure_exported(ckpt, "full")["full"], RuntimeConfig(intra_op_threads=budget.inference_threads)
+        ensure_exported(ckpt, "full", face_size_px=face_size_px)["full"],
+        RuntimeConfig(intra_op_threads=budget.inference_threads),
     )
-    h = heldout_set(16)
+    eager = torch_eager(ckpt, face_size_px, budget.inference_threads)
+    h = heldout_set(16, size=size)
     face1 = h.faces[:1]
     i = [0]
 
@@ -159,8 +174,24 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
     def ort_full():
         full(h.mels[:1], face1)
 
-    (wl, cl), (wd, cd), (wf, cf) = timed_interleaved([live_frame, decoder_only, ort_full], reps)
+    def torch_full():
+        eager(h.mels[:1], face1)
+
+    (wl, cl), (wd, cd), (wf, cf), (wt, ct) = timed_interleaved([live_frame, decoder_only, ort_full, torch_full], reps)
     live_ms, full_ms = float(np.median(wl) * 1000), float(np.median(wf) * 1000)
+    rows.append(
+        entry(
+            runtime="torch",
+            precision="fp32",
+            layout="full, eager (the reference implementation)",
+            ms_per_frame_median=round(float(np.median(wt) * 1000), 2),
+            ms_per_frame_p95=round(float(np.percentile(wt, 95) * 1000), 2),
+            cpu_ms_per_frame=round(float(np.mean(ct) * 1000), 2),
+            checkpoint=label,
+            face_size=size,
+            reason="what users run today: the whole generator at batch 1, timed interleaved with the live path",
+        )
+    )
     rows.append(
         entry(
             runtime="onnxruntime",
@@ -170,6 +201,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
             ms_per_frame_p95=round(float(np.percentile(wf, 95) * 1000), 2),
             cpu_ms_per_frame=round(float(np.mean(cf) * 1000), 2),
             checkpoint=label,
+            face_size=size,
             reason="reference: the whole generator at batch 1, timed interleaved with the live path",
         )
     )
@@ -186,27 +218,42 @@ def measure_checkpoint(ckpt: str, label: str, reps: int) -> list[dict]:
             psnr_db_shown_mean=t.psnr_db_shown_mean,
             psnr_db_shown_worst=t.psnr_db_shown_worst,
             checkpoint=label,
+            face_size=size,
             speedup_vs_ort_fp32_full=round(full_ms / live_ms, 2),
+            speedup_vs_torch_eager_fp32=round(float(np.median(wt) * 1000) / live_ms, 2),
+            live_fps_bound=round(1000 / live_ms, 1),
             generator_only_ms_per_frame=round(float(np.median(wd) * 1000), 2),
             generator_only_cpu_ms_per_frame=round(float(np.mean(cd) * 1000), 2),
         )
     )
-    rows += row_crop_rows(ckpt, label, first, budget.inference_threads, reps)
+    rows += row_crop_rows(ckpt, label, first, budget.inference_threads, reps, face_size_px, size)
     return rows
 
 
-def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) -> list[dict]:
-    """The decoder computing all 96 rows vs only rows `first`..95, same runtime and precision."""
+def torch_eager(ckpt: str, face_size_px: int, threads: int):
+    """The reference backend (PyTorch eager, fp32) on this process's thread budget."""
+    import torch
+
+    from models.torch_generator import TorchGenerator
+
+    torch.set_num_threads(threads)
+    return TorchGenerator(ckpt, face_size_px)
+
+
+def row_crop_rows(
+    ckpt: str, label: str, first: int, threads: int, reps: int, face_size_px: int = 0, size: int = 96
+) -> list[dict]:
+    """The decoder computing all rows vs only rows `first`.., same runtime and precision."""
     from export import machine
     from export.cache import ensure_exported
     from export.metadata import SKIPS, decoder_variant
     from export.runtime import RuntimeConfig, make_runner
     from export.samples import heldout_set
 
-    full = ensure_exported(ckpt, "split")
-    crop = ensure_exported(ckpt, "split", first_row=first)
+    full = ensure_exported(ckpt, "split", face_size_px=face_size_px)
+    crop = ensure_exported(ckpt, "split", first_row=first, face_size_px=face_size_px)
     enc = make_runner(full["face_encoder"], RuntimeConfig(intra_op_threads=threads))
-    h = heldout_set(1)
+    h = heldout_set(1, size=size)
     feed = {"mel": h.mels[:1], **dict(zip(SKIPS, enc({"face": h.faces[:1]})))}
     out = []
     pairs = [("onnxruntime", "fp32")]
@@ -218,7 +265,7 @@ def row_crop_rows(ckpt: str, label: str, first: int, threads: int, reps: int) ->
         # The lambdas run inside this iteration, on this iteration's runners.
         (wa, _), (wb, _) = timed_interleaved([lambda: a(feed), lambda: b(feed)], max(reps // 3, 20))  # noqa: B023
         ma, mb = float(np.median(wa) * 1000), float(np.median(wb) * 1000)
-        for layout, ms in (("split decoder, all rows", ma), (f"split decoder, rows {first}-95", mb)):
+        for layout, ms in (("split decoder, all rows", ma), (f"split decoder, rows {first}-{size - 1}", mb)):
             out.append(
                 entry(
                     runtime=rt,
@@ -238,12 +285,23 @@ def main() -> int:
     ap.add_argument("--checkpoint", action="append", default=None, help="repeatable; default: two stand-ins")
     ap.add_argument("--json", default="bench-out/generator.json")
     ap.add_argument("--reps", type=int, default=150, help="interleaved timing pairs per checkpoint")
+    ap.add_argument(
+        "--hd", choices=["hd-256", "hd-288", "sam"], default=None, help="measure a random-weight HD stand-in"
+    )
+    ap.add_argument("--face-size", type=int, default=0, help="SAM layout: the face size (default 384 with --hd sam)")
+    ap.add_argument(
+        "--plain-ladder", action="store_true", help="only the candidates the ladder itself measures (quicker)"
+    )
     ap.add_argument("--one", nargs=2, metavar=("CHECKPOINT", "LABEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.hd == "sam" and not args.face_size:
+        args.face_size = 384
 
     if args.one:
         try:
-            rows = measure_checkpoint(args.one[0], args.one[1], args.reps)
+            rows = measure_checkpoint(
+                args.one[0], args.one[1], args.reps, args.face_size, exhaustive=not args.plain_ladder
+            )
         except Exception as e:  # recorded, never a crash: the other checkpoints still run
             rows = [entry(checkpoint=args.one[1], status="refused", reason=f"run failed: {type(e).__name__}: {e}")]
         print(json.dumps(rows))
@@ -254,6 +312,12 @@ def main() -> int:
     todo = []
     if args.checkpoint:
         todo = [(c, Path(c).name) for c in args.checkpoint]
+    elif args.hd:
+        from synthetic import make_embedded_calibrated_checkpoint
+
+        path = Path(tmp.name) / f"standin-{args.hd}.pth"
+        make_embedded_calibrated_checkpoint(path, seed=103, network=args.hd, face_size_px=args.face_size)
+        todo.append((str(path), f"standin-{args.hd}"))
     else:
         for name, style in STANDINS.items():
             path = Path(tmp.name) / f"{name}.pth"
@@ -262,8 +326,11 @@ def main() -> int:
     results = []
     for ckpt, label in todo:
         print(f"[{label}]", file=sys.stderr)
+        extra = ["--face-size", str(args.face_size)] + (["--plain-ladder"] if args.plain_ladder else [])
         proc = subprocess.run(
-            [sys.executable, __file__, "--reps", str(args.reps), "--one", ckpt, label], capture_output=True, text=True
+            [sys.executable, __file__, "--reps", str(args.reps), *extra, "--one", ckpt, label],
+            capture_output=True,
+            text=True,
         )
         sys.stderr.write(proc.stderr)
         try:
@@ -305,6 +372,8 @@ def main() -> int:
         "avatar": "media/avatar.jpg (512x512 photo)",
         "weights": "user checkpoints"
         if args.checkpoint
+        else f"random weights in the official format, HD layout {args.hd}"
+        if args.hd
         else "random weights in the official format, styles " + ", ".join(STANDINS) + " (not used by the tests)",
         "gate": "PSNR vs fp32 on the rows shown, >= 30 dB mean and >= 27 dB worst frame, on a held-out face and voices",
     }

@@ -29,12 +29,18 @@ from torch import nn
 from export import samples
 from export.metadata import OPSET, SKIPS, metadata, variant_first_row
 from models.errors import LipsyncError
+from models.layouts import Layout
 
 FP32_ATOL = 1e-4
 # Float32 accumulation over ~10^4-term dot products differs by ~1e-6 of the magnitude between
 # kernels; 1e-5 leaves 10x headroom, while a real mismatch (a wrong op, a wrong weight) is off
 # by a sizeable fraction of the magnitude.
 FP32_RTOL = 1e-5
+# The HD layouts are deeper (8-9 blocks each way, 1024 channels in SAM) with longer sums (the 256
+# layout's 4x4 conv over 512 channels: 8192 terms): kernel-order rounding compounds over more layers.
+# Measured on the HD stand-ins: up to 2e-5 of the magnitude on the deepest skip. 1e-4 keeps a real
+# mismatch (a sizeable fraction of the magnitude) far outside.
+HD_FP32_RTOL = 1e-4
 FP32_MIN_PSNR_DB = 70.0  # image outputs in [0, 1]; fp32 rounding gives > 100 dB
 VARIANTS = ("full", "face_encoder", "decoder", "decoder_rN")
 
@@ -133,11 +139,13 @@ def _psnr_db(out: np.ndarray, ref: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def check_parity(name: str, got: np.ndarray, want: np.ndarray, image: bool) -> tuple[float, float]:
+def check_parity(
+    name: str, got: np.ndarray, want: np.ndarray, image: bool, rtol: float = FP32_RTOL
+) -> tuple[float, float]:
     """Raise unless `got` equals `want` to float32 rounding; returns (worst abs, worst relative)."""
     err = float(np.abs(got.astype(np.float64) - want).max())
     scale = float(np.abs(want).max())
-    tol = FP32_ATOL + FP32_RTOL * scale
+    tol = FP32_ATOL + rtol * scale
     rel = err / scale if scale else float("inf") if err else 0.0
     psnr = _psnr_db(got, want) if image else float("inf")
     if not err <= tol or not psnr >= FP32_MIN_PSNR_DB:
@@ -146,7 +154,7 @@ def check_parity(name: str, got: np.ndarray, want: np.ndarray, image: bool) -> t
             found += f", PSNR {psnr:.1f} dB"
         raise LipsyncError(
             f"ONNX export, output {name}",
-            f"|onnx - torch| <= {FP32_ATOL:g} + {FP32_RTOL:g} x max|torch| = {tol:.3g}"
+            f"|onnx - torch| <= {FP32_ATOL:g} + {rtol:g} x max|torch| = {tol:.3g}"
             + (f" and PSNR >= {FP32_MIN_PSNR_DB:g} dB" if image else ""),
             found,
             "report this with your torch, onnx and onnxruntime versions",
@@ -181,5 +189,6 @@ def verify(net, variant: str, path: str | os.PathLike) -> float:
     names = [o.name for o in sess.get_outputs()]
     worst = 0.0
     for name, g, w in zip(names, sess.run(None, feeds), want):
-        worst = max(worst, check_parity(f"{name} of {Path(path).name}", g, w, image=(name == "out"))[1])
+        rtol = FP32_RTOL if net.layout is Layout.W96 else HD_FP32_RTOL
+        worst = max(worst, check_parity(f"{name} of {Path(path).name}", g, w, image=(name == "out"), rtol=rtol)[1])
     return worst
