@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -96,12 +97,18 @@ class Choice:
         return next(t for t in self.trials if t.chosen)
 
 
-def candidates(pins, has_openvino: bool, has_bf16: bool, gpu: list[str]) -> list[Candidate]:
-    """In order of expected speed; restricted to what `pins` (runtime/precision/device) allow."""
+def candidates(pins, has_openvino: bool, has_bf16: bool, gpu: list[str], torch_cuda: bool = False) -> list[Candidate]:
+    """In order of expected speed; restricted to what `pins` (runtime/precision/device) allow.
+    `gpu`: ONNX Runtime's usable GPU providers; `torch_cuda`: torch can run on a CUDA device."""
     out: list[Candidate] = []
-    if pins.device in ("cuda", "tensorrt") or (pins.device == "auto" and gpu):
-        dev = pins.device if pins.device != "auto" else "cuda"
-        out += [Candidate("onnxruntime", "fp16", dev), Candidate("onnxruntime", "fp32", dev)]
+    if pins.device == "tensorrt" or (pins.device == "auto" and "TensorrtExecutionProvider" in gpu):
+        out.append(Candidate("onnxruntime", "fp16", "tensorrt"))
+    if pins.device == "tensorrt":
+        out.append(Candidate("onnxruntime", "fp32", "tensorrt"))
+    if pins.device == "cuda" or (pins.device == "auto" and gpu):
+        out += [Candidate("onnxruntime", "fp16", "cuda"), Candidate("onnxruntime", "fp32", "cuda")]
+    if torch_cuda and pins.device in ("auto", "cuda"):
+        out.append(Candidate("torch-cuda", "fp16", "cuda"))
     if pins.device in ("auto", "cpu"):
         if has_openvino:
             out += [Candidate("openvino", "int8"), Candidate("openvino", "int8-mixed")]
@@ -262,6 +269,11 @@ def _build(
                 tmp.unlink(missing_ok=True)
                 tmp.with_suffix(".bin").unlink(missing_ok=True)
         return final
+    if c.runtime == "torch-cuda":
+        from export.torch_cuda import write_descriptor  # torch: only on a machine where it runs on a GPU
+
+        dst = entry_dir(sha) / f"{variant}-torch-cuda-{c.precision}.json"
+        return write_descriptor(dst, checkpoint, sha, face_size_px, variant)
     if c.precision in ("fp32", "bf16"):
         return fp32[variant]
     # ONNX Runtime int8 (the ConvTranspose-free rewrite) and fp16 for GPUs: export.quantize's builds,
@@ -299,7 +311,12 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
             "they are not installed",
             "pip install 'lipsync-rt[openvino]' or use --runtime auto",
         )
-    cands = candidates(cfg, has_ov, machine.has_bf16(), machine.gpu_providers())
+    gpu, gpu_reason = machine.usable_gpu_providers()
+    torch_reason = machine.torch_cuda_reason() if cfg.runtime in ("auto", "torch-cuda") else "not asked for"
+    if cfg.device == "auto" and not gpu and (gpu_reason or find_spec("torch")) and torch_reason != "not asked for":
+        # Something GPU-shaped is installed but cannot run here: say so once, then the CPU ladder.
+        log.info(f"GPU: none usable ({gpu_reason or 'no onnxruntime-gpu'}; torch: {torch_reason}); the CPU ladder")
+    cands = candidates(cfg, has_ov, machine.has_bf16(), gpu, torch_cuda=torch_reason is None)
     if not cands:
         raise LipsyncError(
             "--runtime/--precision/--device",

@@ -25,7 +25,7 @@ from models.hashing import sha256_file
 
 
 def _describe(run, cfg: RuntimeConfig) -> str:
-    where = run.session.get_providers()[0] if isinstance(run, OrtRunner) else "CPU"
+    where = run.session.get_providers()[0] if isinstance(run, OrtRunner) else "GPU" if run.on_gpu else "CPU"
     return f"{cfg.runtime}:{where}:{cfg.precision}"
 
 
@@ -65,10 +65,13 @@ class SplitGenerator:
         cfg: RuntimeConfig = RuntimeConfig(),
         first_row: int = 0,
     ):
+        # torch-cuda runs the decoder only: the encoder (once per avatar frame, cached) stays an
+        # ONNX graph on the CPU, which every install can run.
+        torch_dec = cfg.runtime == "torch-cuda"
         enc_cfg = RuntimeConfig(
-            runtime=cfg.runtime,
+            runtime="onnxruntime" if torch_dec else cfg.runtime,
             precision="fp32",
-            device=cfg.device,
+            device="cpu" if torch_dec else cfg.device,
             intra_op_threads=cfg.intra_op_threads,
             warmup_runs=0,
         )
