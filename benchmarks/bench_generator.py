@@ -227,7 +227,82 @@ def measure_checkpoint(ckpt: str, label: str, reps: int, face_size_px: int = 0, 
         )
     )
     rows += row_crop_rows(ckpt, label, first, budget.inference_threads, reps, face_size_px, size)
+    rows += gpu_rows(ckpt, label, first, face_size_px, size, reps)
     return rows
+
+
+GPU_BATCHES = (1, 8, 32)
+
+
+def gpu_rows(ckpt: str, label: str, first: int, face_size_px: int, size: int, reps: int) -> list[dict]:
+    """With a GPU: torch CUDA eager fp32 (what LiveTalking runs) and our GPU runtimes at fp16 (torch
+    CUDA graphs; ONNX Runtime CUDA and TensorRT where onnxruntime-gpu runs), the row-cropped decoder
+    on fixed face features, at batch 1/8/32. Without one: one row saying why nothing was measured."""
+    from export import machine
+
+    gpu, gpu_reason = machine.usable_gpu_providers()
+    torch_reason = machine.torch_cuda_reason()
+    if not gpu and torch_reason is not None:
+        why = f"not measured: no usable GPU here ({gpu_reason or 'no onnxruntime-gpu'}; torch: {torch_reason})"
+        return [
+            entry(runtime="gpu", precision="fp16", layout="GPU rows", status="refused", reason=why, checkpoint=label)
+        ]
+    from export.cache import checkpoint_sha256, ensure_exported, entry_dir
+    from export.metadata import SKIPS, decoder_variant
+    from export.runtime import RuntimeConfig, make_runner
+    from export.samples import heldout_set
+
+    variant = decoder_variant(first)
+    sha = checkpoint_sha256(ckpt, face_size_px)
+    fp32 = ensure_exported(ckpt, "split", first_row=first, face_size_px=face_size_px)
+    enc = make_runner(fp32["face_encoder"], RuntimeConfig(device="cpu"))
+    h = heldout_set(max(GPU_BATCHES), size=size)
+    skips = enc({"face": h.faces})
+    runners: list[tuple[str, str, str, object]] = []
+    if torch_reason is None:
+        import torch
+
+        from export.torch_cuda import TorchCudaRunner, write_descriptor
+        from models.checkpoint import load_torch_generator
+
+        net = load_torch_generator(ckpt, face_size_px).cuda().eval()
+
+        def eager(feeds):
+            with torch.inference_mode():
+                args = [torch.from_numpy(feeds["mel"]).cuda()]
+                args += [torch.from_numpy(feeds[k]).cuda() for k in SKIPS if k in feeds]
+                return [net.decode_rows(args[0], args[1:], first).cpu().numpy()]
+
+        desc = write_descriptor(entry_dir(sha) / f"{variant}-torch-cuda-fp16.json", ckpt, sha, face_size_px, variant)
+        runners += [
+            ("torch", "fp32", "cuda eager (what LiveTalking runs)", eager),
+            ("torch-cuda", "fp16", "cuda graphs, channels-last", TorchCudaRunner(desc, "fp16")),
+        ]
+    for provider, device in (("CUDAExecutionProvider", "cuda"), ("TensorrtExecutionProvider", "tensorrt")):
+        if provider in gpu:
+            fp16 = ensure_exported(ckpt, "split", "fp16", first_row=first, face_size_px=face_size_px)[variant]
+            runners.append(
+                ("onnxruntime", "fp16", device, make_runner(fp16, RuntimeConfig(precision="fp16", device=device)))
+            )
+    out = []
+    for batch in GPU_BATCHES:
+        feed = {"mel": h.mels[:batch], **{k: s[:batch] for k, s in zip(SKIPS, skips)}}
+        timed = timed_interleaved([lambda r=r, f=feed: r[3](f) for r in runners], max(reps // 3, 10))
+        for (rt, prec, where, _), (w, _cpu) in zip(runners, timed):
+            out.append(
+                entry(
+                    runtime=rt,
+                    precision=prec,
+                    layout=f"split decoder rows {first}-{size - 1}, {where}",
+                    batch=batch,
+                    ms_per_frame_median=round(float(np.median(w) * 1000) / batch, 3),
+                    ms_per_batch_median=round(float(np.median(w) * 1000), 2),
+                    checkpoint=label,
+                    face_size=size,
+                    reason="GPU, timed interleaved",
+                )
+            )
+    return out
 
 
 def torch_eager(ckpt: str, face_size_px: int, threads: int):
