@@ -248,6 +248,7 @@ def test_offline_sam_without_a_size_is_one_line(tmp_path, photo, short_speech, c
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # exports an HD decoder and runs the (pinned) ladder: minutes on 2 busy cores
 def test_live_renderer_runs_an_hd_checkpoint_at_its_size(hd_ckpts):
     from pathlib import Path
 
