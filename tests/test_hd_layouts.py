@@ -131,19 +131,20 @@ def test_a_fixed_size_checkpoint_refuses_another_size(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # SAM's graphs hold 690 MB of weights: minutes to export and verify on 2 busy cores
 @pytest.mark.parametrize("layout", ["hd-256", "hd-288", "sam"])
 def test_export_verifies_and_records_the_face_size(hd_ckpts, layout):
     import onnx
 
     from export.cache import ensure_exported
     from export.metadata import graph_face_size
-    from realtime.generator import RuntimeConfig, SplitGenerator, model_face_size
+    from realtime.generator import RuntimeConfig, SplitGenerator
 
     path, size = hd_ckpts(layout)
     cfg = RuntimeConfig(face_size_px=HD_LAYOUTS[layout])
     paths = ensure_exported(path, "split", first_row=size // 2, face_size_px=cfg.face_size_px)
     enc, dec = paths["face_encoder"], paths[f"decoder_r{size // 2}"]
-    assert graph_face_size(enc) == graph_face_size(dec) == size == model_face_size(path, cfg)
+    assert graph_face_size(enc) == graph_face_size(dec) == size
     n_skips = len(onnx.load(str(enc), load_external_data=False).graph.output)
     assert n_skips == {"hd-256": 8, "hd-288": 9, "sam": 8}[layout]
     gen = SplitGenerator(enc, dec, cfg, first_row=size // 2)
