@@ -210,7 +210,7 @@ def measure_checkpoint(ckpt: str, label: str, reps: int, face_size_px: int = 0, 
         entry(
             runtime=t.runtime,
             precision=t.precision,
-            layout=f"live path per frame (split rows {first}-95 "
+            layout=f"live path per frame (split rows {first}-{size - 1} "
             "decoder on cached face features, uint8, feathered colour-matched paste)",
             ms_per_frame_median=round(live_ms, 2),
             ms_per_frame_p95=round(float(np.percentile(wl, 95) * 1000), 2),
