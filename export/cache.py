@@ -22,13 +22,17 @@ from models.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("full", "split")
+# "encoder": the face encoder alone, all a caller needs to learn the model's face size (the split
+# layout's decoder for the rows it shows comes later, from the ladder).
+LAYOUTS = ("full", "split", "encoder")
 
 
 def graphs(layout: str, first_row: int = 0) -> tuple[str, ...]:
     """Graph variants of a layout; `first_row` > 0 picks the row-cropped decoder (split only)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
+    if layout == "encoder":
+        return ("face_encoder",)
     if layout == "full":
         if first_row:
             raise ValueError("the full graph always computes every row; use the split layout")
