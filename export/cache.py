@@ -8,6 +8,7 @@ source hash differs from the checkpoint's is never used.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -21,13 +22,17 @@ from models.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("full", "split")
+# "encoder": the face encoder alone, all a caller needs to learn the model's face size (the split
+# layout's decoder for the rows it shows comes later, from the ladder).
+LAYOUTS = ("full", "split", "encoder")
 
 
 def graphs(layout: str, first_row: int = 0) -> tuple[str, ...]:
     """Graph variants of a layout; `first_row` > 0 picks the row-cropped decoder (split only)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
+    if layout == "encoder":
+        return ("face_encoder",)
     if layout == "full":
         if first_row:
             raise ValueError("the full graph always computes every row; use the split layout")
@@ -59,12 +64,12 @@ def _valid(path: Path, sha: str, precision: str) -> bool:
     return meta.get("lipsync.source_sha256") == sha and meta.get("lipsync.precision") == precision
 
 
-def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path]) -> None:
+def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path], face_size_px: int = 0) -> None:
     """Export, verify and move into place; on any failure, leave no file behind."""
     from export.onnx import export_variant, verify  # torch: only when a graph must be exported; a warm cache needs none
     from models.checkpoint import load_torch_generator
 
-    net = load_torch_generator(checkpoint)
+    net = load_torch_generator(checkpoint, face_size_px)
     for i, g in enumerate(graphs, 1):
         final = paths[g]
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +84,9 @@ def build(checkpoint: str | os.PathLike, sha: str, graphs, paths: dict[str, Path
         log.info(f"  verified against torch: worst difference {rel:.1e} of the output's magnitude")
 
 
-def checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
-    """The key of a checkpoint's cache entry; a missing file is the user's to fix."""
+def checkpoint_sha256(checkpoint: str | os.PathLike, face_size_px: int = 0) -> str:
+    """The key of a checkpoint's cache entry: its content hash, or with a face size given (the SAM
+    layout's, which its weights do not fix) the hash of both. A missing file is the user's to fix."""
     if not Path(checkpoint).is_file():
         raise LipsyncError(
             f"checkpoint {checkpoint}",
@@ -88,7 +94,8 @@ def checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
             "no such file",
             "check the path, or put the file in checkpoints/ (see checkpoints/README.md)",
         )
-    return sha256_file(checkpoint)
+    sha = sha256_file(checkpoint)
+    return hashlib.sha256(f"{sha}:face_size={face_size_px}".encode()).hexdigest() if face_size_px else sha
 
 
 def exported(sha: str, layout: str, precision: str = "fp32", first_row: int = 0) -> dict[str, Path] | None:
@@ -107,19 +114,21 @@ def ensure_exported(
     precision: str = "fp32",
     first_row: int = 0,
     sha: str | None = None,
+    face_size_px: int = 0,
 ) -> dict[str, Path]:
     """Paths of verified ONNX graphs for `checkpoint`, exporting them first if needed. `sha`: the
-    checkpoint's content hash when the caller has it (hashing 145 MB takes half a second)."""
+    checkpoint's key (`checkpoint_sha256`) when the caller has it (hashing 145 MB takes half a
+    second). `face_size_px`: the SAM layout's face size (0 for the other layouts)."""
     checkpoint = Path(checkpoint)
-    sha = sha or checkpoint_sha256(checkpoint)
+    sha = sha or checkpoint_sha256(checkpoint, face_size_px)
     paths = entry_paths(sha, layout, precision, first_row)
     missing = [g for g, p in paths.items() if not _valid(p, sha, precision)]
     if missing:
         if precision == "fp32":
-            build(checkpoint, sha, missing, paths)
+            build(checkpoint, sha, missing, paths, face_size_px)
         else:
-            fp32 = ensure_exported(checkpoint, layout, "fp32", first_row, sha)
-            build_reduced(fp32, sha, precision, paths, checkpoint=checkpoint)
+            fp32 = ensure_exported(checkpoint, layout, "fp32", first_row, sha, face_size_px)
+            build_reduced(fp32, sha, precision, paths, checkpoint=checkpoint, face_size_px=face_size_px)
         cache_limit.added(entry_dir(sha))  # the entry grew: make room (never by removing this one)
     else:
         cache_limit.touch(entry_dir(sha))

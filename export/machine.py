@@ -94,6 +94,38 @@ def gpu_providers() -> list[str]:
         return []
 
 
+def nvidia_driver() -> str | None:
+    """The NVIDIA kernel driver's version line; None without one (read, nothing loaded)."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            return f.readline().strip() or None
+    except OSError:
+        return None
+
+
+def usable_gpu_providers() -> tuple[list[str], str | None]:
+    """ONNX Runtime's GPU providers that can run here, and why none can (None when some can or
+    none is installed). A GPU build on a machine without a driver lists its providers all the
+    same, then falls back to the CPU by itself: that is caught here, not at the first frame."""
+    listed = gpu_providers()
+    if listed and nvidia_driver() is None:
+        return [], "onnxruntime-gpu has no NVIDIA driver to run on"
+    return listed, None
+
+
+@lru_cache(maxsize=1)
+def torch_cuda_reason() -> str | None:
+    """Why the torch CUDA runtime (export.torch_cuda) cannot run here; None when it can. torch is
+    imported only on a machine with an NVIDIA driver: a CPU live process never loads it."""
+    if find_spec("torch") is None:
+        return "torch is not installed"
+    if nvidia_driver() is None:
+        return "no NVIDIA driver"
+    from export.torch_cuda import unavailable_reason  # torch: on a machine with an NVIDIA driver only
+
+    return unavailable_reason()
+
+
 def summary() -> dict:
     flags = cpu_flags()
     return {

@@ -10,7 +10,10 @@ from models import mel as mel_params
 
 OPSET = 17
 TOOL_VERSION = "lipsync-rt 0.1.0"
-SKIPS = [f"skip{i}" for i in range(7)]
+# The face encoder's outputs, shallowest first: 7 in the original, 8 or 9 in the HD layouts. A
+# graph has the first n of these names (zip against a graph's features stops at its count).
+SKIPS = [f"skip{i}" for i in range(9)]
+DEFAULT_FACE_SIZE = 96  # graphs exported before the size was recorded are all the original's
 
 
 def decoder_variant(first_row: int) -> str:
@@ -22,9 +25,10 @@ def variant_first_row(variant: str) -> int:
     return int(variant.removeprefix("decoder_r")) if variant.startswith("decoder_r") else 0
 
 
-def metadata(source_sha256: str, variant: str, precision: str = "fp32") -> dict[str, str]:
+def metadata(source_sha256: str, variant: str, precision: str = "fp32", face_size: int = 96) -> dict[str, str]:
     return {
         "lipsync.source_sha256": source_sha256,
+        "lipsync.face_size": str(face_size),
         "lipsync.variant": variant,
         "lipsync.precision": precision,
         "lipsync.opset": str(OPSET),
@@ -95,3 +99,8 @@ def _entry(data: bytes) -> tuple[str, str]:
         size = _varint(f) or 0
         got[tag >> 3] = f.read(size).decode()
     return got[1], got[2]
+
+
+def graph_face_size(path: str | os.PathLike) -> int:
+    """The face size (pixels) a graph's generator runs at, as its export recorded it."""
+    return int(read_metadata(path).get("lipsync.face_size", DEFAULT_FACE_SIZE))

@@ -30,13 +30,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 
 from export import machine
 from export.cache import checkpoint_sha256, ensure_exported, entry_dir, exported
-from export.metadata import SKIPS, decoder_variant
+from export.metadata import SKIPS, decoder_variant, graph_face_size
 from export.quantize import quantize_openvino
 from export.runtime import RuntimeConfig, graph_precision, make_runner
 from export.samples import avatar_check_set, calibration_set, heldout_set
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 GATE_MEAN_DB = 30.0
 GATE_WORST_DB = 27.0
-HARD_SHOWN_FROM_ROW = 48  # the reference's hard paste: judged on the lower half, the mouth
+# The reference's hard paste is judged on the lower half of the face (rows S/2.., the mouth).
 HELDOUT_SAMPLES = 32
 CALIBRATION_SAMPLES = 48
 VALIDATION_SAMPLES = 24
@@ -82,7 +83,7 @@ class Trial:
 
 @dataclass(frozen=True)
 class AvatarSamples:
-    """The user's avatar as calibration input: its 96x96 crops and a key naming them."""
+    """The user's avatar as calibration input: its crops (the model's face size) and a key naming them."""
 
     key: str
     crops: np.ndarray
@@ -104,12 +105,18 @@ class Choice:
         return next(t for t in self.trials if t.chosen)
 
 
-def candidates(pins, has_openvino: bool, has_bf16: bool, gpu: list[str]) -> list[Candidate]:
-    """In order of expected speed; restricted to what `pins` (runtime/precision/device) allow."""
+def candidates(pins, has_openvino: bool, has_bf16: bool, gpu: list[str], torch_cuda: bool = False) -> list[Candidate]:
+    """In order of expected speed; restricted to what `pins` (runtime/precision/device) allow.
+    `gpu`: ONNX Runtime's usable GPU providers; `torch_cuda`: torch can run on a CUDA device."""
     out: list[Candidate] = []
-    if pins.device in ("cuda", "tensorrt") or (pins.device == "auto" and gpu):
-        dev = pins.device if pins.device != "auto" else "cuda"
-        out += [Candidate("onnxruntime", "fp16", dev), Candidate("onnxruntime", "fp32", dev)]
+    if pins.device == "tensorrt" or (pins.device == "auto" and "TensorrtExecutionProvider" in gpu):
+        out.append(Candidate("onnxruntime", "fp16", "tensorrt"))
+    if pins.device == "tensorrt":
+        out.append(Candidate("onnxruntime", "fp32", "tensorrt"))
+    if pins.device == "cuda" or (pins.device == "auto" and gpu):
+        out += [Candidate("onnxruntime", "fp16", "cuda"), Candidate("onnxruntime", "fp32", "cuda")]
+    if torch_cuda and pins.device in ("auto", "cuda"):
+        out.append(Candidate("torch-cuda", "fp16", "cuda"))
     if pins.device in ("auto", "cpu"):
         if has_openvino:
             out += [Candidate("openvino", "int8"), Candidate("openvino", "int8-mixed")]
@@ -198,10 +205,12 @@ def _write_record(record: Path, sha: str, first_row: int, shown_from_row: int, f
     os.replace(tmp, record)
 
 
-def _shown_from(first_row: int, shown_from_row: int | None) -> int:
+def _shown_from(first_row: int, shown_from_row: int | None, face_size: int) -> int:
+    """The first row a viewer sees: the caller's, else the cropped decoder's first, else the lower
+    half of the face that the reference's hard paste shows."""
     if shown_from_row is not None:
         return shown_from_row
-    return max(first_row, HARD_SHOWN_FROM_ROW if first_row == 0 else first_row)
+    return first_row or face_size // 2
 
 
 def lookup(
@@ -215,11 +224,11 @@ def lookup(
     """The choice for `checkpoint` without exporting, building or laddering anything (no torch,
     no NNCF): this avatar's record, or (`reuse`) the decoder chosen earlier for another avatar
     once the gate passes on this one's crops. None: the ladder must run (`choose`)."""
-    shown_from_row = _shown_from(first_row, shown_from_row)
-    sha = checkpoint_sha256(checkpoint)
+    sha = checkpoint_sha256(checkpoint, cfg.face_size_px)
     fp32 = exported(sha, "split", "fp32", first_row)
     if fp32 is None:
         return None
+    shown_from_row = _shown_from(first_row, shown_from_row, graph_face_size(fp32["face_encoder"]))
     return _recorded(sha, cfg, first_row, shown_from_row, avatar, fp32, reuse)
 
 
@@ -324,9 +333,9 @@ def choose(
     faster one passed; the choice stays the one the plain ladder makes. `reuse`: try the decoder
     chosen for another avatar first (see `lookup`); off where that was just tried.
     """
-    shown_from_row = _shown_from(first_row, shown_from_row)
-    sha = checkpoint_sha256(checkpoint)
-    fp32 = ensure_exported(checkpoint, "split", "fp32", first_row=first_row, sha=sha)
+    sha = checkpoint_sha256(checkpoint, cfg.face_size_px)
+    fp32 = ensure_exported(checkpoint, "split", "fp32", first_row=first_row, sha=sha, face_size_px=cfg.face_size_px)
+    shown_from_row = _shown_from(first_row, shown_from_row, graph_face_size(fp32["face_encoder"]))
     if not remeasure:
         got = _recorded(sha, cfg, first_row, shown_from_row, avatar, fp32, reuse)
         if got is not None:
@@ -349,7 +358,8 @@ class _Inputs:
         self._enc = ort.InferenceSession(str(fp32["face_encoder"]), providers=["CPUExecutionProvider"])
         self._dec = ort.InferenceSession(str(fp32[decoder_variant(first_row)]), providers=["CPUExecutionProvider"])
         self._crops = avatar.crops if avatar is not None else None
-        self.heldout = self._feeds(heldout_set(HELDOUT_SAMPLES))
+        self.face_size = graph_face_size(fp32["face_encoder"])
+        self.heldout = self._feeds(heldout_set(HELDOUT_SAMPLES, size=self.face_size))
         self.heldout_ref = [self._dec.run(None, f)[0] for f in self.heldout]
 
     def _feeds(self, samples) -> list[dict]:
@@ -361,11 +371,11 @@ class _Inputs:
 
     @cached_property
     def calibration(self) -> list[dict]:
-        return self._feeds(calibration_set(CALIBRATION_SAMPLES, self._crops, seed=1))
+        return self._feeds(calibration_set(CALIBRATION_SAMPLES, self._crops, seed=1, size=self.face_size))
 
     @cached_property
     def validation(self) -> list[dict]:
-        return self._feeds(calibration_set(VALIDATION_SAMPLES, self._crops, seed=9))
+        return self._feeds(calibration_set(VALIDATION_SAMPLES, self._crops, seed=9, size=self.face_size))
 
     @cached_property
     def validation_ref(self) -> list[np.ndarray]:
@@ -373,7 +383,14 @@ class _Inputs:
 
 
 def _build(
-    c: Candidate, checkpoint, sha: str, first_row: int, fp32: dict, inputs: _Inputs, avatar: AvatarSamples | None
+    c: Candidate,
+    checkpoint,
+    sha: str,
+    first_row: int,
+    fp32: dict,
+    inputs: _Inputs,
+    avatar: AvatarSamples | None,
+    face_size_px: int = 0,
 ) -> Path:
     """The decoder file candidate `c` runs (built now if it is not in the cache)."""
     variant = decoder_variant(first_row)
@@ -395,12 +412,19 @@ def _build(
                 tmp.unlink(missing_ok=True)
                 tmp.with_suffix(".bin").unlink(missing_ok=True)
         return final
+    if c.runtime == "torch-cuda":
+        from export.torch_cuda import write_descriptor  # torch: only on a machine where it runs on a GPU
+
+        dst = entry_dir(sha) / f"{variant}-torch-cuda-{c.precision}.json"
+        return write_descriptor(dst, checkpoint, sha, face_size_px, variant)
     if c.precision in ("fp32", "bf16"):
         return fp32[variant]
     # ONNX Runtime int8 (the ConvTranspose-free rewrite) and fp16 for GPUs: export.quantize's builds,
     # whose own checks refuse a broken result; the gate below then judges it like the rest.
     precision = graph_precision(RuntimeConfig(runtime=c.runtime, precision=c.precision))
-    return ensure_exported(checkpoint, "split", precision, first_row=first_row, sha=sha)[variant]
+    return ensure_exported(checkpoint, "split", precision, first_row=first_row, sha=sha, face_size_px=face_size_px)[
+        variant
+    ]
 
 
 def _measure(path: Path, c: Candidate, inputs: _Inputs, shown: int, threads: int):
@@ -438,7 +462,12 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
             "they are not installed",
             "pip install 'lipsync-rt[openvino]' or use --runtime auto",
         )
-    cands = candidates(cfg, has_ov, machine.has_bf16(), machine.gpu_providers())
+    gpu, gpu_reason = machine.usable_gpu_providers()
+    torch_reason = machine.torch_cuda_reason() if cfg.runtime in ("auto", "torch-cuda") else "not asked for"
+    if cfg.device == "auto" and not gpu and (gpu_reason or find_spec("torch")) and torch_reason != "not asked for":
+        # Something GPU-shaped is installed but cannot run here: say so once, then the CPU ladder.
+        log.info(f"GPU: none usable ({gpu_reason or 'no onnxruntime-gpu'}; torch: {torch_reason}); the CPU ladder")
+    cands = candidates(cfg, has_ov, machine.has_bf16(), gpu, torch_cuda=torch_reason is None)
     if not cands:
         raise LipsyncError(
             "--runtime/--precision/--device",
@@ -450,7 +479,8 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
     log.info(
         f"choosing the generator's precision for this machine ({info['cpu']}, {info['cores']} cores, "
         f"{' '.join(info['features']) or 'no AVX-512'}): gate >= {GATE_MEAN_DB:g} dB mean, "
-        f">= {GATE_WORST_DB:g} dB worst frame, rows {shown_from_row}-95, held-out face and voices"
+        f">= {GATE_WORST_DB:g} dB worst frame, rows {shown_from_row}-{graph_face_size(fp32['face_encoder']) - 1}, "
+        "held-out face and voices"
     )
     inputs = _Inputs(fp32, first_row, avatar)
     shown = shown_from_row - first_row
@@ -480,7 +510,7 @@ def _run_ladder(checkpoint, sha, cfg, first_row, shown_from_row, fp32, avatar, e
             log.info(f"  {c.label:<22} skipped: {trial.reason}")
             continue
         try:
-            path = _build(c, checkpoint, sha, first_row, fp32, inputs, avatar)
+            path = _build(c, checkpoint, sha, first_row, fp32, inputs, avatar, cfg.face_size_px)
             ms, mean, worst = _measure(path, c, inputs, shown, threads)
         except Exception as e:
             # A reduced build's own check refused it (LipsyncError), or NNCF, OpenVINO or ONNX

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.metadata import metadata
+from export.metadata import graph_face_size, metadata
 from export.samples import calibration_set, heldout_set
 from models.errors import LipsyncError
 
@@ -111,7 +111,8 @@ def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = 
         quantize_static,
     )
 
-    c = calibration_set(CALIBRATION_SAMPLES)
+    size = graph_face_size(src)
+    c = calibration_set(CALIBRATION_SAMPLES, size=size)
     cal = _feeds(graph, c.mels, c.faces, encoder_fp32)
 
     class Reader(CalibrationDataReader):
@@ -132,7 +133,7 @@ def quantize_int8(src: Path, dst: Path, graph: str, encoder_fp32: Path | None = 
             activation_type=QuantType.QUInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
-    h = heldout_set(HELDOUT_SAMPLES)
+    h = heldout_set(HELDOUT_SAMPLES, size=size)
     held = _feeds(graph, h.mels, h.faces, encoder_fp32)
     if graph == "face_encoder":
         return float("nan")
@@ -153,20 +154,25 @@ def convert_fp16(src: Path, dst: Path) -> None:
 REDUCED = ("int8", "int8-ort", "fp16")
 
 
-def _conv_only_fp32(checkpoint: Path, graph: str, dst: Path, sha: str) -> Path:
+def _conv_only_fp32(checkpoint: Path, graph: str, dst: Path, sha: str, face_size_px: int = 0) -> Path:
     """The fp32 graph with ConvTranspose rewritten as Conv (export.rewrite), verified vs the original."""
     from export.onnx import export_variant, verify  # torch: these export a graph from the checkpoint
     from export.rewrite import convtranspose_as_conv
     from models.checkpoint import load_torch_generator
 
-    net = load_torch_generator(checkpoint)
+    net = load_torch_generator(checkpoint, face_size_px)
     export_variant(convtranspose_as_conv(net), graph, dst, sha)
     verify(net, graph, dst)
     return dst
 
 
 def build_reduced(
-    fp32: dict[str, Path], sha: str, precision: str, paths: dict[str, Path], checkpoint: Path | None = None
+    fp32: dict[str, Path],
+    sha: str,
+    precision: str,
+    paths: dict[str, Path],
+    checkpoint: Path | None = None,
+    face_size_px: int = 0,
 ) -> None:
     """Make `precision` versions of the verified fp32 graphs; same no-partial-file rules as fp32.
 
@@ -195,7 +201,7 @@ def build_reduced(
                 if precision.startswith("int8"):
                     src = fp32[graph]
                     if precision == "int8-ort":
-                        src = _conv_only_fp32(checkpoint, graph, tmp.with_suffix(".conv.onnx"), sha)
+                        src = _conv_only_fp32(checkpoint, graph, tmp.with_suffix(".conv.onnx"), sha, face_size_px)
                     try:
                         psnr = quantize_int8(src, tmp, graph, fp32.get("face_encoder"))
                     finally:
@@ -212,7 +218,7 @@ def build_reduced(
                 else:
                     convert_fp16(fp32[graph], tmp)
                     if graph != "face_encoder":
-                        h = heldout_set(HELDOUT_SAMPLES)
+                        h = heldout_set(HELDOUT_SAMPLES, size=graph_face_size(fp32[graph]))
                         held = _feeds(graph, h.mels, h.faces, fp32.get("face_encoder"))
                         psnr = psnr_db(_outputs(tmp, held), _outputs(fp32[graph], held))
                         log.info(f"  held-out PSNR vs fp32 on real inputs: {psnr:.1f} dB")
@@ -225,7 +231,7 @@ def build_reduced(
                             )
                 model = onnx.load(str(tmp))
             del model.metadata_props[:]
-            for k, v in metadata(sha, graph, precision).items():
+            for k, v in metadata(sha, graph, precision, graph_face_size(fp32[graph])).items():
                 model.metadata_props.add(key=k, value=v)
             onnx.save(model, str(tmp))
             os.replace(tmp, final)

@@ -7,7 +7,9 @@ rewrites fix that without changing the function:
   * fold each ConvTranspose's BatchNorm into its weights and bias;
   * turn each ConvTranspose into an ordinary Conv: stride 1 is a Conv with the kernel flipped
     and padded by k-1-p; stride 2 (k3, p1, output_padding 1) is a 2x2 Conv producing the four
-    output phases as channels, then PixelShuffle (ONNX DepthToSpace, CRD order).
+    output phases as channels, then PixelShuffle (ONNX DepthToSpace, CRD order). Without the
+    output padding (the 288 layout's) it is the same with the last row and column left out:
+    output padding only appends rows computed by the same formula.
 Both are checked against the original network by the export's verification like any export.
 """
 
@@ -34,10 +36,12 @@ def _fold_bn(weight: torch.Tensor, bias: torch.Tensor, bn: nn.BatchNorm2d, out_a
 
 
 class SubPixelUp(nn.Module):
-    """Conv(2x2, 4*cout) + PixelShuffle(2), equal to ConvTranspose(k3, s2, p1, op1) (+ folded BN)."""
+    """Conv(2x2, 4*cout) + PixelShuffle(2), equal to ConvTranspose(k3, s2, p1, op1) (+ folded BN);
+    `trim`: drop the last row and column, equal to the same without output padding."""
 
-    def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor):
+    def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor, trim: bool = False):
         super().__init__()
+        self.trim = trim
         cin, cout = weight_t.shape[:2]
         w = torch.zeros(cout, 2, 2, cin, 2, 2, dtype=weight_t.dtype)
         for a, rows in _PHASE_TAPS.items():
@@ -52,7 +56,8 @@ class SubPixelUp(nn.Module):
             self.conv.bias.copy_(bias.repeat_interleave(4))
 
     def forward(self, x):
-        return F.pixel_shuffle(self.conv(F.pad(x, (0, 1, 0, 1))), 2)
+        out = F.pixel_shuffle(self.conv(F.pad(x, (0, 1, 0, 1))), 2)
+        return out[:, :, :-1, :-1] if self.trim else out
 
 
 def _as_conv(ct: nn.ConvTranspose2d, weight_t: torch.Tensor, bias: torch.Tensor) -> nn.Module:
@@ -63,8 +68,8 @@ def _as_conv(ct: nn.ConvTranspose2d, weight_t: torch.Tensor, bias: torch.Tensor)
             conv.weight.copy_(weight_t.flip(2, 3).transpose(0, 1))
             conv.bias.copy_(bias)
         return conv
-    if (k, s, p, op) == (3, 2, 1, 1):
-        return SubPixelUp(weight_t, bias)
+    if (k, s, p) == (3, 2, 1) and op in (0, 1):
+        return SubPixelUp(weight_t, bias, trim=op == 0)
     raise NotImplementedError(f"no rewrite for ConvTranspose k{k} s{s} p{p} op{op}")
 
 

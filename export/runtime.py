@@ -1,5 +1,6 @@
 """Running exported graphs: ONNX Runtime (CPU, CUDA, TensorRT) and OpenVINO sessions behind one
-call, numpy in and out. No torch here.
+call, numpy in and out; and the torch CUDA runtime (export.torch_cuda), the only one that loads
+torch, imported here only when it is asked for.
 
 The live path (realtime.generator) and the precision ladder (export.precision) both run graphs
 through this, so a candidate is timed and judged by exactly the runtime that will run it live.
@@ -28,13 +29,15 @@ PROVIDERS = {
 class RuntimeConfig:
     # "auto" (live path): the precision ladder (export.precision) picks, per checkpoint and
     # machine, the fastest candidate that passes the quality gate; a named value pins it.
-    runtime: str = "onnxruntime"  # auto | onnxruntime | openvino
+    runtime: str = "onnxruntime"  # auto | onnxruntime | openvino | torch-cuda
     precision: str = "fp32"  # auto | fp32 | int8 | int8-mixed (openvino) | fp16 (GPU) | bf16 (openvino)
     device: str = "auto"  # auto | cpu | cuda | tensorrt (onnxruntime)
     intra_op_threads: int = 0  # 0: one per physical core (ORT's choice)
     inter_op_threads: int = 1
     graph_optimization: str = "all"  # basic | extended | all
     warmup_runs: int = 1
+    # The SAM layout's face size (its weights do not fix it: models.layouts); 0 for the others.
+    face_size_px: int = 0
 
 
 def choose_providers(device: str, available: list[str]) -> list[str]:
@@ -58,6 +61,32 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def tensorrt_options(path: str | Path) -> dict:
+    """TensorRT EP settings: fp16 kernels, and built engines cached on disk beside the graph they
+    were built from (an entry of the export cache: keyed by checkpoint, variant and precision like
+    the exports), so only the first start on a machine pays the minutes of engine building."""
+    cache = Path(path).parent / f"trt-{Path(path).stem}"
+    cache.mkdir(parents=True, exist_ok=True)
+    return {
+        "trt_fp16_enable": True,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+    }
+
+
+def _preload_gpu_libraries(ort) -> None:
+    """onnxruntime-gpu installed with its `cuda,cudnn` extras finds CUDA and cuDNN in the nvidia-*
+    wheels only once they are loaded (or on LD_LIBRARY_PATH); `preload_dlls` does that (1.21+)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # missing libraries: the session below says which provider failed
+            pass
+
+
 def make_session(path: str | Path, cfg: RuntimeConfig = RuntimeConfig()):
     import onnxruntime as ort  # onnxruntime: an extra (the cpu or the gpu build), loaded when a graph runs
 
@@ -74,8 +103,24 @@ def make_session(path: str | Path, cfg: RuntimeConfig = RuntimeConfig()):
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[cfg.graph_optimization]
-    providers = choose_providers(cfg.device, ort.get_available_providers())
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    providers: list = choose_providers(cfg.device, ort.get_available_providers())
+    if providers[0] != "CPUExecutionProvider":
+        _preload_gpu_libraries(ort)
+    if providers[0] == "TensorrtExecutionProvider":
+        providers = [("TensorrtExecutionProvider", tensorrt_options(path)), *providers[1:]]
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    if session.get_providers()[0] != wanted:
+        # ONNX Runtime falls back to the CPU by itself when a GPU provider cannot start (no driver,
+        # CUDA/cuDNN/TensorRT libraries missing): that would be a quiet, much slower run.
+        raise LipsyncError(
+            f"--device {cfg.device}",
+            f"{wanted} running",
+            f"it could not start here (no NVIDIA driver, or CUDA/cuDNN{'/TensorRT' if 'Tensorrt' in wanted else ''} "
+            f"libraries missing); ONNX Runtime fell back to {session.get_providers()[0]}",
+            "install the 'gpu' extra on a machine with an NVIDIA driver, or use --device cpu",
+        )
+    return session
 
 
 def graph_precision(cfg: RuntimeConfig) -> str:
@@ -99,6 +144,10 @@ def openvino_hint(precision: str) -> str:
 
 def make_runner(path, cfg: RuntimeConfig):
     """A callable running the graph at `path` as `cfg` says: numpy feeds in, numpy outputs out."""
+    if cfg.runtime == "torch-cuda":
+        from export.torch_cuda import TorchCudaRunner  # torch: only this runtime loads it, only when chosen
+
+        return TorchCudaRunner(path, cfg.precision)
     if cfg.runtime == "openvino":
         if cfg.precision not in ("fp32", "bf16", "int8", "int8-mixed"):
             raise LipsyncError(
@@ -109,7 +158,7 @@ def make_runner(path, cfg: RuntimeConfig):
             )
         return OpenVinoRunner(path, openvino_hint(cfg.precision), cfg.intra_op_threads)
     if cfg.runtime != "onnxruntime":
-        raise LipsyncError("--runtime", "onnxruntime or openvino", repr(cfg.runtime), "pick one of those")
+        raise LipsyncError("--runtime", "onnxruntime, openvino or torch-cuda", repr(cfg.runtime), "pick one of those")
     if cfg.precision in ("bf16", "int8-mixed"):
         raise LipsyncError(
             f"--precision {cfg.precision}",

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from mediaio.audio import decode_audio
-from models.face_input import jittered_samples, model_faces, model_mels
+from models.face_input import FACE_SIZE, jittered_samples, model_faces, model_mels
 from models.mel import mel_chunks, melspectrogram
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -30,7 +30,7 @@ FACE_B_BOX = (60, 165, 68, 168)  # the cameraman's face in face_b.png (a three-q
 @dataclass(frozen=True)
 class Samples:
     mels: np.ndarray  # (N, 1, 80, 16) float32
-    faces: np.ndarray  # (N, 6, 96, 96) float32
+    faces: np.ndarray  # (N, 6, S, S) float32, S the model's face size
 
     def __len__(self) -> int:
         return len(self.mels)
@@ -57,21 +57,23 @@ def voice(name: str) -> tuple:
     return _mel_windows(f"voice_{name}.mp3")
 
 
-def verification_inputs(n: int = 4, seed: int = 0) -> Samples:
+def verification_inputs(n: int = 4, seed: int = 0, size: int = FACE_SIZE) -> Samples:
     """Face A crops with voice A mels: the export's fp32 parity check (not a quality judgement)."""
     mels, faces = jittered_samples(
-        _image("face_a.jpg"), FACE_A_BOX, voice("a"), n, np.random.default_rng(seed), jitter_px=8
+        _image("face_a.jpg"), FACE_A_BOX, voice("a"), n, np.random.default_rng(seed), jitter_px=8, size=size
     )
     return Samples(mels, faces)
 
 
-def calibration_set(n: int = 48, avatar_crops: np.ndarray | None = None, seed: int = 1) -> Samples:
+def calibration_set(
+    n: int = 48, avatar_crops: np.ndarray | None = None, seed: int = 1, size: int = FACE_SIZE
+) -> Samples:
     """What int8 ranges are taken from: the user's own avatar crops when known (exactly what the
-    decoder will see), else face A; always with voice A."""
+    decoder will see; they are the model's size), else face A at `size`; always with voice A."""
     rng = np.random.default_rng(seed)
     chunks = voice("a")
     if avatar_crops is None or len(avatar_crops) == 0:
-        mels, faces = jittered_samples(_image("face_a.jpg"), FACE_A_BOX, chunks, n, rng, jitter_px=10)
+        mels, faces = jittered_samples(_image("face_a.jpg"), FACE_A_BOX, chunks, n, rng, jitter_px=10, size=size)
         return Samples(mels, faces)
     crops = np.asarray(avatar_crops)[rng.integers(0, len(avatar_crops), n)]
     mels = model_mels([chunks[i] for i in rng.integers(0, len(chunks), n)])
@@ -88,7 +90,7 @@ def avatar_check_set(avatar_crops: np.ndarray, n: int = 16, seed: int = 3) -> Sa
     return Samples(mels, model_faces(crops))
 
 
-def heldout_set(n: int = 32, seed: int = 2) -> Samples:
+def heldout_set(n: int = 32, seed: int = 2, size: int = FACE_SIZE) -> Samples:
     """The quality gate's inputs: face B (framed several ways, plain and tinted) with voices B
     and C. Shares no face and no voice with `calibration_set`."""
     rng = np.random.default_rng(seed)
@@ -99,7 +101,7 @@ def heldout_set(n: int = 32, seed: int = 2) -> Samples:
     chunks = voice("b") + voice("c")
     half = n // 2
     parts = [
-        jittered_samples(im, FACE_B_BOX, chunks, k, rng, jitter_px=8)
+        jittered_samples(im, FACE_B_BOX, chunks, k, rng, jitter_px=8, size=size)
         for im, k in ((img, half), (tinted, n - half))
         if k
     ]

@@ -38,7 +38,7 @@ CHECKPOINT_HELP = (
 
 
 def _export(args) -> int:
-    paths = ensure_exported(args.checkpoint, args.layout, args.precision)
+    paths = ensure_exported(args.checkpoint, args.layout, args.precision, face_size_px=args.face_size)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -56,6 +56,7 @@ def _session(args, audio_rate_hz: int = 48_000):
         precision=args.precision,
         device=args.device,
         intra_op_threads=threads.current().inference_threads,
+        face_size_px=args.face_size,
     )
 
     try:
@@ -311,6 +312,7 @@ def _serve(args) -> int:
         precision=args.precision,
         device=args.device,
         intra_op_threads=threads.current().inference_threads,
+        face_size_px=args.face_size,
     )
 
     def build(path: str):
@@ -403,6 +405,17 @@ def _init_ray(address: str | None) -> None:
 VERBOSITY = {"-v": logging.DEBUG, "--verbose": logging.DEBUG, "-q": logging.WARNING, "--quiet": logging.WARNING}
 
 
+def _face_size_flag(parser) -> None:
+    parser.add_argument(
+        "--face-size",
+        dest="face_size",
+        type=int,
+        default=0,
+        help="face size in pixels for an HD checkpoint of the SAM layout, whose weights do not store it "
+        "(384 for the published model); other checkpoints fix their own",
+    )
+
+
 def _verbosity_flags(parser, default) -> None:
     g = parser.add_mutually_exclusive_group()
     g.add_argument(
@@ -441,6 +454,7 @@ def main(argv=None) -> int:
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--layout", choices=["full", "split"], default="full")
     ex.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int8-ort", "fp16"])
+    _face_size_flag(ex)
     lv = sub.add_parser("live", help="lip-sync live audio onto an avatar and send it out")
     lv.add_argument("--avatar", required=True, help="photo or video (looped)")
     lv.add_argument("--audio", default="mic", help="'mic' or an audio file played in real time")
@@ -470,6 +484,7 @@ def main(argv=None) -> int:
         "(refused with the measured figures if it fails the gate)",
     )
     lv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    _face_size_flag(lv)
     lv.add_argument("--fps", type=float, default=25.0)
     lv.add_argument("--duration", type=float, default=None, help="seconds; default: until the input ends or Ctrl-C")
     lv.add_argument("--loop", action="store_true", help="loop the audio file")
@@ -571,6 +586,7 @@ def main(argv=None) -> int:
     sv.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
     sv.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "int8-mixed", "bf16", "fp16"])
     sv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    _face_size_flag(sv)
     sv.add_argument("--fps", type=float, default=25.0)
     sv.add_argument("--mel-offset", type=int, default=-1)
     sv.add_argument("--blend", default="feather", choices=["feather", "hard"])

@@ -75,7 +75,9 @@ def render(
     generator: Generator,
     opts: RenderOptions = RenderOptions(),
     inputs: RenderInputs | None = None,
+    face_size: int = 96,
 ) -> RenderResult:
+    """`face_size`: the generator's (96, or an HD layout's): faces are cropped to it."""
     inputs = inputs or prepare(face_path, audio_path, outfile, opts)
     frames, chunks, boxes, audio, fps = inputs.frames, inputs.chunks, inputs.boxes, inputs.audio, inputs.fps
     h, w = frames[0].shape[:2]
@@ -84,10 +86,13 @@ def render(
         VideoFileWriter(outfile, w, h, fps, audio.pcm, audio.sample_rate_hz) as writer,
         progress_bar(opts, total=n, desc="lip-sync", unit="frame") as bar,
     ):
-        for start in range(0, n, opts.batch_size):
-            ids = range(start, min(n, start + opts.batch_size))
+        # Activations grow with the face's area: an HD batch of 128 at 256 pixels holds ~12 GB.
+        # The same pixels per batch as the reference's 96x96 batches; frames do not depend on it.
+        batch = max(1, opts.batch_size * 96 * 96 // (face_size * face_size))
+        for start in range(0, n, batch):
+            ids = range(start, min(n, start + batch))
             src = [0 if opts.static else i % len(frames) for i in ids]
-            crops = np.stack([crop_face(frames[k], boxes[k]) for k in src])
+            crops = np.stack([crop_face(frames[k], boxes[k], face_size) for k in src])
             faces = to_uint8_faces(generator(model_mels([chunks[i] for i in ids]), model_faces(crops)))
             for face, k in zip(faces, src):
                 writer.write(paste_hard(frames[k].copy(), face, boxes[k]))

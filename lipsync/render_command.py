@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"], help="(extension) ONNX Runtime device"
     )
+    p.add_argument(
+        "--face_size",
+        type=int,
+        default=0,
+        help="(extension) face size in pixels for an HD checkpoint of the SAM layout, whose weights do not "
+        "store it (384 for the published model); other checkpoints fix their own size",
+    )
     p.add_argument("--quiet", action="store_true", help="(extension) no progress bars")
     return p
 
@@ -108,7 +115,7 @@ def make_generator(args):
     if args.backend == "torch":
         from models.torch_generator import TorchGenerator  # torch: only for --backend torch, the reference
 
-        return TorchGenerator(args.checkpoint_path)
+        return TorchGenerator(args.checkpoint_path, args.face_size)
 
     return load_generator(
         args.checkpoint_path,
@@ -117,6 +124,7 @@ def make_generator(args):
             precision=args.precision,
             device=args.device,
             intra_op_threads=threads.current().inference_threads,
+            face_size_px=args.face_size,
         ),
     )
 
@@ -152,7 +160,7 @@ def main(argv=None) -> int:
         # Inputs first: bad input is reported before any slow model loading or first-use export.
         inputs = prepare(args.face, args.audio, args.outfile, opts)
         generator = make_generator(args)
-        result = render(args.face, args.audio, args.outfile, generator, opts, inputs)
+        result = render(args.face, args.audio, args.outfile, generator, opts, inputs, generator.face_size)
     except LipsyncError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -3,7 +3,8 @@
 Shapes accepted: the official training dict (`{"state_dict": ..., "optimizer": ...}`), a bare
 state dict, keys with or without DataParallel's `module.` prefix, zip or legacy pickle format.
 Only `torch.load(..., weights_only=True)` is ever used: a file that needs arbitrary code to
-unpickle is refused.
+unpickle is refused. Generators of every known layout (models.layouts: the original 96 and the
+community HD ones) are told apart by their tensor names and shapes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from models.errors import LipsyncError
+from models.layouts import LAYOUTS, Layout, detect, face_size_for
 
 NETWORKS = {
     "Wav2Lip": ("a Wav2Lip generator (wav2lip.pth / wav2lip_gan.pth)", "models.wav2lip", "Wav2Lip"),
@@ -30,9 +32,20 @@ NETWORKS = {
 }
 
 
-def _network(name: str) -> nn.Module:
-    _, module, cls = NETWORKS[name]
-    return getattr(importlib.import_module(module), cls)()
+def _network(name: str, face_size_px: int = 0) -> nn.Module:
+    """A fresh network: one of NETWORKS by name, or a generator by its layout's value
+    (`hd-256`, `sam`, ...; `face_size_px` for the SAM layout)."""
+    if name in NETWORKS:
+        _, module, cls = NETWORKS[name]
+        return getattr(importlib.import_module(module), cls)()
+    layout = Layout(name)
+    info = LAYOUTS[layout]
+    net_cls = getattr(importlib.import_module(info.module), info.cls)
+    return net_cls(face_size_for(layout, face_size_px)) if info.face_size_px is None else net_cls()
+
+
+def generator_layout(state: dict[str, torch.Tensor]) -> Layout | None:
+    return detect({k: tuple(v.shape) for k, v in state.items()})
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -81,7 +94,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def identify(state: dict[str, torch.Tensor]) -> str | None:
-    """Which of the three networks this state dict belongs to, by exact key set."""
+    """Which network this state dict belongs to: an HD generator layout's value (by its telling
+    tensors), else one of the three official networks by exact key set."""
+    layout = generator_layout(state)
+    if layout is not None and layout is not Layout.W96:
+        return layout.value
     keys = set(state)
     for name in NETWORKS:
         if keys == set(_network(name).state_dict()):
@@ -89,22 +106,29 @@ def identify(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _describe(name: str) -> str:
+    return NETWORKS[name][0] if name in NETWORKS else LAYOUTS[Layout(name)].description
+
+
 def load_network(path: str | os.PathLike, expect: str = "Wav2Lip") -> nn.Module:
     """Load `path` into a fresh `expect` network in eval mode, with strict key and shape checks."""
-    state = read_state_dict(path)
-    net = _network(expect)
+    return _load_into(_network(expect), read_state_dict(path), path, NETWORKS[expect][0])
+
+
+def _load_into(net: nn.Module, state: dict[str, torch.Tensor], path, description: str) -> nn.Module:
+    """`state` into `net` with strict key and shape checks, each failure one line."""
     expected_keys = set(net.state_dict())
     if set(state) != expected_keys:
         found = identify(state)
         found_desc = (
-            NETWORKS[found][0]
+            _describe(found)
             if found
             else (
                 f"{len(set(state) & expected_keys)} of {len(expected_keys)} expected tensor names "
                 f"({len(state)} tensors in all)"
             )
         )
-        raise LipsyncError(f"checkpoint {path}", NETWORKS[expect][0], found_desc, "pass the matching checkpoint file")
+        raise LipsyncError(f"checkpoint {path}", description, found_desc, "pass the matching checkpoint file")
     for k, v in net.state_dict().items():
         if state[k].shape != v.shape:
             raise LipsyncError(
@@ -117,7 +141,15 @@ def load_network(path: str | os.PathLike, expect: str = "Wav2Lip") -> nn.Module:
     return net.eval()
 
 
-def load_torch_generator(path: str | os.PathLike) -> nn.Module:
-    """The Wav2Lip generator as a torch module in eval mode, for export and the torch backend (the
-    ONNX generator the engine runs comes from realtime.generator.load_generator)."""
-    return load_network(path, "Wav2Lip")
+def load_torch_generator(path: str | os.PathLike, face_size_px: int = 0) -> nn.Module:
+    """The generator in `path`, of whichever known layout it is, as a torch module in eval mode, for
+    export and the torch backend (the ONNX generator the engine runs comes from
+    realtime.generator.load_generator). `face_size_px`: for the SAM layout, whose weights do not
+    fix it (a layout that fixes it refuses another)."""
+    state = read_state_dict(path)
+    layout = generator_layout(state)
+    if layout is None or layout is Layout.W96:
+        if face_size_px:
+            face_size_for(Layout.W96, face_size_px)
+        return _load_into(_network("Wav2Lip"), state, path, NETWORKS["Wav2Lip"][0])
+    return _load_into(_network(layout.value, face_size_px), state, path, LAYOUTS[layout].description)

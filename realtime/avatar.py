@@ -1,17 +1,20 @@
 """The face being animated: a still photo or a looping video, prepared once.
 
 At load, in one pass over the video: one face box per frame (tracked, or detected, padded and
-smoothed as the reference does) and the 96x96 crops; then the face encoder's features for every
+smoothed as the reference does) and the face crops at the generator's size (96x96 for the
+original, 256x256 and up for the HD layouts); then the face encoder's features for every
 frame. Features are the expensive part, so they are cached on disk keyed by the avatar file's
 hash, the framing settings and the encoder graph; a restart with the same avatar starts at once.
 
-Memory does not grow with the video's length beyond boxes and crops (27 KB a frame): a video's
+Memory does not grow with the video's length beyond boxes and crops (27 KB a frame at 96, 192 KB
+at 256): a video's
 frames stay compressed and are decoded when shown (realtime.avatar_frames), and features are
 read from the cache a frame at a time (realtime.avatar_features); each keeps a bounded cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -49,6 +52,7 @@ class AvatarConfig:
     tracking: bool = True  # video avatars: track between keyframe detections (see realtime.tracking)
     frame_cache_mb: float = 32.0  # decoded video frames kept (at least 16); others are decoded again when shown
     feature_cache_frames: int = 16  # frames whose fp32 features stay in memory; others are read from disk
+    face_size: int = 96  # the generator's face size, pixels (realtime.generator.model_face_size): crops are that size
 
 
 # Settings that change only memory use, not any frame: left out of the feature cache's key.
@@ -123,8 +127,16 @@ class Avatar:
             self._paste_points = [kp if m is None else m for kp, m in zip(self.keypoints(), self.meshes())]
         return self._paste_points
 
+    def set_face_size(self, size: int) -> None:
+        """Crop again at the generator's face size (an HD checkpoint's), from the frames and boxes
+        found at load: the size is known only once the checkpoint is (the sinks open first)."""
+        if size == self.cfg.face_size:
+            return
+        self.cfg = dataclasses.replace(self.cfg, face_size=size)
+        self.crops = np.stack([crop_face(self.frames[i], b, size) for i, b in enumerate(self.boxes)])
+
     def features_at(self, i: int) -> list[np.ndarray]:
-        """The seven (1, C, H, W) fp32 face-encoder features of avatar frame `i`."""
+        """The (1, C, H, W) fp32 face-encoder features of avatar frame `i` (seven for the original)."""
         return self.features.get(i)
 
     def attach_features(self, encoder, encoder_id: str) -> None:
@@ -178,12 +190,12 @@ def load_avatar(cfg: AvatarConfig, progress: bool = False) -> Avatar:
         pads=cfg.pads, box=cfg.box, nosmooth=cfg.nosmooth, face_model=cfg.face_model, progress=progress
     )
     boxes = face_boxes(frames, cfg.path, opts)
-    crops = np.stack([crop_face(f, b) for f, b in zip(frames, boxes)])
+    crops = np.stack([crop_face(f, b, cfg.face_size) for f, b in zip(frames, boxes)])
     return Avatar(cfg, frames, boxes, crops, keypoints)
 
 
 def track_faces(frames, cfg: AvatarConfig):
-    """Boxes (y1, y2, x1, x2, padded like the reference), keypoints and 96x96 crops for a moving
+    """Boxes (y1, y2, x1, x2, padded like the reference), keypoints and face crops for a moving
     avatar, in one pass over `frames` (an iterable: each frame is seen once, then let go)."""
     boxes, kps, crops = [], [], []
     with FaceDetector(cfg.face_model) as det:
@@ -201,5 +213,5 @@ def track_faces(frames, cfg: AvatarConfig):
             x1, y1, x2, y2 = pad_and_clip([int(round(v)) for v in t.box], cfg.pads, h, w)
             boxes.append((y1, y2, x1, x2))
             kps.append(t.keypoints)
-            crops.append(crop_face(frame, boxes[-1]))
+            crops.append(crop_face(frame, boxes[-1], cfg.face_size))
     return boxes, kps, np.stack(crops)

@@ -76,7 +76,8 @@ class CameraAvatar:
         if self._follower is not None:
             self._meshes[0] = self._follower.update(frame, track.keypoints, track.detected)
         if self._encoder is not None:
-            self.features = self._encoder.encode(model_faces(crop_face(frame, self.boxes[0])[None]))
+            crop = crop_face(frame, self.boxes[0], self._encoder.face_size)
+            self.features = self._encoder.encode(model_faces(crop[None]))
 
     def close(self) -> None:
         self.capture.close()

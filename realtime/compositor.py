@@ -17,7 +17,7 @@ from realtime.stage_timer import Stage, span
 
 
 def to_uint8_faces(pred: np.ndarray) -> np.ndarray:
-    """Generator output (B, 3, 96, 96) in [0, 1] -> (B, 96, 96, 3) uint8, truncating like the reference."""
+    """Generator output (B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, truncating like the reference."""
     with span(Stage.CONVERT):
         return (pred.transpose(0, 2, 3, 1) * np.float32(255.0)).astype(np.uint8)
 
@@ -76,14 +76,15 @@ INVISIBLE_WEIGHT = 1.0 / 510.0
 ROW_QUANTUM = 8  # first rows are rounded down to this, so that avatars share decoder graphs
 
 
-def first_shown_row(boxes, keypoints) -> int:
-    """The first row of the generator's 96x96 output that the feathered paste can show, over all
-    avatar frames: the decoder need not compute the rows above it (see Wav2Lip.decode_rows).
+def first_shown_row(boxes, keypoints, face_size: int = 96) -> int:
+    """The first row of the generator's face_size x face_size output that the feathered paste can
+    show, over all avatar frames: the decoder need not compute the rows above it (see
+    Wav2LipFamily.decode_rows).
 
-    Row y of the pasted box samples output rows floor((y + 0.5) * 96 / h - 0.5) and the one
+    Row y of the pasted box samples output rows floor((y + 0.5) * S / h - 0.5) and the one
     below (bilinear resize), so the first visible box row maps back to a conservative output row.
     """
-    first = 95
+    first = face_size - 1
     for box, kp in zip(boxes, keypoints):
         y1, y2, x1, x2 = box
         h = y2 - y1
@@ -91,20 +92,20 @@ def first_shown_row(boxes, keypoints) -> int:
         rows = np.nonzero(mask.max(axis=1) >= INVISIBLE_WEIGHT)[0]
         if len(rows) == 0:
             continue
-        src = int(np.floor((rows[0] + 0.5) * 96 / h - 0.5))
+        src = int(np.floor((rows[0] + 0.5) * face_size / h - 0.5))
         first = min(first, src)
     first = max(0, first) // ROW_QUANTUM * ROW_QUANTUM
-    return min(first, 96 - 2 * ROW_QUANTUM)
+    return min(first, face_size - 2 * ROW_QUANTUM)
 
 
-def full_face(generated_rows: np.ndarray, crop96: np.ndarray) -> np.ndarray:
-    """(rows, 96, 3) generated rows at the bottom of the avatar's own 96x96 crop: the rows the
+def full_face(generated_rows: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """(rows, S, 3) generated rows at the bottom of the avatar's own S x S crop: the rows the
     decoder skipped are never shown, and the crop keeps the resize around them natural."""
-    first = 96 - generated_rows.shape[0]
+    first = crop.shape[0] - generated_rows.shape[0]
     if first == 0:
         return generated_rows
     with span(Stage.CONVERT):
-        out = crop96.copy()
+        out = crop.copy()
         out[first:] = generated_rows
     return out
 

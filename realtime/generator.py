@@ -19,27 +19,33 @@ import numpy as np
 
 from export import ladder_process
 from export.cache import ensure_exported
+from export.metadata import SKIPS, graph_face_size
 from export.precision import AvatarSamples
 from export.runtime import OrtRunner, RuntimeConfig, graph_precision, make_runner
 from models.hashing import sha256_file
 from realtime.stage_timer import Stage, span
 
-SKIP_NAMES = [f"skip{i}" for i in range(7)]
-
 
 def _describe(run, cfg: RuntimeConfig) -> str:
-    where = run.session.get_providers()[0] if isinstance(run, OrtRunner) else "CPU"
+    where = run.session.get_providers()[0] if isinstance(run, OrtRunner) else "GPU" if run.on_gpu else "CPU"
     return f"{cfg.runtime}:{where}:{cfg.precision}"
 
 
+def _blank_inputs(face_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A mel and a face of zeros, for warm-up runs."""
+    return np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, face_size, face_size), np.float32)
+
+
 class OnnxGenerator:
-    """The full graph: (B,1,80,16) mels + (B,6,96,96) faces -> (B,3,96,96) in [0, 1]."""
+    """The full graph: (B,1,80,16) mels + (B,6,S,S) faces -> (B,3,S,S) in [0, 1]; S = `face_size`
+    (96, or an HD layout's)."""
 
     def __init__(self, path: str | Path, cfg: RuntimeConfig = RuntimeConfig()):
         self._run = make_runner(path, cfg)
         self.name = _describe(self._run, cfg)
+        self.face_size = graph_face_size(path)
         for _ in range(cfg.warmup_runs):
-            self(np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, 96, 96), np.float32))
+            self(*_blank_inputs(self.face_size))
 
     def __call__(self, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
         return self._run({"mel": mels, "face": faces})[0]
@@ -50,8 +56,8 @@ class SplitGenerator:
 
     The encoder always runs in fp32: it runs once per avatar frame, its features are cached,
     and the quality gate judged each decoder on fp32 features. With `first_row` > 0 the decoder
-    computes output rows `first_row`..95 only (see `Wav2Lip.decode_rows`) and `decode` returns
-    those rows.
+    computes output rows `first_row`..S-1 only (see `Wav2LipFamily.decode_rows`) and `decode`
+    returns those rows.
     """
 
     def __init__(
@@ -61,29 +67,34 @@ class SplitGenerator:
         cfg: RuntimeConfig = RuntimeConfig(),
         first_row: int = 0,
     ):
+        # torch-cuda runs the decoder only: the encoder (once per avatar frame, cached) stays an
+        # ONNX graph on the CPU, which every install can run.
+        torch_dec = cfg.runtime == "torch-cuda"
         enc_cfg = RuntimeConfig(
-            runtime=cfg.runtime,
+            runtime="onnxruntime" if torch_dec else cfg.runtime,
             precision="fp32",
-            device=cfg.device,
+            device="cpu" if torch_dec else cfg.device,
             intra_op_threads=cfg.intra_op_threads,
             warmup_runs=0,
         )
         self._enc = make_runner(encoder_path, enc_cfg)
         self._dec = make_runner(decoder_path, cfg)
         self.first_row = first_row
-        self.name = _describe(self._dec, cfg) + "+split" + (f"+rows{first_row}-95" if first_row else "")
+        self.face_size = graph_face_size(encoder_path)
+        rows = f"+rows{first_row}-{self.face_size - 1}" if first_row else ""
+        self.name = _describe(self._dec, cfg) + "+split" + rows
         for _ in range(cfg.warmup_runs):
-            self(np.zeros((1, 1, 80, 16), np.float32), np.zeros((1, 6, 96, 96), np.float32))
+            self(*_blank_inputs(self.face_size))
 
     def encode(self, faces: np.ndarray) -> list:
-        """(B,6,96,96) -> 7 skip features; kept on the device when running on a GPU."""
+        """(B,6,S,S) -> the skip features; kept on the device when running on a GPU."""
         if self._enc.on_gpu:
             return self._enc.run_on_device({"face": faces})
         return self._enc({"face": faces})
 
     def decode(self, mels: np.ndarray, features: list) -> np.ndarray:
         with span(Stage.DECODE):
-            return self._dec({"mel": mels, **dict(zip(SKIP_NAMES, features))})[0]
+            return self._dec({"mel": mels, **dict(zip(SKIPS, features))})[0]
 
     def __call__(self, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
         return self.decode(mels, self.encode(faces))
@@ -96,10 +107,19 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
     """
     if "auto" in (cfg.runtime, cfg.precision):
         raise ValueError("runtime/precision 'auto' is the live path's ladder: use load_live_generator")
-    paths = ensure_exported(checkpoint, "split" if split else "full", graph_precision(cfg))
+    layout = "split" if split else "full"
+    paths = ensure_exported(checkpoint, layout, graph_precision(cfg), face_size_px=cfg.face_size_px)
     if split:
         return SplitGenerator(paths["face_encoder"], paths["decoder"], cfg)
     return OnnxGenerator(paths["full"], cfg)
+
+
+def model_face_size(checkpoint: str | Path, cfg: RuntimeConfig) -> int:
+    """The face size (pixels) of `checkpoint`'s generator: 96, or an HD layout's. Exports its fp32
+    face encoder on first use (torch only then); after that it reads the recorded size. The live path
+    asks this first: the avatar's crops, the rows shown and the ladder's samples follow it."""
+    encoder = ensure_exported(checkpoint, "encoder", "fp32", face_size_px=cfg.face_size_px)["face_encoder"]
+    return graph_face_size(encoder)
 
 
 def live_generator_maker(

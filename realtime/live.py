@@ -13,7 +13,7 @@ from realtime.camera_avatar import CameraAvatar
 from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
 from realtime.engine import Engine
-from realtime.generator import RuntimeConfig, ladder_samples, load_live_generator
+from realtime.generator import RuntimeConfig, ladder_samples, load_live_generator, model_face_size
 from realtime.playout import Pacing, Playout, PlayoutConfig
 from realtime.procedural import ProceduralRenderer
 from realtime.renderer import Wav2LipRenderer
@@ -194,8 +194,9 @@ def _avatar_and_renderer(avatar, sinks, checkpoint, runtime, cfg, loop, engine):
     runtime = runtime or default_runtime()
     first_row, samples = 0, None
     if not avatar.startswith("camera:"):
+        av.set_face_size(model_face_size(checkpoint, runtime))
         if cfg.blend == "feather":
-            first_row = first_shown_row(av.boxes, av.paste_points())
+            first_row = first_shown_row(av.boxes, av.paste_points(), av.cfg.face_size)
         samples = ladder_samples(avatar, av)
     gen = load_live_generator(checkpoint, runtime, first_row=first_row, avatar=samples)
     if engine == "auto":

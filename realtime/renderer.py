@@ -28,7 +28,7 @@ class Wav2LipRenderer:
 
     def render(self, frame: np.ndarray, idx: int, mel_window: np.ndarray, offset_frames: int, fps: float) -> np.ndarray:
         face = self.face_u8(idx, mel_window)
-        if face.shape[0] != 96:  # a row-cropped decoder: the lower rows only
+        if face.shape[0] != face.shape[1]:  # a row-cropped decoder: the lower rows only
             face = full_face(face, self.avatar.crops[idx])
         box = self.avatar.boxes[idx]
         if self.blend == "feather":
@@ -40,11 +40,11 @@ class Wav2LipRenderer:
         return mouth_mask(frame.shape[:2], self.avatar.boxes[idx], self.avatar.paste_points()[idx])
 
     def face_u8(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
-        """The face for avatar frame `idx` as (rows, 96, 3) uint8; a renderer whose faces come
+        """The face for avatar frame `idx` as (rows, S, 3) uint8; a renderer whose faces come
         from another process overrides this to ship a quarter of the bytes."""
         return to_uint8_faces(self.face(idx, mel_window))[0]
 
     def face(self, idx: int, mel_window: np.ndarray) -> np.ndarray:
-        """The decoder's output for avatar frame `idx`: (1, 3, rows, 96) in [0, 1]. A shared
+        """The decoder's output for avatar frame `idx`: (1, 3, rows, S) in [0, 1]. A shared
         generator service overrides this (realtime.service) and may raise FrameDropped."""
         return self.gen.decode(mel_window[None, None], self.avatar.features_at(idx))

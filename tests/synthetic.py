@@ -32,17 +32,38 @@ def calibrate_batchnorm(net: nn.Module, batches) -> None:
     net.eval()
 
 
-def calibration_batches(face_bgr: np.ndarray, box, wav16k: np.ndarray, batches: int = 4, batch: int = 8, seed: int = 0):
-    """Real generator inputs for BatchNorm calibration: jittered crops of one face plus speech mels."""
+def calibration_batches(
+    face_bgr: np.ndarray, box, wav16k: np.ndarray, batches: int = 4, batch: int = 8, seed: int = 0, size: int = 96
+):
+    """Real generator inputs for BatchNorm calibration: jittered crops (`size` pixels: the
+    generator's face size) of one face plus speech mels."""
     from models.face_input import jittered_samples
     from models.mel import mel_chunks, melspectrogram
 
     chunks = mel_chunks(melspectrogram(wav16k), 25)
     rng = np.random.default_rng(seed)
     return [
-        tuple(map(torch.from_numpy, jittered_samples(face_bgr, box, chunks, batch, rng, jitter_px=12)))
+        tuple(map(torch.from_numpy, jittered_samples(face_bgr, box, chunks, batch, rng, jitter_px=12, size=size)))
         for _ in range(batches)
     ]
+
+
+def unsaturate_output(net: nn.Module, batches) -> None:
+    """Rescale the final 1x1 conv per channel so that the sigmoid's input has mean 0 and std 1.5
+    on `batches`: a saturated output (flat colour) would make every comparison pass."""
+    final = net.output_block[1]
+    pre = []
+    hook = final.register_forward_hook(lambda mod, inp, out: pre.append(out))
+    with torch.no_grad():
+        for args in batches:
+            net(*args)
+    hook.remove()
+    pre = torch.cat(pre)
+    mean, std = pre.mean((0, 2, 3)), pre.std((0, 2, 3)) + 1e-6
+    with torch.no_grad():
+        k = 1.5 / std
+        final.weight.mul_(k.view(-1, 1, 1, 1))
+        final.bias.copy_((final.bias - mean) * k)
 
 
 def make_checkpoint(
@@ -53,12 +74,18 @@ def make_checkpoint(
     prefix: str = "module.",
     bare: bool = False,
     legacy_format: bool = False,
+    face_size_px: int = 0,
+    unsaturate: bool = False,
 ) -> nn.Module:
-    """Write a random-weight `network` checkpoint the way the official training script saved it."""
+    """Write a random-weight `network` checkpoint the way the official training script saved it.
+    `network`: one of the three official networks, or an HD generator layout (`hd-256`, `hd-288`,
+    `sam`; the SAM layout is built at `face_size_px`, which the saved weights do not record)."""
     torch.manual_seed(seed)
-    net = _network(network)
+    net = _network(network, face_size_px)
     if calibration:
         calibrate_batchnorm(net, calibration)
+        if unsaturate:
+            unsaturate_output(net, calibration)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1
@@ -80,8 +107,11 @@ def make_checkpoint(
 EMBEDDED_FACE_BOX = (60, 230, 150, 290)  # y1 y2 x1 x2 of the face in media/avatar.jpg
 
 
-def make_embedded_calibrated_checkpoint(path: str | os.PathLike, seed: int = 0) -> nn.Module:
-    """A random-weight generator calibrated on the project's embedded photo and speech clip."""
+def make_embedded_calibrated_checkpoint(
+    path: str | os.PathLike, seed: int = 0, network: str = "Wav2Lip", face_size_px: int = 0
+) -> nn.Module:
+    """A random-weight generator (the original, or an HD layout: see `make_checkpoint`) calibrated
+    on the project's embedded photo and speech clip at the generator's own face size."""
     from pathlib import Path
 
     import cv2
@@ -89,10 +119,26 @@ def make_embedded_calibrated_checkpoint(path: str | os.PathLike, seed: int = 0) 
     from mediaio.audio import decode_audio
 
     media = Path(__file__).resolve().parent.parent / "media"
+    from models.layouts import Layout, face_size_for
+
+    size = 96 if network == "Wav2Lip" else face_size_for(Layout(network), face_size_px)
+    # HD nets are large: fewer, smaller batches still give every BatchNorm real statistics.
     batches = calibration_batches(
-        cv2.imread(str(media / "avatar.jpg")), EMBEDDED_FACE_BOX, decode_audio(media / "speech.mp3").mono_16k()
+        cv2.imread(str(media / "avatar.jpg")),
+        EMBEDDED_FACE_BOX,
+        decode_audio(media / "speech.mp3").mono_16k(),
+        batches=4 if size == 96 else 2,
+        batch=8 if size == 96 else 2,
+        size=size,
     )
-    return make_checkpoint(path, "Wav2Lip", seed=seed, calibration=batches)
+    # The original's stand-ins are as they always were; the HD ones are kept off the saturated
+    # sigmoid (deeper random nets end in a black-and-white face that any comparison passes).
+    return make_checkpoint(
+        path, network, seed=seed, calibration=batches, face_size_px=face_size_px, unsaturate=network != "Wav2Lip"
+    )
+
+
+HD_LAYOUTS = {"hd-256": 0, "hd-288": 0, "sam": 192}  # layout -> face size to build at (SAM: the smallest)
 
 
 @dataclass(frozen=True)
@@ -165,19 +211,7 @@ def make_styled_checkpoint(path: str | os.PathLike, style: CheckpointStyle, phot
                 m.bias.mul_(style.activation_scale)
     batches = photo_batches if style.calibration == "photo" else smooth_field_batches(seed=style.seed)
     calibrate_batchnorm(net, batches)
-    final = net.output_block[1]
-    pre = []
-    hook = final.register_forward_hook(lambda mod, inp, out: pre.append(out))
-    with torch.no_grad():
-        for args in batches:
-            net(*args)
-    hook.remove()
-    pre = torch.cat(pre)
-    mean, std = pre.mean((0, 2, 3)), pre.std((0, 2, 3)) + 1e-6
-    with torch.no_grad():
-        k = 1.5 / std
-        final.weight.mul_(k.view(-1, 1, 1, 1))
-        final.bias.copy_((final.bias - mean) * k)
+    unsaturate_output(net, batches)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1

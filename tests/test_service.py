@@ -239,13 +239,14 @@ def test_a_static_batch_one_openvino_decoder_runs_batches(parts, generator_ckpt,
     """The live int8 decoder is saved as OpenVINO IR at batch 1; the service's batches must run on it."""
     ov = pytest.importorskip("openvino")
     from export.cache import ensure_exported
+    from export.metadata import SKIPS
     from export.quantize import _static_ov_model
     from export.runtime import OpenVinoRunner
-    from realtime.generator import SKIP_NAMES
 
     gen, (a, b) = parts
     decoder = ensure_exported(generator_ckpt, "split", "fp32")["decoder"]
     feats = a.features_at(0)
+    SKIP_NAMES = SKIPS[: len(feats)]
     example = {"mel": np.zeros((1, 1, 80, 16), np.float32), **dict(zip(SKIP_NAMES, feats))}
     xml = tmp_path / "decoder-b1.xml"
     ov.save_model(_static_ov_model(decoder, example), str(xml), compress_to_fp16=False)

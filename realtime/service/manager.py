@@ -23,7 +23,7 @@ from models.errors import LipsyncError
 from realtime.avatar import AvatarConfig, load_avatar
 from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
-from realtime.generator import RuntimeConfig, SplitGenerator, ladder_samples, live_generator_maker
+from realtime.generator import RuntimeConfig, SplitGenerator, ladder_samples, live_generator_maker, model_face_size
 from realtime.live import build_engine, default_runtime, make_sink, make_source
 from realtime.service import GeneratorService, SessionHost
 from realtime.service.ray_backend import GeneratorSpec, RaySessionHost, SessionSpec
@@ -164,20 +164,21 @@ class SessionManager:
         """Made on the first Wav2Lip session: the ladder calibrates on that avatar."""
         if self._gen is not None:
             return self._gen
-        av = load_avatar(AvatarConfig(avatar_path, fps=self.cfg.fps))
-        first_row = self.mcfg.first_row
-        if first_row is None:
-            first_row = first_shown_row(av.boxes, av.paste_points()) if self.cfg.blend == "feather" else 0
         assert self.checkpoint is not None  # procedural sessions never reach the shared generator
         runtime = self.runtime or default_runtime()
+        size = model_face_size(self.checkpoint, runtime)
+        av = load_avatar(AvatarConfig(avatar_path, fps=self.cfg.fps, face_size=size))
+        first_row = self.mcfg.first_row
+        if first_row is None:
+            first_row = first_shown_row(av.boxes, av.paste_points(), size) if self.cfg.blend == "feather" else 0
         make = live_generator_maker(self.checkpoint, runtime, first_row, ladder_samples(avatar_path, av))
         if self.mcfg.backend == "ray":
-            self._gen = GeneratorSpec(make, str(self.checkpoint))
+            self._gen = GeneratorSpec(make, str(self.checkpoint), face_size=size)
             self._host = RaySessionHost(self._gen, self.cfg)
         else:
             self._gen = make()
             self._host = SessionHost(GeneratorService(self._gen), self.cfg)
-        log.info("shared generator made on %s (decoder rows %d-95)", avatar_path, first_row)
+        log.info("shared generator made on %s (decoder rows %d-%d)", avatar_path, first_row, size - 1)
         return self._gen
 
     # -- sessions -----------------------------------------------------------------------------------

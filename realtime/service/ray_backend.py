@@ -66,6 +66,7 @@ class GeneratorSpec:
     service: ServiceConfig = ServiceConfig()
     num_cpus: float = 1.0  # reserved for the service actor on each node
     warm_batches: int = 4  # batch sizes 2..this run once when the first avatar registers
+    face_size: int = 96  # the generator's face size (an HD checkpoint's is larger): sessions crop at it
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,9 @@ class SessionActor:
         t0 = self.init_ns = time.monotonic_ns()
         self.spec = spec
         self.incarnation = "restarted" if ray.get_runtime_context().was_current_actor_reconstructed else "first"
-        avatar = load_avatar(AvatarConfig(spec.avatar_path, loop=spec.loop, fps=cfg.fps))  # boxes: avatar cache
+        avatar = load_avatar(  # boxes: avatar cache
+            AvatarConfig(spec.avatar_path, loop=spec.loop, fps=cfg.fps, face_size=gen.face_size)
+        )
         if isinstance(gen, ServeTarget):  # the generator is a Serve deployment (GPU nodes)
             self.renderer = make_serve_renderer(
                 gen,

@@ -63,6 +63,7 @@ class ServeTarget:
     app_name: str = "lipsync"
     deployment_name: str = "LipsyncGenerator"
     grace_ms: float = 100.0
+    face_size: int = 96  # the deployment's generator's face size: sessions crop at it
 
 
 def avatar_key(path: str, loop: str = "forward") -> str:

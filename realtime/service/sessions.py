@@ -92,10 +92,10 @@ class ServiceRenderer(Wav2LipRenderer):
 
 def prepare_avatar(path: str, generator, checkpoint_id: str, cfg: EngineConfig = EngineConfig(), loop: str = "forward"):
     """Load an avatar and attach the face encoder's features (disk-cached) for a service whose
-    decoder is `generator`. The decoder may be cropped to rows first_row..95: an avatar whose
-    blend shows rows above that cannot use it."""
-    av = load_avatar(AvatarConfig(path, loop=loop, fps=cfg.fps))
-    needed = first_shown_row(av.boxes, av.paste_points()) if cfg.blend == "feather" else 0
+    decoder is `generator`. The decoder may be cropped to rows first_row..S-1: an avatar whose
+    blend shows rows above that cannot use it. Crops are made at the generator's face size."""
+    av = load_avatar(AvatarConfig(path, loop=loop, fps=cfg.fps, face_size=generator.face_size))
+    needed = first_shown_row(av.boxes, av.paste_points(), generator.face_size) if cfg.blend == "feather" else 0
     first = getattr(generator, "first_row", 0)
     if needed < first:
         raise LipsyncError(
