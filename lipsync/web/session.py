@@ -1,15 +1,15 @@
 """One browser's session: its peer connection, the engine feeding it, and mode switches.
 
 Modes: "mic" runs the capture engine on the browser's microphone (audio is the clock, late frames
-skipped); "speech" runs the playout engine on an uploaded file (output clock, idle frames between
-utterances). In speech mode the video track's recv() owns the clock: the playout runs with
-Pacing.CONSUMER and makes each frame as the track pulls it (lipsync.web.tracks). When nothing is left to push or to play (the file ended, or was interrupted, however
-many were queued) the session returns to the microphone: that is read from the playout's own
-state (`wait_idle`), never counted from its events. One
-avatar and renderer (the generator) are shared by whichever engine runs; only one runs at a time,
-on the same output tracks, each engine under a new epoch so the tracks re-anchor on its clock.
-An interrupt silences the speech from the instant it arrives: the playout drops everything
-made, and the tracks' ring drops the sound of the frame already pulled ahead.
+skipped; the engine pushes to the tracks); "speech" runs the playout engine on an uploaded file
+with Pacing.CONSUMER: the video track's recv() owns the clock and each frame is made as it pulls
+(lipsync.web.tracks), idle frames between utterances. When nothing is left to push or to play
+(the file ended, or was interrupted, however many were queued) the session returns to the
+microphone: that is read from the playout's own state (`wait_idle`), never counted from its
+events. One avatar and renderer (the generator) are shared by whichever engine runs; only one
+runs at a time, on the same output tracks, each engine under a new epoch so the tracks
+re-anchor on its clock. An interrupt silences the speech from the instant it arrives: the
+playout drops everything made, and the tracks' ring the sound of the frame pulled ahead.
 """
 
 from __future__ import annotations
