@@ -187,6 +187,17 @@ class WebRtcOutput:
                 return None
             await self._wake.wait()
 
+    async def source_changed(self, epoch: int) -> None:
+        """Until the tracks no longer pull from `epoch` (its playout stopped or failed: wait for
+        the session to swap it, instead of pulling a stopped one again)."""
+        while True:
+            if self.closed or self.source is None or self.source[0] != epoch:
+                return
+            self._wake.clear()
+            if self.closed or self.source is None or self.source[0] != epoch:
+                return
+            await self._wake.wait()
+
     def audio_between(self, epoch: int, start: int, n: int) -> np.ndarray:
         """Samples [start, start+n) of `epoch`; what is not in the ring is silence."""
         out = np.zeros(n, np.int16)
@@ -261,8 +272,10 @@ def make_tracks(out: WebRtcOutput):
                 if self.readyState != "live" or out.closed:
                     raise MediaStreamError
                 if out.source is not None:
-                    got = await self._pull(*out.source)
-                    if got is None:  # the playout stopped or was swapped meanwhile: look again
+                    epoch, playout = out.source
+                    got = await self._pull(epoch, playout)
+                    if got is None:  # the playout stopped or was swapped meanwhile
+                        await out.source_changed(epoch)
                         continue
                     frame, due = got
                     break
