@@ -64,6 +64,24 @@ def test_output_ring_plays_gaps_as_silence_and_counts_underruns():
         loop.close()
 
 
+def test_cut_silences_the_ring_from_the_instant_of_the_interrupt():
+    from lipsync.web.tracks import TrackConfig, WebRtcOutput
+
+    loop = asyncio.new_event_loop()
+    try:
+        out = WebRtcOutput(TrackConfig(fps=25, audio_rate_hz=48_000, start_delay_ms=0), loop)
+        t0 = 1_000_000_000
+        out.pacer.video_due_ns(3, 0, t0)  # frame 0 of epoch 3 shown at t0
+        out.put_audio(3, AudioChunk(np.full(3840, 0.5, np.float32), 48_000, 0, 0))  # frames 0 and 1
+        out.cut_audio(2, t0 + 30_000_000)  # another epoch's interrupt: nothing of this one goes
+        assert (out.audio_between(3, 0, 3840) == 16383).all()
+        out.cut_audio(3, t0 + 30_000_000)  # 30 ms in: sample 1440 on
+        got = out.audio_between(3, 0, 3840)
+        assert (got[:1440] == 16383).all() and (got[1440:] == 0).all()
+    finally:
+        loop.close()
+
+
 def test_output_keeps_video_bounded_dropping_the_oldest():
     from lipsync.web.tracks import TrackConfig, WebRtcOutput
 
