@@ -1,12 +1,15 @@
 """One browser's session: its peer connection, the engine feeding it, and mode switches.
 
 Modes: "mic" runs the capture engine on the browser's microphone (audio is the clock, late frames
-skipped); "speech" runs the playout engine on an uploaded file (output clock, idle frames between
-utterances). When nothing is left to push or to play (the file ended, or was interrupted, however
-many were queued) the session returns to the microphone: that is read from the playout's own
-state (`wait_idle`), never counted from its events. One
-avatar and renderer (the generator) are shared by whichever engine runs; only one runs at a time,
-on the same output tracks, each engine under a new epoch so the tracks re-anchor on its clock.
+skipped; the engine pushes to the tracks); "speech" runs the playout engine on an uploaded file
+with Pacing.CONSUMER: the video track's recv() owns the clock and each frame is made as it pulls
+(lipsync.web.tracks), idle frames between utterances. When nothing is left to push or to play
+(the file ended, or was interrupted, however many were queued) the session returns to the
+microphone: that is read from the playout's own state (`wait_idle`), never counted from its
+events. One avatar and renderer (the generator) are shared by whichever engine runs; only one
+runs at a time, on the same output tracks, each engine under a new epoch so the tracks
+re-anchor on its clock. An interrupt silences the speech from the instant it arrives: the
+playout drops everything made, and the tracks' ring the sound of the frame pulled ahead.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +26,7 @@ from lipsync.web.tracks import TrackConfig, WebRtcOutput, make_tracks
 from models.errors import EngineFailure
 from realtime.config import EngineConfig
 from realtime.engine import Engine
-from realtime.playout import Playout, PlayoutConfig, PlayoutFull
+from realtime.playout import Pacing, Playout, PlayoutConfig, PlayoutFull
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,10 @@ class Session:
         self._mic_task: asyncio.Task | None = None
         self._switch_lock = asyncio.Lock()
         self._speak_cancel = threading.Event()
+        # Held around each push and around an interrupt's cancel + cut: once an interrupt holds
+        # it, no piece of the file it cancels can reach the playout any more.
+        self._push_gate = threading.Lock()
+        self.last_cut_audio_pts: int | None = None  # the audio track's timestamp when the last interrupt came
         self._pusher: asyncio.Future | None = None
         self._speech_lock = asyncio.Lock()  # speak/interrupt and the return to the mic, one at a time
         self._watch: asyncio.Task | None = None  # returns to the mic once the playout is idle
@@ -101,27 +109,29 @@ class Session:
                 return
             old, self.engine = self.engine, None
             self.mode = "switching"
+            self.out.pull_from(None)
             if old is not None:
                 await asyncio.to_thread(self._stop_engine, old)
             if loaded is not None:
                 self.loaded = loaded
             self._epoch += 1
             self.engine = await asyncio.to_thread(self._start_engine, mode, self._epoch)
+            if isinstance(self.engine, Playout):
+                self.out.pull_from(self._epoch, self.engine)
             self.mode = mode
             log.info("session: %s mode on %s", mode, self.loaded.path)
 
     def _start_engine(self, mode: str, epoch: int):
-        sink = self.out.sink(epoch)
-        if mode == "mic":
-            return Engine(self.loaded.avatar, self.loaded.renderer, [sink], self.cfg).start()
-
+        if mode == "mic":  # the microphone's audio is the clock: the engine pushes to the tracks
+            return Engine(self.loaded.avatar, self.loaded.renderer, [self.out.sink(epoch)], self.cfg).start()
+        # The video track pulls (it owns the clock); the caller hands the playout to the tracks.
         pl = Playout(
             self.loaded.avatar,
             self.loaded.renderer,
-            [sink],
+            [],
             self.cfg,
             PlayoutConfig(output_rate_hz=self.cfg.output_audio_rate_hz),
-            deliver_to_reader=False,
+            pacing=Pacing.CONSUMER,
         )
         return pl.start()
 
@@ -184,18 +194,20 @@ class Session:
         step = int(SPEAK_PIECE_S * rate)
         try:
             for i in range(0, len(pcm), step):
-                # Pushed as playback goes (the playout holds max_pending_s): the short wait lets
-                # an interrupt stop this thread before it can queue another piece.
+                # Pushed as playback goes (the playout holds max_pending_s), never blocking under
+                # the gate: an interrupt waits for it at most one non-blocking push.
                 while True:
-                    if cancel.is_set():
-                        engine.end_segment()  # what was pushed of it is an utterance of its own
-                        return
-                    try:
-                        if not engine.push_audio(pcm[i : i + step], rate, timeout_s=PUSH_POLL_S):
-                            return  # the engine is stopping
-                        break
-                    except PlayoutFull:
-                        continue
+                    with self._push_gate:
+                        if cancel.is_set():
+                            engine.end_segment()  # what was pushed of it is an utterance of its own
+                            return
+                        try:
+                            if not engine.push_audio(pcm[i : i + step], rate, timeout_s=0):
+                                return  # the engine is stopping
+                            break
+                        except PlayoutFull:
+                            pass
+                    cancel.wait(PUSH_POLL_S)
             engine.end_segment()
         except Exception as e:
             asyncio.run_coroutine_threadsafe(self._engine_failed(e), self.loop)
@@ -212,8 +224,14 @@ class Session:
             engine = self.engine
             if self.mode != "speech" or not isinstance(engine, Playout):
                 return False
-            await self._cancel_pusher()  # nothing more of the file may arrive after the cut
-            engine.interrupt()
+            # The cut comes first (within a frame of the request), then the pusher is joined;
+            # under the gate nothing more of the file can be pushed after the cut.
+            with self._push_gate:
+                self._speak_cancel.set()
+                engine.interrupt()
+                self.last_cut_audio_pts = self.out.next_audio_pts
+                self.out.cut_audio(self._epoch, time.monotonic_ns())
+            await self._cancel_pusher()
         self._watch_for_idle()
         return True
 
@@ -249,6 +267,11 @@ class Session:
             "mode": self.mode,
             "engine": engine.stats.summary() if engine is not None else None,
             "last_second": self.last_second,
-            "webrtc": {**self.out.counters(), "mic_frames_in": self.mic_frames, "connection": self.pc.connectionState},
+            "webrtc": {
+                **self.out.counters(),
+                "mic_frames_in": self.mic_frames,
+                "connection": self.pc.connectionState,
+                "last_cut_audio_pts": self.last_cut_audio_pts,
+            },
             "errors": list(self.engine_errors),
         }

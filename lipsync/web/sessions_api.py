@@ -80,7 +80,14 @@ def _own_copy(source):
 
 class _EndsViewing:
     """The engine's sink for the "webrtc" output; the session ending closes its viewers'
-    connections (a sender whose track ends just stops sending: the viewer would wait on)."""
+    connections (a sender whose track ends just stops sending: the viewer would wait on).
+
+    Pushed, not pulled (unlike the studio's speech mode): a headless session is a capture engine
+    whose clock is its audio input (a file read in real time, a device), batched with other
+    sessions on one generator, often beside file/RTMP sinks that have no clock of their own. Its
+    tracks show its frames by their timestamps (lipsync.web.tracks, pushed mode); a viewer's
+    recv() cannot set the pace of an input that is already paced, and MediaRelay pulls the
+    tracks once for every viewer, so no viewer's clock is the session's either."""
 
     def __init__(self, watched: _Watched, loop: asyncio.AbstractEventLoop):
         self.watched, self.loop = watched, loop

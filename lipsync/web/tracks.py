@@ -1,8 +1,16 @@
-"""The engine's output as two WebRTC tracks, paced by the frames' own timestamps.
+"""The engine's output as two WebRTC tracks: pushed by an engine, or pulled from a playout.
 
-The engine hands frames and audio to `WebRtcOutput` (an ordinary engine sink) on its sink
-thread; the tracks take them on the asyncio loop. Both tracks read one `Pacer`, so a video frame
-and the audio of the same instant leave together:
+Two ways frames reach the tracks, one clock owner in each:
+  pushed  the capture engine (the microphone's audio is its clock) hands frames and audio to
+          `WebRtcOutput` (an ordinary engine sink) on its sink thread; the tracks take them on
+          the asyncio loop and show them by their timestamps.
+  pulled  a playout with Pacing.CONSUMER (`pull_from`): the video track's recv() owns the clock.
+          Each recv() pulls one frame `pull_ahead_ms` before the instant it is shown at (frame n
+          at anchor + n/fps) and writes that frame's own audio into the ring, so the audio track
+          reads exactly the sound the lips were made from; `cut_audio` (an interrupt) silences
+          the ring from the instant it arrives, and a frame pulled while an interrupt came
+          (the playout's epoch moved) keeps its picture but not its sound.
+Both tracks read one `Pacer`, so a video frame and the audio of the same instant leave together:
   video  shown at anchor + (pts - anchor_pts) / fps; at most `video_queue_ms` waiting (oldest
          dropped, counted) — a frame that waited longer is stale
   audio  20 ms frames cut from a sample ring by the same anchor: missing samples are silence
@@ -25,6 +33,7 @@ import av
 import numpy as np
 
 from realtime.frames import AudioChunk, VideoFrame
+from realtime.playout import Playout, PlayoutItem
 
 VIDEO_CLOCK_HZ = 90_000
 AUDIO_FRAME_MS = 20
@@ -41,6 +50,10 @@ class TrackConfig:
     # over audio ~200 ms before the frame of the same instant, and the playout emits both at once,
     # so only the frame's own jitter needs room; the browser's jitter buffer absorbs the rest.
     start_delay_ms: int = 10
+    # Pulled mode: a frame is pulled this long before it is shown, so that its sound is in the
+    # ring before the audio track's 20 ms packet that reaches into it is read (one packet, plus
+    # the pull's own time off the loop).
+    pull_ahead_ms: int = 30
 
 
 class Pacer:
@@ -98,6 +111,26 @@ class WebRtcOutput:
         self.video_in = self.video_dropped = 0
         self.video_sent = self.audio_sent = self.audio_underrun_frames = 0
         self.closed = False
+        self.source: tuple[int, Playout] | None = None  # (epoch, playout) the video track pulls from
+        self.next_audio_pts = 0  # the audio track's timestamp for its next 20 ms packet
+
+    def pull_from(self, epoch: int | None, playout: Playout | None = None) -> None:
+        """On the loop: the video track pulls from `playout` (Pacing.CONSUMER) under `epoch`, or,
+        with None, takes what an engine pushes. Frames pushed before are dropped."""
+        with self._lock:
+            self.source = (epoch, playout) if epoch is not None and playout is not None else None
+            self._video.clear()
+        self._wake.set()
+
+    def cut_audio(self, epoch: int, t_ns: int) -> None:
+        """Silence what the ring holds of `epoch` from the instant `t_ns` on (an interrupt): the
+        sound of frames already pulled ahead is not played."""
+        at = self.pacer.audio_sample_at(t_ns)
+        with self._lock:
+            if at is None or at[0] != epoch or epoch != self._ring_epoch or at[1] >= self._ring_end:
+                return
+            start = max(at[1], self._ring_end - len(self._ring))
+            self._write(start, np.zeros(self._ring_end - start, np.int16))
 
     def sink(self, epoch: int) -> _EpochSink:
         return _EpochSink(self, epoch)
@@ -144,13 +177,25 @@ class WebRtcOutput:
 
     # -- track side (asyncio) ---------------------------------------------------------------------
     async def next_video(self) -> tuple[int, VideoFrame] | None:
+        """The next pushed frame; None once closed or when the tracks pull from a playout."""
         while True:
             with self._lock:
                 if self._video:
                     return self._video.popleft()
                 self._wake.clear()
-            if self.closed:
+            if self.closed or self.source is not None:
                 return None
+            await self._wake.wait()
+
+    async def source_changed(self, epoch: int) -> None:
+        """Until the tracks no longer pull from `epoch` (its playout stopped or failed: wait for
+        the session to swap it, instead of pulling a stopped one again)."""
+        while True:
+            if self.closed or self.source is None or self.source[0] != epoch:
+                return
+            self._wake.clear()
+            if self.closed or self.source is None or self.source[0] != epoch:
+                return
             await self._wake.wait()
 
     def audio_between(self, epoch: int, start: int, n: int) -> np.ndarray:
@@ -211,6 +256,7 @@ def make_tracks(out: WebRtcOutput):
     from aiortc.mediastreams import MediaStreamError
 
     cfg = out.cfg
+    frame_ns = round(1e9 / cfg.fps)
 
     class AvatarVideoTrack(MediaStreamTrack):
         kind = "video"
@@ -219,14 +265,27 @@ def make_tracks(out: WebRtcOutput):
             super().__init__()
             self._t_start: int | None = None
             self._last_pts = -1
+            self._pull_at: tuple[int, int] | None = None  # pulled mode: (epoch, when to pull next)
 
         async def recv(self):
-            item = await out.next_video()
-            if item is None or self.readyState != "live":
-                raise MediaStreamError
-            epoch, frame = item
-            due = out.pacer.video_due_ns(epoch, frame.pts, _monotonic_ns())
-            await _sleep_until(due)
+            while True:
+                if self.readyState != "live" or out.closed:
+                    raise MediaStreamError
+                if out.source is not None:
+                    epoch, playout = out.source
+                    got = await self._pull(epoch, playout)
+                    if got is None:  # the playout stopped or was swapped meanwhile
+                        await out.source_changed(epoch)
+                        continue
+                    frame, due = got
+                    break
+                item = await out.next_video()
+                if item is None:
+                    continue
+                epoch, frame = item
+                due = out.pacer.video_due_ns(epoch, frame.pts, _monotonic_ns())
+                await _sleep_until(due)
+                break
             if self._t_start is None:
                 self._t_start = due
             # RTP time follows the wall clock the frame is shown at, so epochs join seamlessly.
@@ -236,6 +295,27 @@ def make_tracks(out: WebRtcOutput):
             vf.pts, vf.time_base = pts, fractions.Fraction(1, VIDEO_CLOCK_HZ)
             out.video_sent += 1
             return vf
+
+        async def _pull(self, epoch: int, playout: Playout) -> tuple[VideoFrame, int] | None:
+            """This recv() is the playout's clock: one frame made per call, shown at its instant."""
+            if self._pull_at is not None and self._pull_at[0] == epoch:
+                await _sleep_until(self._pull_at[1])
+            while True:
+                cut = playout.epoch
+                try:
+                    item = await playout.recv()
+                except StopAsyncIteration:
+                    return None
+                if isinstance(item, PlayoutItem):  # segment events are the session's, not ours
+                    break
+            if out.source is None or out.source[0] != epoch:
+                return None
+            if playout.epoch == cut:  # else an interrupt came while it was made: picture only
+                out.put_audio(epoch, item.audio)
+            due = out.pacer.video_due_ns(epoch, item.video.pts, _monotonic_ns())
+            self._pull_at = (epoch, due + frame_ns - cfg.pull_ahead_ms * 1_000_000)
+            await _sleep_until(due)
+            return item.video, due
 
     class AvatarAudioTrack(MediaStreamTrack):
         kind = "audio"
@@ -265,6 +345,7 @@ def make_tracks(out: WebRtcOutput):
             frame.time_base = fractions.Fraction(1, cfg.audio_rate_hz)
             self._n += 1
             self._sent += 1
+            out.next_audio_pts = self._sent * self._spf
             out.audio_sent += 1
             return frame
 
