@@ -211,7 +211,8 @@ def test_a_failing_session_never_stalls_the_others(parts, speech_wav):
     for s in good:
         assert s.wait_for(s.frames + 20, 30), "a healthy session stalled after another one failed"
     summaries = host.close()
-    assert [host.sessions[k].state for k in ("good1", "good2")] == ["stopped", "stopped"]
+    assert [host.ended[k].state for k in ("good1", "good2")] == ["stopped", "stopped"]
+    assert host.sessions == {}  # ended sessions are let go: only their outcome is kept
     assert summaries["good1"]["frames"] >= 20 and summaries["good2"]["frames"] >= 20
     per = host.service.summary()["per_session"]
     assert per["good1"]["served"] > 0 and per["good2"]["served"] > 0
@@ -306,6 +307,7 @@ def test_sessions_end_cleanly_when_the_service_thread_dies(parts, speech_wav):
     host.add("s1", a, [sinks[0]], FileSource(str(speech_wav), loop=True))
     host.add("s2", b, [sinks[1]], FileSource(str(speech_wav), loop=True))
     host.start_all()
+    sessions = dict(host.sessions)  # they leave host.sessions as they end
     for s in sinks:
         assert s.wait_for(10, 30), "sessions did not stream before the break"
 
@@ -316,7 +318,7 @@ def test_sessions_end_cleanly_when_the_service_thread_dies(parts, speech_wav):
     with svc._cv:  # wake the thread so it meets the bug now
         svc._cv.notify_all()
     for sid in ("s1", "s2"):
-        session = host.sessions[sid]
+        session = sessions[sid]
         assert session.wait(30), f"session {sid} hung on a dead service"
         assert session.state == "failed"
         assert isinstance(session.error, GeneratorServiceDown), repr(session.error)
