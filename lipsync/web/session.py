@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lipsync.web.tasks import spawn
 from lipsync.web.tracks import TrackConfig, WebRtcOutput, make_tracks
 from models.errors import EngineFailure
 from realtime.config import EngineConfig
@@ -138,7 +139,7 @@ class Session:
     def _speech_finished(self) -> None:
         self._speaking = max(0, self._speaking - 1)
         if self._speaking == 0 and self._mic is not None and self.mode == "speech":
-            asyncio.ensure_future(self._switch("mic"))
+            spawn(self._switch("mic"))
 
     async def _engine_failed(self, e: BaseException) -> None:
         msg = str(EngineFailure.wrap("engine", e))

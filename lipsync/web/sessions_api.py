@@ -14,16 +14,18 @@ generator): blocking work, run off the event loop so the studio's streams keep g
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from pathlib import Path
 
 import av
 
+from lipsync.web.tasks import spawn
 from lipsync.web.tracks import TrackConfig, WebRtcOutput, make_tracks
 from models.errors import LipsyncError
 from realtime.config import EngineConfig
-from realtime.service.manager import SessionManager, SessionRequest
+from realtime.service.manager import SessionManager, SessionRequest, StartCancelled
 
 log = logging.getLogger(__name__)
 WATCH_PAGE = Path(__file__).resolve().parent / "static" / "watch.html"
@@ -77,8 +79,8 @@ class _EndsViewing:
     """The engine's sink for the "webrtc" output; the session ending closes its viewers'
     connections (a sender whose track ends just stops sending: the viewer would wait on)."""
 
-    def __init__(self, watched: _Watched, loop: asyncio.AbstractEventLoop):
-        self.watched, self.loop = watched, loop
+    def __init__(self, watched: _Watched, loop: asyncio.AbstractEventLoop, on_close=None):
+        self.watched, self.loop, self._on_close = watched, loop, on_close
         self.out, self._sink = watched.out, watched.out.sink(0)
         self.name = "webrtc"
 
@@ -90,7 +92,9 @@ class _EndsViewing:
 
     def close(self) -> None:
         self.out.close()
-        self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.watched.hang_up()))
+        self.loop.call_soon_threadsafe(lambda: spawn(self.watched.hang_up()))
+        if self._on_close is not None:
+            self._on_close()
 
 
 class WebRtcOutputs:
@@ -110,8 +114,14 @@ class WebRtcOutputs:
             self.watched[session_id] = watched
         if old is not None:  # the same id started again: its old viewers are hung up on
             old.out.close()
-            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(old.hang_up()))
-        return _EndsViewing(watched, self.loop)
+            self.loop.call_soon_threadsafe(lambda: spawn(old.hang_up()))
+        return _EndsViewing(watched, self.loop, functools.partial(self._forget, session_id, watched))
+
+    def _forget(self, session_id: str, watched: _Watched) -> None:
+        """The session ended: its tracks go (not those of a newer session under the same id)."""
+        with self._lock:
+            if self.watched.get(session_id) is watched:
+                del self.watched[session_id]
 
     async def close(self) -> None:
         for w in list(self.watched.values()):
@@ -144,7 +154,8 @@ def add_session_routes(app, manager: SessionManager, error, outputs: WebRtcOutpu
             req = SessionRequest.from_json(doc)
             desc = await asyncio.to_thread(manager.start, req)
         except LipsyncError as e:
-            return error(409 if "already running" in e.found else 422, str(e))
+            conflict = isinstance(e, StartCancelled) or "already running" in e.found  # the state, not the request
+            return error(409 if conflict else 422, str(e))
         return web.json_response(desc, status=201)
 
     async def stop(request):
