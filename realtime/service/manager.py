@@ -464,12 +464,12 @@ class SessionManager:
             req = self.requests.get(session_id)
             if req is None:
                 return dict(self._ended[session_id])  # KeyError: no such session
-            starting = session_id in self._starting
+            starting = self._starting.get(session_id)
             s = self._live_session(session_id)
             ray_actor = self._host.actors.get(session_id) if isinstance(self._host, RaySessionHost) else None
         out = req.to_json()
-        if starting:
-            out["state"] = "starting"
+        if starting is not None:  # "stopping": a stop came; the start gives up at its next step
+            out["state"] = "stopping" if starting.cancelled.is_set() else "starting"
         elif s is not None:
             out.update(self._figures(s))
         elif ray_actor is not None:
