@@ -183,6 +183,7 @@ class SessionManager:
         self._gen_future: Future | None = None
         self._host: SessionHost | RaySessionHost | None = None
         self._solo: dict[str, LiveSession] = {}  # procedural sessions: LiveSession each, no service
+        self._closed = False
 
     # -- the shared generator -----------------------------------------------------------------------
     def _generator(self, avatar_path: str):
@@ -203,7 +204,16 @@ class SessionManager:
             fut.set_exception(e)
             raise
         with self._lock:
-            self._gen, self._host = gen, host
+            closed = self._closed
+            if not closed:
+                self._gen, self._host = gen, host
+        if closed:  # close() came during the build: what the build started stops here
+            host.close()
+            error = StartCancelled("session manager", "a running manager", "one closed meanwhile", "start a new one")
+            with self._lock:
+                self._gen_future = None
+            fut.set_exception(error)
+            raise error
         fut.set_result(gen)
         return gen
 
@@ -234,6 +244,8 @@ class SessionManager:
         if isinstance(self._host, RaySessionHost) and sid in self.requests:
             self.describe(sid)  # an actor whose session ended by itself is let go here
         with self._lock:
+            if self._closed:
+                raise StartCancelled(f"session {sid!r}", "a running manager", "one closed", "start a new one")
             if sid in self.requests:
                 raise LipsyncError(
                     f"session {sid!r}", "a new session id", "one already running", "stop it first or pick another id"
@@ -506,6 +518,7 @@ class SessionManager:
 
     def close(self, timeout_s: float = 10.0) -> None:
         with self._lock:
+            self._closed = True
             for st in self._starting.values():
                 st.cancelled.set()
             solo = list(self._solo.values())
