@@ -116,3 +116,30 @@ def test_sessions_stream_through_a_serve_deployment_routed_by_avatar(generator_c
     assert dep["avatars_loaded"] == 2, dep
     assert set(dep["per_session"]) >= {"a", "b"}
     assert max(int(k) for k in dep["batch_size_histogram"]) >= 2, dep["batch_size_histogram"]
+
+
+@pytest.mark.slow
+def test_thirty_ray_sessions_started_and_stopped_over_the_api_return_their_memory(
+    generator_ckpt, photo, speech_wav, tmp_path
+):
+    """`lipsync serve --backend ray`: each stopped session's actor is killed and the node
+    service lets go of its avatar; neither the server nor the service actor grows."""
+    out = tmp_path / "memory.json"
+    run = in_namespace(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "ray_sessions_memory.py"),
+            str(generator_ckpt),
+            str(photo),
+            str(speech_wav),
+            str(out),
+        ],
+        timeout_s=600,
+    )
+    assert run.returncode == 0 and out.is_file(), run.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["server_exit"] == 0, doc["server_stderr_tail"]
+    assert doc["session_actors_left"] == [] and doc["service_avatars_left"] == [], doc
+    for who in ("server_rss_mb", "service_rss_mb"):
+        rss = doc[who]
+        assert rss["30"] - rss["3"] < 60, f"{who} grew from the 3rd to the 30th session: {rss}"
