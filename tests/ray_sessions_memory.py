@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from test_session_lifecycle import allowed, rss_mb, serve, start_and_stop  # noqa: E402
+from test_session_lifecycle import FP32, allowed, rss_mb, serve, start_and_stop  # noqa: E402
 
 
 def service_rss(_pid=None) -> float:
@@ -34,11 +34,11 @@ def service_rss(_pid=None) -> float:
 def main(ckpt: str, photo: str, audio: str, out: str) -> None:
     import ray
 
-    from realtime.service.ray_backend import NAMESPACE, SERVICE_PREFIX
+    from realtime.service.ray_backend import NAMESPACE, SERVICE_PREFIX, SESSION_PREFIX
 
     empty = Path(tempfile.mkdtemp()) / "none.json"
     empty.write_text("[]")
-    args = ("--sessions", empty, "--checkpoint", ckpt, "--blend", "hard", "--backend", "ray")
+    args = ("--sessions", empty, "--checkpoint", ckpt, "--blend", "hard", *FP32, "--backend", "ray")
     proc, api = serve(*args, *allowed(Path(photo).parent))
     doc: dict = {}
     try:
@@ -53,7 +53,7 @@ def main(ckpt: str, photo: str, audio: str, out: str) -> None:
         doc["service_rss_mb"] = start_and_stop(api, 30, photo, audio, both, proc.pid)
         doc["server_rss_mb"] = server
         named = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
-        doc["session_actors_left"] = [n for n in named if n.startswith("lipsync-session-")]
+        doc["session_actors_left"] = [n for n in named if n.startswith(SESSION_PREFIX)]
         (svc,) = [n for n in named if n.startswith(SERVICE_PREFIX)]
         doc["service_avatars_left"] = ray.get(ray.get_actor(svc, namespace=NAMESPACE).avatars.remote(), timeout=60)
     finally:

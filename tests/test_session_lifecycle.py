@@ -26,6 +26,7 @@ from realtime.service.manager import SessionManager
 pytest.importorskip("aiohttp")
 ROOT = Path(__file__).resolve().parent.parent
 JSON = {"Content-Type": "application/json"}  # what the API takes (no Origin: not a browser page)
+FP32 = ("--runtime", "onnxruntime", "--precision", "fp32")  # no ladder: the sessions are what is measured
 
 
 def allowed(directory) -> list[str]:
@@ -200,7 +201,7 @@ def test_thirty_sessions_started_and_stopped_over_the_api_return_their_memory(
     empty = tmp_path / "none.json"
     empty.write_text("[]")
     proc, api = serve(
-        "--sessions", empty, "--checkpoint", generator_ckpt, "--blend", "hard", *allowed(Path(photo).parent)
+        "--sessions", empty, "--checkpoint", generator_ckpt, "--blend", "hard", *FP32, *allowed(Path(photo).parent)
     )
     try:
         after = start_and_stop(api, 30, photo, speech_wav, rss_mb, proc.pid)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.errors import LipsyncError
+from realtime import heap
 from realtime.avatar import AvatarConfig, load_avatar
 from realtime.compositor import first_shown_row
 from realtime.config import EngineConfig
@@ -403,6 +404,9 @@ class SessionManager:
             if self._solo.get(req.session_id) is session:
                 del self._solo[req.session_id]
             self._forget(req, record)
+        # What the session's engine, queues and frames freed goes back to the system (glibc
+        # keeps freed heap otherwise: the RSS of a long-running server would only ever grow).
+        heap.release_freed()
 
     def _forget(self, req: SessionRequest, record: dict) -> None:
         """With the lock: the session of `req` ended; `record` is what stays of it."""

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import EngineFailure, LipsyncError
-from realtime import threads
+from realtime import heap, threads
 from realtime.avatar import AvatarConfig, load_avatar
 from realtime.clock import MonotonicClock
 from realtime.compositor import to_uint8_faces
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "lipsync"
 SERVICE_PREFIX = "lipsync-generator-"
+SESSION_PREFIX = "lipsync-session-"
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,8 @@ class GeneratorServiceActor:
                     self._avatars.pop(avatar_id, None)
                     self.svc.unregister_avatar(avatar_id)
                     gone.append(avatar_id)
+        if gone:
+            heap.release_freed()  # the features' memory back to the system, not kept by glibc
         return gone
 
     def avatars(self) -> list[str]:
@@ -432,7 +435,9 @@ class RaySessionHost:
             "max_restarts": p.max_restarts,
             "max_task_retries": -1,
             "max_concurrency": 8,
-            "name": f"lipsync-session-{spec.session_id}",
+            # Numbered: a killed actor's name is freed asynchronously, and the same session id
+            # started again at once must not find its old actor's name taken.
+            "name": f"{SESSION_PREFIX}{spec.session_id}-{self._slots}",
             "namespace": NAMESPACE,
         }
         if p.memory_bytes:
