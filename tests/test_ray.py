@@ -71,6 +71,8 @@ def test_a_killed_session_actor_streams_again_within_2_s(generator_ckpt, photo, 
     assert all(s["frames"] >= 25 for s in doc["before"])
     assert doc["after"] is not None, "the killed session actor never came back"
     assert doc["a_info"]["incarnation"] == "restarted" and doc["after"]["pid"] != doc["before"][0]["pid"]
+    assert doc["c_stop"] in ("timed out", "returned")
+    assert doc["c_tracked_after_stop"] is False and doc["c_alive_after_stop"] is False, doc
     assert doc["restart_to_first_frame_s"] < 2.0, doc["restart_to_first_frame_s"]
     assert doc["a_streams_on"]["frames"] >= doc["after"]["frames"] + 25
     assert doc["b_during"]["state"] == "running"  # the other session streamed on through the kill
