@@ -172,11 +172,12 @@ def run_inprocess(spec: dict, avatars: list[str], audio: str, seconds: float, st
         av = prepare_avatar(path, gen, spec["checkpoint"], cfg)
         host.add(f"s{k}", av, [NullSink()], rotated_source(audio, k, n), seconds)
     meter = CpuMeter()
+    sessions = dict(host.sessions)  # an ended session leaves host.sessions
     host.start_all()
-    for s in host.sessions.values():
+    for s in sessions.values():
         s.wait(seconds + 60)
     cpu, cpu_s = meter.percent(), meter.cpu_s()
-    failed = {sid: str(s.error) for sid, s in host.sessions.items() if s.error is not None}
+    failed = {sid: str(s.error) for sid, s in sessions.items() if s.error is not None}
     summaries = host.close()
     svc = host.service.summary()
     frames = sum(s["frames"] for s in summaries.values() if s)

@@ -111,8 +111,10 @@ class FeatureStore:
         """Encode `crops` (N, 96, 96, 3) a batch at a time into a new store at `path`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        data_tmp, meta_tmp = tmp.with_suffix(".tmp.npy"), tmp.with_suffix(".tmp.json")
+        # One writer's own names: two threads of a process may build the same store at once
+        # (two sessions starting on one avatar). with_suffix would cut the thread id off.
+        tmp = f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        data_tmp, meta_tmp = path.with_name(tmp + ".npy"), path.with_name(tmp + ".json")
         try:
             shapes = _write_rows(data_tmp, crops, encoder, batch, np.float16)
             if shapes is None:

@@ -35,7 +35,7 @@ def main(ckpt: str, photo: str, audio: str, out: str) -> None:
     mirror = str(Path(out).with_name("mirror.jpg"))
     cv2.imwrite(mirror, cv2.imread(photo)[:, ::-1])
     t_init = time.monotonic()
-    init_local_ray(num_cpus=2, log_to_driver=False)
+    init_local_ray(num_cpus=3, log_to_driver=False)  # the service, a and b, and c at the end
     doc: dict = {"ray_init_s": round(time.monotonic() - t_init, 2), "node": ray.nodes()[0]["NodeManagerAddress"]}
     gen = GeneratorSpec(functools.partial(load_generator, ckpt, RuntimeConfig(), split=True), "test", num_cpus=1.0)
     host = RaySessionHost(gen, EngineConfig(blend="hard"), SessionPlacement(num_cpus=0.5))
@@ -73,6 +73,21 @@ def main(ckpt: str, photo: str, audio: str, out: str) -> None:
         doc["a_streams_on"] = ray.get(a.wait_frames.remote(again["frames"] + 25, 30), timeout=40)
     doc["a_info"] = ray.get(a.info.remote(), timeout=30)
     doc["b_during"] = ray.get(b.wait_frames.remote(b_before + 25, 30), timeout=40)
+    # A stop whose summary does not come back in time: the actor is killed all the same, and
+    # tracked until it is (it used to be forgotten first and stream on, untracked).
+    c = host.add(SessionSpec("c", photo, source))
+    ray.get(c.wait_frames.remote(5, 60), timeout=90)
+    try:
+        host.stop("c", timeout_s=0.001)
+        doc["c_stop"] = "returned"
+    except ray.exceptions.GetTimeoutError:
+        doc["c_stop"] = "timed out"
+    doc["c_tracked_after_stop"] = "c" in host.actors
+    try:
+        ray.get(c.info.remote(), timeout=30)
+        doc["c_alive_after_stop"] = True
+    except ray.exceptions.RayActorError:
+        doc["c_alive_after_stop"] = False
     doc["summaries"] = host.close()
     Path(out).write_text(json.dumps(doc, indent=1, default=str))
     ray.shutdown()

@@ -39,6 +39,14 @@ def in_namespace(args: list[str], timeout_s: float) -> subprocess.CompletedProce
     )
 
 
+def run_script(script: str, generator_ckpt, photo, speech_wav, out: Path, timeout_s: float) -> dict:
+    """tests/SCRIPT CHECKPOINT PHOTO AUDIO OUT_JSON in a loopback-only namespace; what it wrote."""
+    args = [sys.executable, str(ROOT / "tests" / script), str(generator_ckpt), str(photo), str(speech_wav), str(out)]
+    run = in_namespace(args, timeout_s=timeout_s)
+    assert run.returncode == 0 and out.is_file(), run.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 def test_local_ray_is_refused_outside_a_loopback_only_namespace():
     from realtime.service.ray_backend import loopback_only
 
@@ -58,24 +66,13 @@ def test_a_killed_session_actor_streams_again_within_2_s(generator_ckpt, photo, 
 
     gen = load_generator(generator_ckpt, RuntimeConfig(), split=True)
     load_avatar(AvatarConfig(str(photo))).attach_features(gen, f"{gen.name}:test")
-    out = tmp_path / "ray.json"
-    run = in_namespace(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "ray_restart.py"),
-            str(generator_ckpt),
-            str(photo),
-            str(speech_wav),
-            str(out),
-        ],
-        timeout_s=150,
-    )
-    assert run.returncode == 0 and out.is_file(), run.stderr[-3000:]
-    doc = json.loads(out.read_text())
+    doc = run_script("ray_restart.py", generator_ckpt, photo, speech_wav, tmp_path / "ray.json", 150)
     assert doc["node"] == "127.0.0.1"
     assert all(s["frames"] >= 25 for s in doc["before"])
     assert doc["after"] is not None, "the killed session actor never came back"
     assert doc["a_info"]["incarnation"] == "restarted" and doc["after"]["pid"] != doc["before"][0]["pid"]
+    assert doc["c_stop"] in ("timed out", "returned")
+    assert doc["c_tracked_after_stop"] is False and doc["c_alive_after_stop"] is False, doc
     assert doc["restart_to_first_frame_s"] < 2.0, doc["restart_to_first_frame_s"]
     assert doc["a_streams_on"]["frames"] >= doc["after"]["frames"] + 25
     assert doc["b_during"]["state"] == "running"  # the other session streamed on through the kill
@@ -88,20 +85,7 @@ def test_sessions_stream_through_a_serve_deployment_routed_by_avatar(generator_c
     """The GPU-node layout, run on CPU: the generator as a Ray Serve deployment (@serve.batch,
     @serve.multiplexed by avatar key), two session actors on two avatars."""
     pytest.importorskip("ray.serve")
-    out = tmp_path / "serve.json"
-    run = in_namespace(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "ray_serve_sessions.py"),
-            str(generator_ckpt),
-            str(photo),
-            str(speech_wav),
-            str(out),
-        ],
-        timeout_s=280,
-    )
-    assert run.returncode == 0 and out.is_file(), run.stderr[-3000:]
-    doc = json.loads(out.read_text())
+    doc = run_script("ray_serve_sessions.py", generator_ckpt, photo, speech_wav, tmp_path / "serve.json", 280)
     assert doc["node"] == "127.0.0.1"
     assert doc["expired_request"] is None  # past its deadline: dropped, not decoded
     assert doc["no_deadline_face"] is not None and doc["no_deadline_face"][1:] == [96, 3]
@@ -116,3 +100,17 @@ def test_sessions_stream_through_a_serve_deployment_routed_by_avatar(generator_c
     assert dep["avatars_loaded"] == 2, dep
     assert set(dep["per_session"]) >= {"a", "b"}
     assert max(int(k) for k in dep["batch_size_histogram"]) >= 2, dep["batch_size_histogram"]
+
+
+@pytest.mark.slow
+def test_thirty_ray_sessions_started_and_stopped_over_the_api_return_their_memory(
+    generator_ckpt, photo, speech_wav, tmp_path
+):
+    """`lipsync serve --backend ray`: each stopped session's actor is killed and the node
+    service lets go of its avatar; neither the server nor the service actor grows."""
+    doc = run_script("ray_sessions_memory.py", generator_ckpt, photo, speech_wav, tmp_path / "memory.json", 600)
+    assert doc["server_exit"] == 0, doc["server_stderr_tail"]
+    assert doc["session_actors_left"] == [] and doc["service_avatars_left"] == [], doc
+    for who in ("server_rss_mb", "service_rss_mb"):
+        rss = doc[who]
+        assert rss["30"] - rss["3"] < 60, f"{who} grew from the 3rd to the 30th session: {rss}"

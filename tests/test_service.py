@@ -211,7 +211,8 @@ def test_a_failing_session_never_stalls_the_others(parts, speech_wav):
     for s in good:
         assert s.wait_for(s.frames + 20, 30), "a healthy session stalled after another one failed"
     summaries = host.close()
-    assert [host.sessions[k].state for k in ("good1", "good2")] == ["stopped", "stopped"]
+    assert [host.ended[k].state for k in ("good1", "good2")] == ["stopped", "stopped"]
+    assert host.sessions == {}  # ended sessions are let go: only their outcome is kept
     assert summaries["good1"]["frames"] >= 20 and summaries["good2"]["frames"] >= 20
     per = host.service.summary()["per_session"]
     assert per["good1"]["served"] > 0 and per["good2"]["served"] > 0
@@ -307,6 +308,7 @@ def test_sessions_end_cleanly_when_the_service_thread_dies(parts, speech_wav):
     host.add("s1", a, [sinks[0]], FileSource(str(speech_wav), loop=True))
     host.add("s2", b, [sinks[1]], FileSource(str(speech_wav), loop=True))
     host.start_all()
+    sessions = dict(host.sessions)  # they leave host.sessions as they end
     for s in sinks:
         assert s.wait_for(10, 30), "sessions did not stream before the break"
 
@@ -317,7 +319,7 @@ def test_sessions_end_cleanly_when_the_service_thread_dies(parts, speech_wav):
     with svc._cv:  # wake the thread so it meets the bug now
         svc._cv.notify_all()
     for sid in ("s1", "s2"):
-        session = host.sessions[sid]
+        session = sessions[sid]
         assert session.wait(30), f"session {sid} hung on a dead service"
         assert session.state == "failed"
         assert isinstance(session.error, GeneratorServiceDown), repr(session.error)
@@ -380,3 +382,83 @@ def test_a_waiter_that_cancels_its_future_neither_kills_the_service_nor_gets_dec
         assert svc.down is None
     assert rec.batches == [[2]]
     assert svc.summary()["cancelled"] == 1
+
+
+def test_an_avatar_removed_mid_flight_drops_only_its_own_request(parts):
+    """A session ending (its avatar unregistered) after its request was taken into a batch:
+    that request is dropped, the others of the batch are decoded, and the service lives on."""
+    gen, (a, b) = parts
+    rec = Recording(gen)
+    svc = GeneratorService(rec, ServiceConfig(max_batch=4))
+    svc.register_avatar("a", a)
+    svc.register_avatar("b", b)
+    take = svc._take
+
+    def take_then_remove_b(now_ns):  # the session on "b" ends just after the batch was taken
+        batch, late = take(now_ns)
+        svc.unregister_avatar("b")
+        return batch, late
+
+    svc._take = take_then_remove_b
+    futs = [svc.submit("a", 0, mel(1), None, "s1"), svc.submit("b", 0, mel(2), None, "s2")]
+    futs.append(svc.submit("a", 0, mel(3), None, "s3"))
+    with svc:
+        kept1, gone, kept3 = (f.result(timeout=30) for f in futs)
+        assert svc.down is None
+    assert gone is DROPPED
+    np.testing.assert_allclose(kept1, gen.decode(mel(1)[None, None], a.features_at(0)), atol=1e-4)
+    np.testing.assert_allclose(kept3, gen.decode(mel(3)[None, None], a.features_at(0)), atol=1e-4)
+    assert rec.batches == [[1, 3]]  # one batch, without the request whose avatar went
+    assert svc.summary()["cancelled"] == 1
+
+
+def test_a_late_unregister_leaves_a_newer_registration_alone(parts):
+    """What a Serve replica does: an evicted avatar's holder is finalised after the same key was
+    loaded again; the reload's features stay."""
+    from realtime.service.serve_backend import _HeldAvatar
+
+    gen, (a, b) = parts
+    svc = GeneratorService(gen)
+    svc.register_avatar("k", a)
+    old = _HeldAvatar("k", svc, a)
+    svc.register_avatar("k", b, replace=True)  # loaded again (here: different features, to tell them apart)
+    del old  # the old holder's finaliser runs now
+    with svc:
+        out = svc.submit("k", 0, mel(1), None).result(timeout=30)
+    np.testing.assert_allclose(out, gen.decode(mel(1)[None, None], b.features_at(0)), atol=1e-4)
+    svc.unregister_avatar("k", b)
+    with pytest.raises(KeyError):
+        svc.submit("k", 0, mel(1), None)
+
+
+def test_an_ended_session_is_let_go_before_it_reports_done_and_its_id_can_start_again(parts, speech_wav):
+    """The host drops an ended session (engine, avatar frames, features) and only then does a
+    waiter see it done: a session started under the same id right after keeps its avatar."""
+    from realtime.sources.file import FileSource
+
+    gen, (a, b) = parts
+    host = SessionHost(GeneratorService(gen, ServiceConfig(max_batch=4)), EngineConfig(blend="hard"))
+    in_cleanup, release = threading.Event(), threading.Event()
+
+    def slow_cleanup(session):  # the owner's end-of-session work (the manager's record), held open
+        in_cleanup.set()
+        release.wait(30)
+
+    first_sink = CountingSink()
+    old = host.add("x", a, [first_sink], FileSource(str(speech_wav), loop=True), 0.5, on_end=slow_cleanup)
+    host.start("x")
+    assert in_cleanup.wait(30), "the 0.5 s session did not end"
+    assert not old.done  # nobody sees it done while its cleanup runs
+    assert "x" not in host.sessions and host.ended["x"].state == "stopped"
+    with pytest.raises(KeyError):  # its features left the service with it
+        host.service.submit("x", 0, mel(1), None)
+    release.set()
+    assert old.wait(30)
+    sink = CountingSink()
+    new = host.add("x", b, [sink], FileSource(str(speech_wav), loop=True))
+    host.start("x")
+    assert sink.wait_for(25, 30), "the restarted session did not stream"
+    summaries = host.close()
+    assert new.state == "stopped" and new.error is None
+    assert summaries["x"]["frames"] >= 25
+    assert host.sessions == {}

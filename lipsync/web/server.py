@@ -30,6 +30,7 @@ from lipsync.web.guard import Access, Body, Routes, make_guard
 from lipsync.web.ice import is_loopback, offer_candidates_for
 from lipsync.web.session import Loaded, Session
 from lipsync.web.sessions_api import WebRtcOutputs, add_session_routes
+from lipsync.web.tasks import spawn
 from lipsync.web.uploads import AUDIO_KINDS, IMAGE_KINDS, VIDEO_KINDS, UploadError, check_pixels, read_upload
 from mediaio.audio import AudioTooLong, decode_audio
 from models.errors import LipsyncError
@@ -321,7 +322,7 @@ async def _connect(studio: Studio, sdp: str):
         await old.close()
     studio.sessions_started += 1
     await session.start()
-    asyncio.ensure_future(_watch_mic(session, grace))
+    spawn(_watch_mic(session, grace))
     return pc.localDescription
 
 
@@ -382,19 +383,26 @@ def run_studio(
             outputs = WebRtcOutputs(engine_cfg, asyncio.get_running_loop())
             manager.local_outputs["webrtc"] = outputs.make
         app = make_app(studio, manager, outputs)
-        for req in sessions:
-            await asyncio.to_thread(manager.start, req)
         if manager is not None:
 
-            async def stop_sessions(_app):
+            async def stop_sessions(_app=None):
                 await asyncio.to_thread(manager.close)
                 await outputs.close()
 
             app.on_shutdown.append(stop_sessions)
         runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port)
-        await site.start()
+        try:
+            for req in sessions:
+                await asyncio.to_thread(manager.start, req)
+            await runner.setup()
+            site = web.TCPSite(runner, cfg.host, cfg.port)
+            await site.start()
+        except BaseException:  # a later session or the port failed: what had started is finalised
+            if runner.server is not None:
+                await runner.cleanup()  # runs on_shutdown, stop_sessions included
+            elif manager is not None:
+                await stop_sessions()
+            raise
         port = site._server.sockets[0].getsockname()[1] if cfg.port == 0 else cfg.port
         url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}/"
         if avatar is not None:

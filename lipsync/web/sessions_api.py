@@ -17,6 +17,7 @@ generator): blocking work, run off the event loop so the studio's streams keep g
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -24,10 +25,11 @@ from pathlib import Path
 import av
 
 from lipsync.web.guard import Body, Routes
+from lipsync.web.tasks import spawn
 from lipsync.web.tracks import TrackConfig, WebRtcOutput, make_tracks
 from models.errors import LipsyncError
 from realtime.config import EngineConfig
-from realtime.service.manager import SessionManager, SessionRequest
+from realtime.service.manager import SessionManager, SessionRequest, StartCancelled
 from realtime.service.policy import NotAllowed, SessionPolicy
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,8 @@ class _EndsViewing:
     recv() cannot set the pace of an input that is already paced, and MediaRelay pulls the
     tracks once for every viewer, so no viewer's clock is the session's either."""
 
-    def __init__(self, watched: _Watched, loop: asyncio.AbstractEventLoop):
-        self.watched, self.loop = watched, loop
+    def __init__(self, watched: _Watched, loop: asyncio.AbstractEventLoop, on_close=None):
+        self.watched, self.loop, self._on_close = watched, loop, on_close
         self.out, self._sink = watched.out, watched.out.sink(0)
         self.name = "webrtc"
 
@@ -102,7 +104,9 @@ class _EndsViewing:
 
     def close(self) -> None:
         self.out.close()
-        self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.watched.hang_up()))
+        self.loop.call_soon_threadsafe(lambda: spawn(self.watched.hang_up()))
+        if self._on_close is not None:
+            self._on_close()
 
 
 class WebRtcOutputs:
@@ -122,8 +126,14 @@ class WebRtcOutputs:
             self.watched[session_id] = watched
         if old is not None:  # the same id started again: its old viewers are hung up on
             old.out.close()
-            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(old.hang_up()))
-        return _EndsViewing(watched, self.loop)
+            self.loop.call_soon_threadsafe(lambda: spawn(old.hang_up()))
+        return _EndsViewing(watched, self.loop, functools.partial(self._forget, session_id, watched))
+
+    def _forget(self, session_id: str, watched: _Watched) -> None:
+        """The session ended: its tracks go (not those of a newer session under the same id)."""
+        with self._lock:
+            if self.watched.get(session_id) is watched:
+                del self.watched[session_id]
 
     async def close(self) -> None:
         for w in list(self.watched.values()):
@@ -161,7 +171,8 @@ def add_session_routes(
         except NotAllowed as e:
             return error(403, str(e))
         except LipsyncError as e:
-            return error(409 if "already running" in e.found else 422, str(e))
+            conflict = isinstance(e, StartCancelled) or "already running" in e.found  # the state, not the request
+            return error(409 if conflict else 422, str(e))
         return web.json_response(desc, status=201)
 
     async def stop(request):

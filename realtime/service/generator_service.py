@@ -148,15 +148,21 @@ class GeneratorService:
         self.stages = StageTimes()  # the decoder thread's per-stage costs (per frame decoded)
 
     # -- registry ---------------------------------------------------------------------------------
-    def register_avatar(self, avatar_id: str, avatar: FeatureSource) -> None:
+    def register_avatar(self, avatar_id: str, avatar: FeatureSource, replace: bool = False) -> None:
+        """`replace`: the id may already name another avatar (a reload of the same file), which
+        this one takes over from; otherwise that is refused."""
         with self._cv:
-            if avatar_id in self._avatars and self._avatars[avatar_id] is not avatar:
+            if not replace and avatar_id in self._avatars and self._avatars[avatar_id] is not avatar:
                 raise ValueError(f"avatar id {avatar_id!r} is already registered with another avatar")
             self._avatars[avatar_id] = avatar
 
-    def unregister_avatar(self, avatar_id: str) -> None:
-        """Forget an avatar; its queued requests resolve to DROPPED."""
+    def unregister_avatar(self, avatar_id: str, avatar: FeatureSource | None = None) -> None:
+        """Forget an avatar; its queued requests resolve to DROPPED. With `avatar`, only if the id
+        still names that very avatar: whoever registered it can let go late (a finaliser, a
+        session's cleanup) without removing a newer registration under the same id."""
         with self._cv:
+            if avatar is not None and self._avatars.get(avatar_id) is not avatar:
+                return
             self._avatars.pop(avatar_id, None)
             gone = [r for r in self._pending if r.avatar_id == avatar_id]
             self._pending = [r for r in self._pending if r.avatar_id != avatar_id]
@@ -367,10 +373,22 @@ class GeneratorService:
         return batch, late
 
     def _run(self, batch: list[_Request]) -> None:
+        # An avatar unregistered after its requests were taken (a session ending meanwhile): those
+        # requests are dropped as queued ones would have been, and the rest of the batch decodes.
+        with self._cv:
+            avatars = [self._avatars.get(r.avatar_id) for r in batch]
+            gone = [r for r, a in zip(batch, avatars) if a is None]
+            self.stats.cancelled += len(gone)
+        for r in gone:
+            _resolve(r.future, DROPPED)
+        pairs = [(r, a) for r, a in zip(batch, avatars) if a is not None]
+        if not pairs:
+            return
+        batch = [r for r, _ in pairs]
         t0 = time.perf_counter()
         try:
             with self._decoding:
-                outs = self._decode(batch)
+                outs = self._decode(pairs)
         except BaseException as e:  # the sessions waiting on these get the error, the service lives on
             log.exception("generator service: a batch of %d failed", len(batch))
             for r in batch:
@@ -387,13 +405,9 @@ class GeneratorService:
         for r, out in zip(batch, outs):
             _resolve(r.future, out)
 
-    def _decode(self, batch: list[_Request]) -> list[np.ndarray]:
-        with self._cv:
-            avatars = [self._avatars.get(r.avatar_id) for r in batch]
-        missing = [r.avatar_id for r, a in zip(batch, avatars) if a is None]
-        if missing:
-            raise KeyError(f"avatar {missing[0]!r} was unregistered while its request was queued")
-        feats = [a.features_at(r.frame_index) for r, a in zip(batch, avatars) if a is not None]  # none is
+    def _decode(self, pairs: list[tuple[_Request, FeatureSource]]) -> list[np.ndarray]:
+        batch = [r for r, _ in pairs]
+        feats = [a.features_at(r.frame_index) for r, a in pairs]
         mels = np.stack([r.mel for r in batch])[:, None]
         if len(batch) > 1 and self._batchable:
             try:

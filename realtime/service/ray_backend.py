@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import EngineFailure, LipsyncError
-from realtime import threads
+from realtime import heap, threads
 from realtime.avatar import AvatarConfig, load_avatar
 from realtime.clock import MonotonicClock
 from realtime.compositor import to_uint8_faces
@@ -48,11 +48,13 @@ from realtime.service.generator_service import DROPPED, GeneratorService, Servic
 from realtime.service.remote_renderer import RemoteFaceRenderer
 from realtime.service.serve_backend import ServeTarget, avatar_key, make_serve_renderer
 from realtime.service.sessions import LiveSession, prepare_avatar, van_der_corput
+from realtime.stats import rss_mb
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "lipsync"
 SERVICE_PREFIX = "lipsync-generator-"
+SESSION_PREFIX = "lipsync-session-"
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,11 @@ class GeneratorServiceActor:
         self.gen = spec.make_generator()
         self.svc = GeneratorService(self.gen, spec.service).start()
         self._avatars: dict[str, str] = {}  # avatar id -> path
+        self._holders: dict[str, set[str]] = {}  # avatar id -> the sessions using it
         self._warm = False
         self._lock = threading.Lock()
 
-    def _register(self, avatar_id: str, path: str, loop: str) -> dict:
+    def _register(self, avatar_id: str, path: str, loop: str, session: str) -> dict:
         with self._lock:
             if self._avatars.get(avatar_id) not in (None, path):
                 raise ValueError(f"avatar id {avatar_id!r} is registered with {self._avatars[avatar_id]}, not {path}")
@@ -156,11 +159,33 @@ class GeneratorServiceActor:
                 if not self._warm:
                     self.svc.warm_up(range(2, self.spec.warm_batches + 1))
                     self._warm = True
+            self._holders.setdefault(avatar_id, set()).add(session)
         return {"generator": self.gen.name, "first_row": getattr(self.gen, "first_row", 0), "pid": os.getpid()}
 
-    async def register(self, avatar_id: str, path: str, loop: str = "forward") -> dict:
+    async def register(self, avatar_id: str, path: str, loop: str = "forward", session: str | None = None) -> dict:
         """Idempotent: a restarted session registers again and finds its features here."""
-        return await asyncio.to_thread(self._register, avatar_id, path, loop)
+        return await asyncio.to_thread(self._register, avatar_id, path, loop, session or avatar_id)
+
+    def release(self, session: str) -> list[str]:
+        """A session that ended (its actor killed): its queued requests are dropped, and an
+        avatar no other session uses leaves, features and all. The avatar ids let go."""
+        self.svc.cancel_session(session)
+        gone = []
+        with self._lock:
+            for avatar_id, holders in list(self._holders.items()):
+                holders.discard(session)
+                if not holders:
+                    del self._holders[avatar_id]
+                    self._avatars.pop(avatar_id, None)
+                    self.svc.unregister_avatar(avatar_id)
+                    gone.append(avatar_id)
+        if gone:
+            heap.release_freed()  # the features' memory back to the system, not kept by glibc
+        return gone
+
+    def avatars(self) -> list[str]:
+        with self._lock:
+            return sorted(self._avatars)
 
     async def face(self, avatar_id: str, idx: int, mel: np.ndarray, deadline_ns: int | None, session: str):
         """(face as (rows, 96, 3) uint8 or None for a drop, ns spent in this actor)."""
@@ -178,7 +203,7 @@ class GeneratorServiceActor:
         self.svc.cancel_session(session)
 
     def summary(self) -> dict:
-        return {**self.svc.summary(), "cpu_s": time.process_time(), "pid": os.getpid()}
+        return {**self.svc.summary(), "cpu_s": time.process_time(), "pid": os.getpid(), "rss_mb": round(rss_mb(), 1)}
 
 
 def node_service(spec: GeneratorSpec, cfg: EngineConfig):
@@ -311,7 +336,7 @@ class SessionActor:
         else:
             avatar_id = spec.avatar_id or spec.session_id
             self.service = node_service(gen, cfg)
-            ray.get(self.service.register.remote(avatar_id, spec.avatar_path, spec.loop))
+            ray.get(self.service.register.remote(avatar_id, spec.avatar_path, spec.loop, spec.session_id))
             self.renderer = make_renderer(
                 self.service, avatar_id, avatar, cfg.blend, spec.session_id, wait.grace_ms, wait.no_deadline_wait_s
             )
@@ -413,7 +438,9 @@ class RaySessionHost:
             "max_restarts": p.max_restarts,
             "max_task_retries": -1,
             "max_concurrency": 8,
-            "name": f"lipsync-session-{spec.session_id}",
+            # Numbered: a killed actor's name is freed asynchronously, and the same session id
+            # started again at once must not find its old actor's name taken.
+            "name": f"{SESSION_PREFIX}{spec.session_id}-{self._slots}",
             "namespace": NAMESPACE,
         }
         if p.memory_bytes:
@@ -431,12 +458,31 @@ class RaySessionHost:
         ray.kill(self.actors[session_id], no_restart=not restart)
 
     def stop(self, session_id: str, timeout_s: float = 30.0) -> dict:
+        """The session's last figures; its actor is killed and its avatar released on the node
+        services whatever happens (a stop that times out or fails included), and the actor
+        stays in `actors` until it is killed."""
         import ray  # ray: an optional extra; importing this module needs none
 
-        actor = self.actors.pop(session_id)
-        summary = ray.get(actor.stop.remote(), timeout=timeout_s)
-        ray.kill(actor, no_restart=True)
-        return summary
+        actor = self.actors[session_id]
+        try:
+            return ray.get(actor.stop.remote(), timeout=timeout_s)
+        finally:
+            try:
+                ray.kill(actor, no_restart=True)
+                self.actors.pop(session_id, None)
+            finally:
+                self._release(session_id, timeout_s)
+
+    def _release(self, session_id: str, timeout_s: float) -> None:
+        """Let the node services drop what they held for the session (GeneratorServiceActor.release)."""
+        import ray  # ray: an optional extra; importing this module needs none
+
+        if isinstance(self.gen, ServeTarget):
+            return  # Serve replicas keep avatars by key (LRU), not by session
+        try:
+            ray.get([s.release.remote(session_id) for s in self.services()], timeout=timeout_s)
+        except Exception as e:  # a service restarting: it comes back without the avatar anyway
+            log.warning("session %s: the node services did not release its avatar: %s", session_id, e)
 
     def services(self) -> list:
         import ray  # ray: an optional extra; importing this module needs none
@@ -450,21 +496,36 @@ class RaySessionHost:
 
     def close(self, timeout_s: float = 30.0) -> dict:
         """Stop every session, then the node services; summaries by session id (and the
-        services' under "services")."""
+        services' under "services"). Every actor is killed, whichever of them fail to report."""
         import ray  # ray: an optional extra; importing this module needs none
 
-        refs = {sid: a.stop.remote() for sid, a in self.actors.items()}
-        out = {}
-        for sid, ref in refs.items():
-            try:
-                out[sid] = ray.get(ref, timeout=timeout_s)
-            except Exception as e:  # one session that cannot report does not keep the others' figures
-                out[sid] = {"error": f"{type(e).__name__}: {e}"}
-        for a in self.actors.values():
-            ray.kill(a, no_restart=True)
-        self.actors.clear()
+        out: dict = {}
+        try:
+            refs = {sid: a.stop.remote() for sid, a in self.actors.items()}
+            for sid, ref in refs.items():
+                try:
+                    out[sid] = ray.get(ref, timeout=timeout_s)
+                except Exception as e:  # one session that cannot report does not keep the others' figures
+                    out[sid] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            for sid, a in list(self.actors.items()):
+                try:
+                    ray.kill(a, no_restart=True)
+                    del self.actors[sid]
+                except Exception as e:
+                    log.warning("session %s: its actor could not be killed: %s", sid, e)
         services = self.services()
-        out["services"] = [ray.get(s.summary.remote(), timeout=timeout_s) for s in services]
-        for s in services:
-            ray.kill(s, no_restart=True)
+        try:
+            out["services"] = []
+            for s in services:
+                try:
+                    out["services"].append(ray.get(s.summary.remote(), timeout=timeout_s))
+                except Exception as e:
+                    out["services"].append({"error": f"{type(e).__name__}: {e}"})
+        finally:
+            for s in services:
+                try:
+                    ray.kill(s, no_restart=True)
+                except Exception as e:
+                    log.warning("a node service could not be killed: %s", e)
         return out

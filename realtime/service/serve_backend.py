@@ -73,13 +73,15 @@ def avatar_key(path: str, loop: str = "forward") -> str:
 
 class _HeldAvatar:
     """What the multiplexed loader returns: Serve calls __del__ when it evicts the avatar, and
-    the service then forgets its features (queued requests for it resolve to drops)."""
+    the service then forgets its features (queued requests for it resolve to drops). Only the
+    very avatar this holder loaded: the key may have been loaded again since (evicted, then
+    asked for again), and a late finaliser must not take the new load's features away."""
 
-    def __init__(self, key: str, service: GeneratorService):
-        self.key, self.service = key, service
+    def __init__(self, key: str, service: GeneratorService, avatar):
+        self.key, self.service, self.avatar = key, service, avatar
 
     def __del__(self):
-        self.service.unregister_avatar(self.key)
+        self.service.unregister_avatar(self.key, self.avatar)
 
 
 def generator_app(
@@ -110,11 +112,11 @@ def generator_app(
         async def _avatar(self, key: str) -> _HeldAvatar:
             path, loop = json.loads(key)
             av = await asyncio.to_thread(prepare_avatar, path, self.gen, checkpoint_id, cfg, loop)
-            self.svc.register_avatar(key, av)
+            self.svc.register_avatar(key, av, replace=True)  # a reload takes over from an evicted load
             if self.loads == 0:  # batch sizes compile on the first avatar, before any session waits on one
                 await asyncio.to_thread(self.svc.warm_up, range(2, serve_cfg.max_batch + 1))
             self.loads += 1
-            return _HeldAvatar(key, self.svc)
+            return _HeldAvatar(key, self.svc, av)
 
         async def load(self) -> dict:
             """Make sure this request's avatar is held here (a session calls it before streaming)."""

@@ -14,6 +14,8 @@ the decoder cannot absorb), however they were started.
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
 import logging
 import threading
@@ -150,14 +152,27 @@ class LiveSession:
             self.summary = self.engine.stats.summary()
             log.warning("session %s failed: %s", self.id, e)
         finally:
-            self._done.set()
+            self._finish()
+
+    def _finish(self) -> None:
+        # The owner's cleanup runs before anyone waiting sees the session done: a session
+        # started again under this id right after must not lose its avatar to this cleanup.
+        try:
             if self._on_end is not None:
                 self._on_end(self)
+        except Exception:
+            log.exception("session %s: its end-of-session cleanup failed", self.id)
+        finally:
+            self._done.set()
 
     def stop(self) -> None:
-        """Stop the input; the engine finishes what is queued and closes its sinks."""
+        """Stop the input; the engine finishes what is queued and closes its sinks. A session
+        never started ends here and now (its sinks were never opened by a run)."""
         self._cancel.set()
         self.source.stop()
+        if self.state == "created":
+            self.state = "stopped"
+            self._finish()
 
     def wait(self, timeout_s: float | None = None) -> bool:
         return self._done.wait(timeout_s)
@@ -181,6 +196,22 @@ def van_der_corput(k: int) -> float:
 class HostConfig:
     stagger: bool = True  # False: every session starts at once (aligned clocks; for comparison)
     wait: WaitConfig = WaitConfig()
+    ended_kept: int = 256  # ended sessions whose outcome is kept (oldest forgotten first)
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    """What is kept of a session once it has ended: its engine, avatar and sinks are let go."""
+
+    session_id: str
+    state: str
+    error: str | None
+    summary: dict | None
+
+
+def ended_record(session: LiveSession) -> EndedSession:
+    summary = session.summary if session.summary is not None else session.engine.stats.summary()
+    return EndedSession(session.id, session.state, None if session.error is None else str(session.error), summary)
 
 
 class SessionHost:
@@ -191,7 +222,8 @@ class SessionHost:
     ):
         self.service, self.cfg, self.host = service.start(), cfg, host
         self.clock = clock or MonotonicClock()
-        self.sessions: dict[str, LiveSession] = {}
+        self.sessions: dict[str, LiveSession] = {}  # not yet ended; an ended one moves to `ended`
+        self.ended: collections.OrderedDict[str, EndedSession] = collections.OrderedDict()
         self._epoch_ns = self.clock.now_ns()
         self._slots = itertools.count()
         self._lock = threading.Lock()
@@ -205,51 +237,62 @@ class SessionHost:
         source,
         duration_s: float | None = None,
         avatar_id: str | None = None,
+        on_end=None,
     ) -> LiveSession:
         """A session on `avatar` (prepared with prepare_avatar for this service's generator),
-        writing to `sinks`, fed by `source` (anything with run(push, clock, duration) and stop())."""
-        with self._lock:
-            if session_id in self.sessions and not self.sessions[session_id].done:
-                raise ValueError(f"session {session_id!r} is already running")
+        writing to `sinks`, fed by `source` (anything with run(push, clock, duration) and stop()).
+        `on_end(session)`: called once it has ended and let go of the service (from its thread)."""
         avatar_id = avatar_id or session_id
-        with self._lock:
-            self._avatar_of[session_id] = avatar_id
-        self.service.register_avatar(avatar_id, avatar)
         renderer = ServiceRenderer(
             self.service, avatar_id, avatar, self.cfg.blend, session=session_id, wait=self.host.wait
         )
         engine = Engine(avatar, renderer, sinks, self.cfg, self.clock)
-        session = LiveSession(session_id, engine, source, duration_s, on_end=self._ended)
+        session = LiveSession(session_id, engine, source, duration_s, on_end=functools.partial(self._ended, on_end))
+        # One lock over the check, the registration and the entry: an ended session's cleanup
+        # (which holds it too) cannot interleave with a new session taking the same id.
         with self._lock:
+            if session_id in self.sessions:
+                raise ValueError(f"session {session_id!r} is already running")
+            self.service.register_avatar(avatar_id, avatar)
+            self._avatar_of[session_id] = avatar_id
             self.sessions[session_id] = session
         return session
 
     def start(self, session_id: str) -> LiveSession:
-        session = self.sessions[session_id]
+        with self._lock:
+            session = self.sessions[session_id]
         session.start_at_ns = self._next_start_ns() if self.host.stagger else None
         return session.start()
 
     def start_all(self) -> None:
-        waiting = [s for s in self.sessions.values() if s.state == "created"]
+        with self._lock:
+            waiting = [s for s in self.sessions.values() if s.state == "created"]
         self.service.warm_up(range(2, len(waiting) + 1))
-        for sid, s in list(self.sessions.items()):
-            if s.state == "created":
-                self.start(sid)
+        for s in waiting:
+            self.start(s.id)
 
     def stop(self, session_id: str, timeout_s: float | None = 10.0) -> LiveSession:
-        session = self.sessions[session_id]
+        """Stop a session and wait (up to `timeout_s`) for it to end; once it has, it is out
+        of `sessions` (its outcome in `ended`). One that started but never ran is let go here."""
+        with self._lock:
+            session = self.sessions[session_id]
         session.stop()
         session.wait(timeout_s)
         return session
 
     def close(self, timeout_s: float | None = 10.0) -> dict[str, dict]:
-        """Stop every session and the service; summaries by session id."""
-        for s in self.sessions.values():
+        """Stop every session and the service; summaries by session id (ended ones included)."""
+        with self._lock:
+            live = list(self.sessions.values())
+        for s in live:
             s.stop()
-        for s in self.sessions.values():
+        for s in live:
             s.wait(timeout_s)
         self.service.close()
-        return {sid: s.summary for sid, s in self.sessions.items()}
+        with self._lock:
+            out = {sid: e.summary for sid, e in self.ended.items()}
+            out.update({s.id: s.summary for s in live})  # one still ending past the timeout: no summary yet
+        return out
 
     def _next_start_ns(self) -> int:
         """The next instant on this session's phase slot of the frame period."""
@@ -259,12 +302,20 @@ class SessionHost:
         since = (now - self._epoch_ns - phase) % period
         return now + (period - since) % period
 
-    def _ended(self, session: LiveSession) -> None:
+    def _ended(self, on_end, session: LiveSession) -> None:
+        """The session's thread, once it ended: its queued requests and (with the last session on
+        that avatar) its features leave the service, and the session leaves `sessions`."""
         self.service.cancel_session(session.id)
-        # Its features leave the service with the last session on that avatar: a session
-        # started again under the same id brings its own (possibly a different avatar).
         with self._lock:
+            if self.sessions.get(session.id) is not session:
+                return  # let go already
+            del self.sessions[session.id]
             avatar_id = self._avatar_of.pop(session.id, None)
-            shared = avatar_id in self._avatar_of.values()
-        if avatar_id is not None and not shared:
-            self.service.unregister_avatar(avatar_id)
+            if avatar_id is not None and avatar_id not in self._avatar_of.values():
+                self.service.unregister_avatar(avatar_id, session.engine.avatar)
+            self.ended.pop(session.id, None)
+            self.ended[session.id] = ended_record(session)
+            while len(self.ended) > self.host.ended_kept:
+                self.ended.popitem(last=False)
+        if on_end is not None:
+            on_end(session)
