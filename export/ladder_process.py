@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 
 from export import precision
+from export.cache import checkpoint_sha256, ensure_exported, exported
 from export.precision import AvatarSamples, Choice
 from models.errors import LipsyncError
 
@@ -75,7 +76,22 @@ def choose(
     return _run_child(request, cancel)
 
 
-def _run_child(request: dict, cancel: threading.Event | None) -> Choice:
+def face_encoder(checkpoint, cfg, cancel: threading.Event | None = None) -> Path:
+    """The checkpoint's verified fp32 face encoder graph (what tells the model's face size): read
+    from the cache, else exported in a child process, like the ladder's exports."""
+    got = exported(checkpoint_sha256(checkpoint, cfg.face_size_px), "encoder", "fp32")
+    if got is not None:
+        return got["face_encoder"]
+    request = {
+        "task": "encoder",
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "cfg": cfg,
+        "log_levels": {name: logging.getLogger(name).getEffectiveLevel() for name in LOGGED},
+    }
+    return _run_child(request, cancel)
+
+
+def _run_child(request: dict, cancel: threading.Event | None):
     root = Path(__file__).resolve().parent.parent  # the folder this `export` package is in
     code = f"import sys; sys.path.insert(0, {str(root)!r}); from export.ladder_process import child_main; child_main()"
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
@@ -193,16 +209,21 @@ def child_main() -> None:
         logging.getLogger(name).setLevel(level)
     root.addHandler(_Forward(send))
     try:
-        choice = precision.choose(
-            request["checkpoint"],
-            request["cfg"],
-            first_row=request["first_row"],
-            avatar=request["avatar"],
-            reuse=False,  # the parent has just tried that
-        )
+        if request.get("task") == "encoder":
+            cfg = request["cfg"]
+            result = ensure_exported(request["checkpoint"], "encoder", "fp32", face_size_px=cfg.face_size_px)
+            answer = result["face_encoder"]
+        else:
+            answer = precision.choose(
+                request["checkpoint"],
+                request["cfg"],
+                first_row=request["first_row"],
+                avatar=request["avatar"],
+                reuse=False,  # the parent has just tried that
+            )
     except LipsyncError as e:
         send(("error", (e.what, e.expected, e.found, e.fix)))
     except Exception:
         send(("crash", traceback.format_exc()))
     else:
-        send(("done", choice))
+        send(("done", answer))

@@ -115,11 +115,11 @@ def load_generator(checkpoint: str | Path, cfg: RuntimeConfig = RuntimeConfig(),
 
 
 def model_face_size(checkpoint: str | Path, cfg: RuntimeConfig) -> int:
-    """The face size (pixels) of `checkpoint`'s generator: 96, or an HD layout's. Exports its fp32
-    face encoder on first use (torch only then); after that it reads the recorded size. The live path
-    asks this first: the avatar's crops, the rows shown and the ladder's samples follow it."""
-    encoder = ensure_exported(checkpoint, "encoder", "fp32", face_size_px=cfg.face_size_px)["face_encoder"]
-    return graph_face_size(encoder)
+    """The face size (pixels) of `checkpoint`'s generator: 96, or an HD layout's, as its fp32 face
+    encoder's export recorded it. A first use exports that encoder in a child process (torch is
+    never imported here). The live path asks this first: the avatar's crops, the rows shown and the
+    ladder's samples follow it."""
+    return graph_face_size(ladder_process.face_encoder(checkpoint, cfg))
 
 
 def live_generator_maker(
