@@ -46,6 +46,8 @@ class WarpConfig:
     # Teeth drawn in the cavity, only for an avatar whose lips are closed at rest (one whose
     # lips are apart shows its own teeth, which the warp moves with the lips).
     own_teeth_gap_face_heights: float = 0.02
+    # Lips apart at rest: where between them (0 upper lip .. 1 lower lip) the mouth parts.
+    own_teeth_parting: float = 0.85
     tooth_face_heights: float = 0.03
     teeth_bgr: tuple[float, float, float] = (168.0, 192.0, 212.0)  # ivory, in the lip's shadow
 
@@ -104,7 +106,11 @@ def build_rig(frame: np.ndarray, points: np.ndarray, cfg: WarpConfig = WarpConfi
     h_img, w_img = frame.shape[:2]
     across, down = face_frame(p)
     upper, lower = p[list(fmesh.UPPER_INNER_LIP)], p[list(fmesh.LOWER_INNER_LIP)]
-    mid = (upper + lower) / 2
+    # Where the mouth parts. Lips apart at rest show the upper teeth between them: parting at the
+    # middle would cut those teeth in two (half up with the lip, half down with the jaw), so the
+    # parting line then runs just above the lower lip and the teeth stay whole under the upper lip.
+    shows_teeth = fmesh.inner_lip_gap(p) > cfg.own_teeth_gap_face_heights
+    mid = upper + (cfg.own_teeth_parting if shows_teeth else 0.5) * (lower - upper)
     origin = mid[len(mid) // 2]
 
     def uv(q):
@@ -189,7 +195,7 @@ def build_rig(frame: np.ndarray, points: np.ndarray, cfg: WarpConfig = WarpConfi
         cavity_bgr=(lip_colour * cfg.cavity_shade).astype(f32),
         fine=_fine_detail(frame[y0:y1, x0:x1]) if cfg.detail > 0 else None,
         detail=cfg.detail,
-        tooth_px=0.0 if fmesh.inner_lip_gap(p) > cfg.own_teeth_gap_face_heights else cfg.tooth_face_heights * height,
+        tooth_px=0.0 if shows_teeth else cfg.tooth_face_heights * height,
         teeth_bgr=np.array(cfg.teeth_bgr, f32),
     )
 
