@@ -5,14 +5,11 @@ server whose later session fails to start finalises the recordings already start
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import av
@@ -22,6 +19,7 @@ import pytest
 from realtime.config import EngineConfig
 from realtime.generator import RuntimeConfig
 from realtime.service.manager import SessionManager
+from test_serve_sessions import call, wait_for_frames
 
 pytest.importorskip("aiohttp")
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,19 +29,13 @@ FP32 = ("--runtime", "onnxruntime", "--precision", "fp32")  # no ladder: the ses
 
 def allowed(directory) -> list[str]:
     """The serve flags that let API sessions read files under `directory`: the operator's
-    SessionPolicy (realtime.service.policy) refuses them otherwise. Before that policy existed,
-    every path was allowed and the flag was unknown."""
-    if importlib.util.find_spec("realtime.service.policy") is None:
-        return []
+    SessionPolicy (realtime.service.policy) refuses them otherwise."""
     return ["--allow-read-dir", str(directory)]
 
 
 def studio_config(directory):
     """StudioConfig whose API sessions may read files under `directory` (see `allowed`)."""
     from lipsync.web.server import StudioConfig
-
-    if importlib.util.find_spec("realtime.service.policy") is None:
-        return StudioConfig()
     from realtime.service.policy import SessionPolicy
 
     return StudioConfig(policy=SessionPolicy(read_dirs=(str(directory),)))
@@ -140,16 +132,6 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def call(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=JSON)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def serve(*args) -> tuple[subprocess.Popen, str]:
     """A real `lipsync serve` on a free port; (process, the /api/sessions URL)."""
     proc = subprocess.Popen(
@@ -168,17 +150,6 @@ def serve(*args) -> tuple[subprocess.Popen, str]:
     return proc, next(w for w in line.split() if w.startswith("http"))
 
 
-def until_frames(api: str, sid: str, n: int, timeout_s: float = 60) -> None:
-    """Poll the API (what a client does) until session `sid` has delivered `n` frames."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _, doc = call("GET", api)
-        if (next(s for s in doc["sessions"] if s["id"] == sid).get("frames") or 0) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"session {sid} never reached {n} frames")
-
-
 def start_and_stop(api: str, n: int, avatar, audio, rss, pid: int) -> dict[int, float]:
     """`n` sessions one after another, each streaming a few frames, then stopped; RSS (via
     `rss(pid)`) after each."""
@@ -187,7 +158,7 @@ def start_and_stop(api: str, n: int, avatar, audio, rss, pid: int) -> dict[int, 
         sid = f"s{k}"
         status, doc = call("POST", api, {"id": sid, "avatar": str(avatar), "audio": str(audio), "outputs": ["null"]})
         assert status == 201, doc
-        until_frames(api, sid, 3)
+        wait_for_frames(api, sid, 3)
         status, doc = call("DELETE", f"{api}/{sid}")
         assert status == 200 and doc["state"] == "stopped" and doc["frames"] >= 3, doc
         after[k] = rss(pid)
