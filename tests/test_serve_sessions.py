@@ -42,6 +42,23 @@ def wait_for_frames(api: str, sid: str, n: int, timeout_s: float = 60) -> dict:
     raise AssertionError(f"session {sid} reported fewer than {n} frames in {timeout_s} s: {s}")
 
 
+async def recvonly_peer(client, path: str):
+    """An aiortc peer that only receives (video and audio), connected through the server's offer
+    endpoint `path`: (the peer connection, {kind: remote track})."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    tracks: dict = {}
+    pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
+    await pc.setLocalDescription(await pc.createOffer())
+    r = await client.post(path, json={"sdp": pc.localDescription.sdp, "type": "offer"})
+    assert r.status == 200, await r.text()
+    await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
+    return pc, tracks
+
+
 def video_frames(path) -> int:
     with av.open(str(path)) as f:
         return sum(1 for _ in f.decode(video=0))
@@ -165,7 +182,6 @@ def test_a_headless_session_is_watched_over_webrtc_by_several_viewers(photo, spe
 
     import numpy as np
     from aiohttp.test_utils import TestClient, TestServer
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
 
     from lipsync.web.ice import offer_candidates_for
@@ -179,16 +195,7 @@ def test_a_headless_session_is_watched_over_webrtc_by_several_viewers(photo, spe
     height, width = cv2.imread(str(photo)).shape[:2]
 
     async def viewer(client, sid):
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-        tracks = {}
-        pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
-        await pc.setLocalDescription(await pc.createOffer())
-        r = await client.post(f"/api/sessions/{sid}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
-        assert r.status == 200, await r.text()
-        await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
-        return pc, tracks
+        return await recvonly_peer(client, f"/api/sessions/{sid}/offer")
 
     async def go():
         cfg = EngineConfig(output_audio_rate_hz=48_000)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from realtime.frames import AudioChunk, VideoFrame
+from test_serve_sessions import recvonly_peer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,7 +224,6 @@ def test_python_peer_without_microphone_gets_25fps_video_and_the_spoken_file(spe
     interrupt that cuts it."""
     from aiohttp import FormData
     from aiohttp.test_utils import TestClient, TestServer
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     from lipsync.web.ice import offer_candidates_for
 
@@ -236,15 +236,7 @@ def test_python_peer_without_microphone_gets_25fps_video_and_the_spoken_file(spe
     async def go():
         studio, app = _studio_app()
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            pc.addTransceiver("video", direction="recvonly")
-            pc.addTransceiver("audio", direction="recvonly")
-            tracks = {}
-            pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
-            await pc.setLocalDescription(await pc.createOffer())
-            r = await client.post("/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
-            assert r.status == 200, await r.text()
-            await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
+            pc, tracks = await recvonly_peer(client, "/offer")
             video, audio = tracks["video"], tracks["audio"]
             pts = [(await asyncio.wait_for(video.recv(), 20)).pts for _ in range(30)]
             assert set(np.diff(pts)) == {3600}, np.diff(pts)  # 90 kHz / 25 fps, not aiortc's 30 fps
@@ -355,7 +347,6 @@ def test_speech_is_pulled_by_the_video_track_and_an_interrupt_cuts_it_within_a_f
     import soxr
     from aiohttp import FormData
     from aiohttp.test_utils import TestClient, TestServer
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
 
     from lipsync.web.ice import offer_candidates_for
@@ -374,15 +365,7 @@ def test_speech_is_pulled_by_the_video_track_and_an_interrupt_cuts_it_within_a_f
         studio, app = _studio_app()
         loop = asyncio.get_running_loop()
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            pc.addTransceiver("video", direction="recvonly")
-            pc.addTransceiver("audio", direction="recvonly")
-            tracks = {}
-            pc.on("track", lambda t: tracks.__setitem__(t.kind, t))
-            await pc.setLocalDescription(await pc.createOffer())
-            r = await client.post("/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
-            assert r.status == 200, await r.text()
-            await pc.setRemoteDescription(RTCSessionDescription(**await r.json()))
+            pc, tracks = await recvonly_peer(client, "/offer")
             video, audio = [], []
             phase = ["idle"]
             heard = asyncio.Event()  # the peer hears the file
